@@ -1,0 +1,594 @@
+//! The stream engine shared by the `tcp` and `shm` backends: handshake, the
+//! message-batching outbox, and the client/server frame loops.
+//!
+//! ## Adaptive batching (the outbox)
+//!
+//! Senders never wait for a timer. A thread that queues an item while nobody is writing
+//! becomes the writer: it takes everything queued, encodes all RPC requests (or replies)
+//! as one frame, writes it with one `write` call, and repeats while more arrived during
+//! the write. Items queued by other threads during a write therefore leave together in
+//! the next message. With batching off every item is its own frame and its own write.
+//!
+//! The server "corks" its outbox while it still has unread frames buffered, so replies to
+//! back-to-back requests leave together too, and while a batch is in the RPC service, so
+//! synchronous replies to one batch leave as one message.
+
+use super::auth::{self, ClusterKey};
+use super::region::RegionTable;
+use super::server::{PeerInfo, Replier, Request, RpcService};
+use super::wire::{self, Frame, MAX_FRAME};
+use super::{ClientOptions, FabricError, Op, OpResult, RegionDesc};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counters of one connection's outgoing traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Messages written (each one write call; one frame or several coalesced).
+    pub messages: u64,
+    /// RPC requests sent (or replies, on a server connection).
+    pub rpc_requests: u64,
+    /// One-sided batches posted and ops in them.
+    pub onesided_batches: u64,
+    pub onesided_ops: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    rpc_requests: AtomicU64,
+    onesided_batches: AtomicU64,
+    onesided_ops: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ConnStats {
+        ConnStats {
+            messages: self.messages.load(Ordering::Relaxed),
+            rpc_requests: self.rpc_requests.load(Ordering::Relaxed),
+            onesided_batches: self.onesided_batches.load(Ordering::Relaxed),
+            onesided_ops: self.onesided_ops.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) enum OutItem {
+    Call(u64, Vec<u8>),
+    Reply(u64, Result<Vec<u8>, String>),
+    /// A pre-encoded frame (one-sided batches and their responses).
+    Frame(Vec<u8>),
+}
+
+#[derive(Default)]
+struct OutState {
+    queue: Vec<OutItem>,
+    writing: bool,
+    corked: bool,
+    closed: bool,
+}
+
+/// The combining writer of one connection.
+pub(crate) struct Outbox {
+    state: Mutex<OutState>,
+    writer: Mutex<Box<dyn Write + Send>>,
+    batching: bool,
+    counters: Counters,
+}
+
+impl Outbox {
+    pub(crate) fn new(writer: Box<dyn Write + Send>, batching: bool) -> Outbox {
+        Outbox {
+            state: Mutex::new(OutState::default()),
+            writer: Mutex::new(writer),
+            batching,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ConnStats {
+        self.counters.snapshot()
+    }
+
+    pub(crate) fn close(&self) {
+        self.state.lock().closed = true;
+    }
+
+    pub(crate) fn push(&self, item: OutItem) -> io::Result<()> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        st.queue.push(item);
+        if st.writing || st.corked {
+            return Ok(());
+        }
+        self.drain(st)
+    }
+
+    /// Holds outgoing items back until [`Outbox::uncork`] (server side, see module doc).
+    pub(crate) fn cork(&self) {
+        if self.batching {
+            self.state.lock().corked = true;
+        }
+    }
+
+    pub(crate) fn uncork(&self) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.corked = false;
+        if st.writing || st.queue.is_empty() || st.closed {
+            return Ok(());
+        }
+        self.drain(st)
+    }
+
+    /// Becomes the writer: sends until the queue is empty.
+    fn drain<'a>(&'a self, mut st: parking_lot::MutexGuard<'a, OutState>) -> io::Result<()> {
+        st.writing = true;
+        loop {
+            let items = std::mem::take(&mut st.queue);
+            drop(st);
+            let res = self.write_items(items);
+            st = self.state.lock();
+            if let Err(e) = res {
+                st.writing = false;
+                st.closed = true;
+                return Err(e);
+            }
+            if st.queue.is_empty() || st.corked {
+                st.writing = false;
+                return Ok(());
+            }
+        }
+    }
+
+    fn write_items(&self, items: Vec<OutItem>) -> io::Result<()> {
+        let mut w = self.writer.lock();
+        let c = &self.counters;
+        let send = |buf: &[u8], w: &mut Box<dyn Write + Send>| -> io::Result<()> {
+            w.write_all(buf)?;
+            w.flush()?;
+            c.messages.fetch_add(1, Ordering::Relaxed);
+            c.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            Ok(())
+        };
+        let mut rpc_count = 0u64;
+        if !self.batching {
+            for item in items {
+                let mut buf = Vec::new();
+                match item {
+                    OutItem::Call(id, p) => {
+                        rpc_count += 1;
+                        Frame::RpcReq { calls: vec![(id, p)] }.encode(&mut buf)
+                    }
+                    OutItem::Reply(id, r) => {
+                        rpc_count += 1;
+                        Frame::RpcResp { replies: vec![(id, r)] }.encode(&mut buf)
+                    }
+                    OutItem::Frame(f) => buf = f,
+                }
+                send(&buf, &mut w)?;
+            }
+        } else {
+            let mut buf = Vec::new();
+            let mut calls = Vec::new();
+            let mut replies = Vec::new();
+            let mut pending_bytes = 0usize;
+            for item in items {
+                match item {
+                    OutItem::Call(id, p) => {
+                        pending_bytes += p.len() + 16;
+                        calls.push((id, p));
+                    }
+                    OutItem::Reply(id, r) => {
+                        pending_bytes += r.as_ref().map_or_else(|e| e.len(), |p| p.len()) + 16;
+                        replies.push((id, r));
+                    }
+                    OutItem::Frame(f) => buf.extend_from_slice(&f),
+                }
+                // Keep every frame under the cap: flush a full RPC frame early.
+                if pending_bytes > MAX_FRAME / 2 {
+                    rpc_count += flush_rpc(&mut buf, &mut calls, &mut replies);
+                    pending_bytes = 0;
+                }
+            }
+            rpc_count += flush_rpc(&mut buf, &mut calls, &mut replies);
+            send(&buf, &mut w)?;
+        }
+        c.rpc_requests.fetch_add(rpc_count, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn flush_rpc(
+    buf: &mut Vec<u8>,
+    calls: &mut Vec<(u64, Vec<u8>)>,
+    replies: &mut Vec<(u64, Result<Vec<u8>, String>)>,
+) -> u64 {
+    let n = (calls.len() + replies.len()) as u64;
+    if !calls.is_empty() {
+        Frame::RpcReq { calls: std::mem::take(calls) }.encode(buf);
+    }
+    if !replies.is_empty() {
+        Frame::RpcResp { replies: std::mem::take(replies) }.encode(buf);
+    }
+    n
+}
+
+fn send_frame<W: Write>(w: &mut W, f: &Frame) -> io::Result<()> {
+    w.write_all(&f.to_bytes())?;
+    w.flush()
+}
+
+fn recv_frame<R: Read>(r: &mut R) -> Result<Frame, FabricError> {
+    let body = wire::read_frame(r, MAX_FRAME)?.ok_or(FabricError::Disconnected)?;
+    Frame::decode(&body).map_err(|e| FabricError::Protocol(e.to_string()))
+}
+
+/// Client side of the handshake; returns the connection id and the offered regions.
+pub(crate) fn client_handshake<S: Read + Write>(
+    s: &mut S,
+    opts: &ClientOptions,
+) -> Result<(u64, Vec<RegionDesc>), FabricError> {
+    let client_nonce = auth::nonce();
+    send_frame(
+        s,
+        &Frame::Hello {
+            magic: wire::MAGIC,
+            version: wire::VERSION,
+            batching: opts.batching,
+            client_nonce,
+        },
+    )?;
+    let (server_nonce, server_mac) = match recv_frame(s)? {
+        Frame::Challenge { version, server_nonce, server_mac } => {
+            if version != wire::VERSION {
+                return Err(FabricError::Refused(format!(
+                    "server speaks protocol version {version}, this client {}",
+                    wire::VERSION
+                )));
+            }
+            (server_nonce, server_mac)
+        }
+        Frame::Refused { reason } => return Err(FabricError::Refused(reason)),
+        other => return Err(unexpected("CHALLENGE", &other)),
+    };
+    if !ClusterKey::verify(&opts.key.server_mac(&client_nonce, &server_nonce), &server_mac) {
+        return Err(FabricError::Refused(
+            "server failed authentication: it does not hold this cluster key".into(),
+        ));
+    }
+    send_frame(s, &Frame::Auth { client_mac: opts.key.client_mac(&server_nonce, &client_nonce) })?;
+    match recv_frame(s)? {
+        Frame::Welcome { conn_id, regions } => Ok((conn_id, regions)),
+        Frame::Refused { reason } => Err(FabricError::Refused(reason)),
+        other => Err(unexpected("WELCOME", &other)),
+    }
+}
+
+fn unexpected(wanted: &str, got: &Frame) -> FabricError {
+    let name = format!("{got:?}");
+    let name = name.split([' ', '{', '(']).next().unwrap_or("?").to_string();
+    FabricError::Protocol(format!("expected {wanted}, got {name}"))
+}
+
+/// Server side of the handshake; returns whether the client wants batching. On failure a
+/// REFUSED frame with the reason has been sent (where the peer spoke our framing).
+pub(crate) fn server_handshake<S: Read + Write>(
+    s: &mut S,
+    key: &ClusterKey,
+    conn_id: u64,
+    regions: &[RegionDesc],
+) -> Result<bool, FabricError> {
+    let refuse = |s: &mut S, reason: String| -> FabricError {
+        let _ = send_frame(s, &Frame::Refused { reason: reason.clone() });
+        FabricError::Refused(reason)
+    };
+    let (batching, client_nonce) = match recv_frame(s) {
+        Ok(Frame::Hello { magic, version, batching, client_nonce }) => {
+            if magic != wire::MAGIC {
+                return Err(refuse(s, "bad magic: not a fabric client".into()));
+            }
+            if version != wire::VERSION {
+                return Err(refuse(
+                    s,
+                    format!(
+                        "unsupported protocol version {version}; this server speaks {}",
+                        wire::VERSION
+                    ),
+                ));
+            }
+            (batching, client_nonce)
+        }
+        Ok(other) => return Err(refuse(s, format!("{}", unexpected("HELLO", &other)))),
+        Err(e) => return Err(refuse(s, format!("bad handshake: {e}"))),
+    };
+    let server_nonce = auth::nonce();
+    send_frame(
+        s,
+        &Frame::Challenge {
+            version: wire::VERSION,
+            server_nonce,
+            server_mac: key.server_mac(&client_nonce, &server_nonce),
+        },
+    )?;
+    match recv_frame(s)? {
+        Frame::Auth { client_mac } => {
+            if !ClusterKey::verify(&key.client_mac(&server_nonce, &client_nonce), &client_mac) {
+                return Err(refuse(s, "authentication failed: wrong cluster key".into()));
+            }
+        }
+        other => return Err(refuse(s, format!("{}", unexpected("AUTH", &other)))),
+    }
+    send_frame(s, &Frame::Welcome { conn_id, regions: regions.to_vec() })?;
+    Ok(batching)
+}
+
+enum Reply {
+    Rpc(Result<Vec<u8>, String>),
+    OneSided(Vec<OpResult>),
+}
+
+#[derive(Default)]
+struct Slot {
+    value: Mutex<Option<Option<Reply>>>,
+    ready: Condvar,
+}
+
+impl Slot {
+    /// `None` means the connection died before the answer came.
+    fn fill(&self, v: Option<Reply>) {
+        *self.value.lock() = Some(v);
+        self.ready.notify_one();
+    }
+}
+
+/// The client half of a stream connection: calls, one-sided batches, pending answers.
+pub(crate) struct ClientCore {
+    outbox: Outbox,
+    pending: Mutex<HashMap<u64, Arc<Slot>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    regions: Vec<RegionDesc>,
+    timeout: Duration,
+    shutdown: Box<dyn Fn() + Send + Sync>,
+}
+
+impl ClientCore {
+    pub(crate) fn new(
+        writer: Box<dyn Write + Send>,
+        opts: &ClientOptions,
+        regions: Vec<RegionDesc>,
+        shutdown: Box<dyn Fn() + Send + Sync>,
+    ) -> ClientCore {
+        ClientCore {
+            outbox: Outbox::new(writer, opts.batching),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            regions,
+            timeout: opts.timeout,
+            shutdown,
+        }
+    }
+
+    pub(crate) fn regions(&self) -> &[RegionDesc] {
+        &self.regions
+    }
+
+    pub(crate) fn stats(&self) -> ConnStats {
+        self.outbox.stats()
+    }
+
+    fn submit(&self, item: impl FnOnce(u64) -> OutItem) -> Result<Reply, FabricError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(FabricError::Disconnected);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot::default());
+        self.pending.lock().insert(id, slot.clone());
+        if self.outbox.push(item(id)).is_err() {
+            self.pending.lock().remove(&id);
+            self.close();
+            return Err(FabricError::Disconnected);
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut v = slot.value.lock();
+        while v.is_none() {
+            if slot.ready.wait_until(&mut v, deadline).timed_out() && v.is_none() {
+                drop(v);
+                self.pending.lock().remove(&id);
+                return Err(FabricError::Timeout(self.timeout));
+            }
+        }
+        v.take().flatten().ok_or(FabricError::Disconnected)
+    }
+
+    pub(crate) fn call(&self, request: &[u8]) -> Result<Vec<u8>, FabricError> {
+        if request.len() > MAX_FRAME / 2 {
+            return Err(FabricError::TooLarge(format!(
+                "request of {} bytes exceeds {}",
+                request.len(),
+                MAX_FRAME / 2
+            )));
+        }
+        match self.submit(|id| OutItem::Call(id, request.to_vec()))? {
+            Reply::Rpc(r) => r.map_err(FabricError::Remote),
+            Reply::OneSided(_) => Err(FabricError::Protocol("one-sided answer to a call".into())),
+        }
+    }
+
+    pub(crate) fn post_remote(&self, ops: &[Op]) -> Result<Vec<OpResult>, FabricError> {
+        check_batch(ops)?;
+        let n = ops.len();
+        let reply = self.submit(|id| {
+            let mut buf = Vec::new();
+            Frame::OneSidedReq { batch_id: id, ops: ops.to_vec() }.encode(&mut buf);
+            OutItem::Frame(buf)
+        })?;
+        self.outbox.counters.onesided_batches.fetch_add(1, Ordering::Relaxed);
+        self.outbox.counters.onesided_ops.fetch_add(n as u64, Ordering::Relaxed);
+        match reply {
+            Reply::OneSided(r) if r.len() == n => Ok(r),
+            Reply::OneSided(r) => Err(FabricError::Protocol(format!(
+                "{} results for {n} ops",
+                r.len()
+            ))),
+            Reply::Rpc(_) => Err(FabricError::Protocol("call answer to a one-sided batch".into())),
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.outbox.close();
+        (self.shutdown)();
+        self.fail_pending();
+    }
+
+    fn fail_pending(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for (_, slot) in pending {
+            slot.fill(None);
+        }
+    }
+
+    /// The client's reader loop: routes every answer to its waiting caller.
+    pub(crate) fn run_reader<R: Read>(self: Arc<Self>, reader: R) {
+        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        loop {
+            let frame = match recv_frame(&mut reader) {
+                Ok(f) => f,
+                Err(e) => {
+                    if !self.closed.load(Ordering::Acquire) {
+                        tracing::debug!(error = %e, "fabric connection ended");
+                    }
+                    break;
+                }
+            };
+            match frame {
+                Frame::RpcResp { replies } => {
+                    let mut pending = self.pending.lock();
+                    let slots: Vec<_> = replies
+                        .into_iter()
+                        .filter_map(|(id, r)| pending.remove(&id).map(|s| (s, r)))
+                        .collect();
+                    drop(pending);
+                    for (slot, r) in slots {
+                        slot.fill(Some(Reply::Rpc(r)));
+                    }
+                }
+                Frame::OneSidedResp { batch_id, results } => {
+                    if let Some(slot) = self.pending.lock().remove(&batch_id) {
+                        slot.fill(Some(Reply::OneSided(results)));
+                    }
+                }
+                other => {
+                    tracing::warn!(frame = ?unexpected("a response", &other), "closing connection");
+                    break;
+                }
+            }
+        }
+        self.close();
+    }
+}
+
+/// Client-side sanity limits, so a batch that the server would refuse fails here with a
+/// clear error instead of closing the connection.
+pub(crate) fn check_batch(ops: &[Op]) -> Result<(), FabricError> {
+    if ops.len() > wire::MAX_BATCH_OPS {
+        return Err(FabricError::TooLarge(format!(
+            "{} ops in one batch; the limit is {}",
+            ops.len(),
+            wire::MAX_BATCH_OPS
+        )));
+    }
+    let mut req = 0usize;
+    let mut resp = 0usize;
+    for op in ops {
+        match op {
+            Op::Read { len, .. } => {
+                req += 17;
+                resp += 6 + *len as usize;
+            }
+            Op::Write { data, .. } => {
+                req += 17 + data.len();
+                resp += 2;
+            }
+            _ => {
+                req += 29;
+                resp += 10;
+            }
+        }
+    }
+    if req.max(resp) + 16 > MAX_FRAME {
+        return Err(FabricError::TooLarge(format!(
+            "batch needs a {}-byte frame; the limit is {MAX_FRAME}",
+            req.max(resp)
+        )));
+    }
+    Ok(())
+}
+
+/// A server connection's frame loop: one-sided batches are answered here from the
+/// region table (the "responder"); RPC batches go to the service.
+pub(crate) fn serve_frames<R: Read>(
+    reader: R,
+    outbox: Arc<Outbox>,
+    regions: &RegionTable,
+    service: &Arc<dyn RpcService>,
+    peer: &PeerInfo,
+) {
+    let mut reader = BufReader::with_capacity(256 << 10, reader);
+    loop {
+        if reader.buffer().is_empty() && outbox.uncork().is_err() {
+            break;
+        }
+        let frame = match recv_frame(&mut reader) {
+            Ok(f) => f,
+            Err(FabricError::Disconnected) => break,
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "bad frame; closing this connection");
+                break;
+            }
+        };
+        outbox.cork();
+        match frame {
+            Frame::OneSidedReq { batch_id, ops } => {
+                let results = regions.serve_batch(&ops);
+                let mut buf = Vec::new();
+                let resp = Frame::OneSidedResp { batch_id, results };
+                resp.encode(&mut buf);
+                if buf.len() - 4 > MAX_FRAME {
+                    tracing::warn!(peer = %peer, "one-sided answer over the frame cap; closing");
+                    break;
+                }
+                if outbox.push(OutItem::Frame(buf)).is_err() {
+                    break;
+                }
+            }
+            Frame::RpcReq { calls } => {
+                let batch = calls
+                    .into_iter()
+                    .map(|(id, payload)| Request {
+                        payload,
+                        replier: Replier::new(outbox.clone(), id),
+                    })
+                    .collect();
+                service.handle_batch(peer, batch);
+            }
+            other => {
+                tracing::warn!(peer = %peer, error = %unexpected("a request", &other), "closing connection");
+                break;
+            }
+        }
+    }
+    outbox.close();
+}

@@ -1,0 +1,157 @@
+//! The `tcp` backend ("soft-RDMA"): one-sided batches travel as one frame each way and
+//! are served by the connection's responder straight from the region table.
+
+use super::conn::{self, ClientCore, Outbox};
+use super::server::{PeerInfo, RpcService, ServerHandle, ServerShared};
+use super::{ClientOptions, Endpoint, FabricError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct TcpClient {
+    pub(crate) core: Arc<ClientCore>,
+}
+
+impl TcpClient {
+    pub(crate) fn connect(addr: &str, opts: &ClientOptions) -> Result<TcpClient, FabricError> {
+        let mut last = None;
+        let mut stream = None;
+        for a in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let mut stream = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e.into()),
+            (None, None) => {
+                return Err(FabricError::Protocol(format!("{addr}: no address to connect to")))
+            }
+        };
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let (_conn_id, regions) = conn::client_handshake(&mut stream, opts)?;
+        stream.set_read_timeout(None)?;
+        let shut = stream.try_clone()?;
+        let core = Arc::new(ClientCore::new(
+            Box::new(stream.try_clone()?),
+            opts,
+            regions,
+            Box::new(move || {
+                let _ = shut.shutdown(Shutdown::Both);
+            }),
+        ));
+        let reader_core = core.clone();
+        std::thread::Builder::new()
+            .name("fabric-tcp-rx".into())
+            .spawn(move || reader_core.run_reader(stream))?;
+        Ok(TcpClient { core })
+    }
+
+    pub(crate) fn close(&self) {
+        self.core.close();
+    }
+}
+
+pub(crate) fn serve(
+    shared: Arc<ServerShared>,
+    addr: &str,
+    service: Arc<dyn RpcService>,
+) -> Result<ServerHandle, FabricError> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+    {
+        let stop = stop.clone();
+        let live = live.clone();
+        std::thread::Builder::new()
+            .name(format!("fabric-tcp-accept-{}", local.port()))
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                    };
+                    let shared = shared.clone();
+                    let service = service.clone();
+                    let live = live.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("fabric-tcp-conn".into())
+                        .spawn(move || serve_conn(stream, shared, service, live));
+                }
+            })?;
+    }
+    let stopper = {
+        let stop = stop.clone();
+        Box::new(move || {
+            stop.store(true, Ordering::Release);
+            // Wake the acceptor so it sees the flag.
+            let _ = TcpStream::connect_timeout(&local, Duration::from_millis(200));
+            for (_, s) in live.lock().drain() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        })
+    };
+    Ok(ServerHandle {
+        endpoint: Endpoint::Tcp(local.to_string()),
+        stop,
+        stopper: Some(stopper),
+    })
+}
+
+fn serve_conn(
+    mut stream: TcpStream,
+    shared: Arc<ServerShared>,
+    service: Arc<dyn RpcService>,
+    live: Arc<Mutex<HashMap<u64, TcpStream>>>,
+) {
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let peer = PeerInfo {
+        conn_id,
+        addr: stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into()),
+    };
+    let setup = (|| -> Result<(bool, TcpStream), FabricError> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let batching =
+            conn::server_handshake(&mut stream, &shared.key, conn_id, &shared.regions.descs())?;
+        stream.set_read_timeout(None)?;
+        Ok((batching, stream.try_clone()?))
+    })();
+    let (batching, writer) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "handshake failed");
+            return;
+        }
+    };
+    if let Ok(s) = stream.try_clone() {
+        live.lock().insert(conn_id, s);
+    }
+    tracing::debug!(peer = %peer, batching, "fabric peer connected");
+    let outbox = Arc::new(Outbox::new(Box::new(writer), batching));
+    conn::serve_frames(&stream, outbox, &shared.regions, &service, &peer);
+    let _ = stream.shutdown(Shutdown::Both);
+    live.lock().remove(&conn_id);
+    service.disconnected(&peer);
+}

@@ -1,0 +1,18 @@
+//! # common
+//!
+//! Everything that crosses a process boundary in the cluster lives here:
+//!
+//! * [`ids`] — newtypes for the domain values (`PageId`, `NodeId`, `Epoch`, `TxnId`,
+//!   `Timestamp`, `RegionId`, ...). No bare `u64` crosses a function boundary.
+//! * [`fabric`] — the communication layer of DESIGN.md section 3: registered memory
+//!   regions, batched one-sided ops (READ, WRITE, CAS, FETCH_ADD) and an RPC path with
+//!   adaptive message batching, over three backends (`shm`, `tcp`, `rdma`).
+//!
+//! Invariants kept here: every frame that enters a process is length-capped and decoded
+//! by a total decoder ([`fabric::wire`]) that returns an error on any malformed input;
+//! every one-sided op is bounds- and rights-checked before it touches a region
+//! ([`fabric::region::RegionTable::check`]); no connection carries data before the
+//! cluster-key handshake ([`fabric::auth`]) succeeded on both sides.
+
+pub mod fabric;
+pub mod ids;

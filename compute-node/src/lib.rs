@@ -1,0 +1,1 @@
+//! `compute-node`: see DESIGN.md; the service is built in its own issue.

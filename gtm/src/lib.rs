@@ -1,0 +1,1 @@
+//! `gtm`: see DESIGN.md; the service is built in its own issue.
