@@ -14,5 +14,9 @@
 //! ([`fabric::region::RegionTable::check`]); no connection carries data before the
 //! cluster-key handshake ([`fabric::auth`]) succeeded on both sides.
 
+pub mod config;
 pub mod fabric;
+pub mod gtm;
 pub mod ids;
+pub mod service;
+pub mod storage;

@@ -95,8 +95,14 @@ mod tests {
         let k1 = ClusterKey::from_material(b"0123456789abcdef").unwrap();
         let k2 = ClusterKey::from_material(b"0123456789abcdeX").unwrap();
         let (a, b) = (nonce(), nonce());
-        assert!(ClusterKey::verify(&k1.server_mac(&a, &b), &k1.server_mac(&a, &b)));
-        assert!(!ClusterKey::verify(&k1.server_mac(&a, &b), &k2.server_mac(&a, &b)));
+        assert!(ClusterKey::verify(
+            &k1.server_mac(&a, &b),
+            &k1.server_mac(&a, &b)
+        ));
+        assert!(!ClusterKey::verify(
+            &k1.server_mac(&a, &b),
+            &k2.server_mac(&a, &b)
+        ));
         assert_ne!(k1.server_mac(&a, &b), k1.client_mac(&b, &a));
         assert!(ClusterKey::from_material(b"short").is_err());
     }

@@ -9,6 +9,13 @@
 //! the write. Items queued by other threads during a write therefore leave together in
 //! the next message. With batching off every item is its own frame and its own write.
 //!
+//! On a client with batching on, at most `max_in_flight` RPC messages (default 1) are
+//! unacknowledged at a time; the server acknowledges a message once its batch has been
+//! handed to the service. Calls that arrive while the window is full wait in the queue
+//! and leave together as soon as the acknowledgement comes back — this is what turns a
+//! busy connection's requests into large batches. A flusher thread sends them if no
+//! caller comes back first.
+//!
 //! The server "corks" its outbox while it still has unread frames buffered, so replies to
 //! back-to-back requests leave together too, and while a batch is in the RPC service, so
 //! synchronous replies to one batch leave as one message.
@@ -62,32 +69,48 @@ impl Counters {
 pub(crate) enum OutItem {
     Call(u64, Vec<u8>),
     Reply(u64, Result<Vec<u8>, String>),
+    /// The server handed message `msg_id`'s batch to its service.
+    Ack(u64),
     /// A pre-encoded frame (one-sided batches and their responses).
     Frame(Vec<u8>),
 }
 
 #[derive(Default)]
 struct OutState {
-    queue: Vec<OutItem>,
+    calls: Vec<(u64, Vec<u8>)>,
+    other: Vec<OutItem>,
     writing: bool,
     corked: bool,
     closed: bool,
+    /// RPC messages sent and not yet acknowledged (client side, batching on).
+    in_flight: usize,
+    next_msg: u64,
 }
 
 /// The combining writer of one connection.
 pub(crate) struct Outbox {
     state: Mutex<OutState>,
+    /// Wakes the flusher when an ack opens the window while calls wait.
+    window_opened: Condvar,
     writer: Mutex<Box<dyn Write + Send>>,
     batching: bool,
+    /// Most unacknowledged RPC messages; `None` for no limit (servers, batching off).
+    window: Option<usize>,
     counters: Counters,
 }
 
 impl Outbox {
-    pub(crate) fn new(writer: Box<dyn Write + Send>, batching: bool) -> Outbox {
+    pub(crate) fn new(
+        writer: Box<dyn Write + Send>,
+        batching: bool,
+        window: Option<usize>,
+    ) -> Outbox {
         Outbox {
             state: Mutex::new(OutState::default()),
+            window_opened: Condvar::new(),
             writer: Mutex::new(writer),
             batching,
+            window: if batching { window } else { None },
             counters: Counters::default(),
         }
     }
@@ -98,6 +121,19 @@ impl Outbox {
 
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
+        self.window_opened.notify_all();
+    }
+
+    fn window_open(&self, st: &OutState) -> bool {
+        self.window.is_none_or(|w| st.in_flight < w)
+    }
+
+    /// Whether the caller may become the writer now.
+    fn can_lead(&self, st: &OutState) -> bool {
+        !st.writing
+            && !st.corked
+            && !st.closed
+            && (!st.other.is_empty() || (!st.calls.is_empty() && self.window_open(st)))
     }
 
     pub(crate) fn push(&self, item: OutItem) -> io::Result<()> {
@@ -105,8 +141,11 @@ impl Outbox {
         if st.closed {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        st.queue.push(item);
-        if st.writing || st.corked {
+        match item {
+            OutItem::Call(id, p) => st.calls.push((id, p)),
+            other => st.other.push(other),
+        }
+        if !self.can_lead(&st) {
             return Ok(());
         }
         self.drain(st)
@@ -122,33 +161,80 @@ impl Outbox {
     pub(crate) fn uncork(&self) -> io::Result<()> {
         let mut st = self.state.lock();
         st.corked = false;
-        if st.writing || st.queue.is_empty() || st.closed {
+        if !self.can_lead(&st) {
             return Ok(());
         }
         self.drain(st)
     }
 
-    /// Becomes the writer: sends until the queue is empty.
+    /// An RPC message was acknowledged: open the window and hand queued calls to the
+    /// flusher (the reader thread that calls this must never block on a write).
+    pub(crate) fn ack(&self) {
+        let mut st = self.state.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        if self.can_lead(&st) {
+            self.window_opened.notify_one();
+        }
+    }
+
+    /// The client's flusher thread: sends calls that queued up behind a full window when
+    /// no caller comes back to send them itself.
+    pub(crate) fn run_flusher(&self) {
+        let mut st = self.state.lock();
+        loop {
+            while !st.closed && !self.can_lead(&st) {
+                self.window_opened.wait(&mut st);
+            }
+            if st.closed {
+                return;
+            }
+            if self.drain(st).is_err() {
+                return;
+            }
+            st = self.state.lock();
+        }
+    }
+
+    /// Becomes the writer: sends until nothing more may be sent.
     fn drain<'a>(&'a self, mut st: parking_lot::MutexGuard<'a, OutState>) -> io::Result<()> {
         st.writing = true;
         loop {
-            let items = std::mem::take(&mut st.queue);
+            let calls = if self.window_open(&st) {
+                std::mem::take(&mut st.calls)
+            } else {
+                Vec::new()
+            };
+            let msg_id = if !calls.is_empty() && self.window.is_some() {
+                st.in_flight += 1;
+                st.next_msg += 1;
+                st.next_msg
+            } else {
+                0
+            };
+            let other = std::mem::take(&mut st.other);
             drop(st);
-            let res = self.write_items(items);
+            let res = self.write_items(msg_id, calls, other);
             st = self.state.lock();
             if let Err(e) = res {
                 st.writing = false;
                 st.closed = true;
+                self.window_opened.notify_all();
                 return Err(e);
             }
-            if st.queue.is_empty() || st.corked {
-                st.writing = false;
+            st.writing = false;
+            if !self.can_lead(&st) {
                 return Ok(());
             }
+            st.writing = true;
         }
     }
 
-    fn write_items(&self, items: Vec<OutItem>) -> io::Result<()> {
+    fn write_items(
+        &self,
+        msg_id: u64,
+        calls: Vec<(u64, Vec<u8>)>,
+        other: Vec<OutItem>,
+    ) -> io::Result<()> {
         let mut w = self.writer.lock();
         let c = &self.counters;
         let send = |buf: &[u8], w: &mut Box<dyn Write + Send>| -> io::Result<()> {
@@ -160,65 +246,75 @@ impl Outbox {
         };
         let mut rpc_count = 0u64;
         if !self.batching {
-            for item in items {
-                let mut buf = Vec::new();
-                match item {
-                    OutItem::Call(id, p) => {
-                        rpc_count += 1;
-                        Frame::RpcReq { calls: vec![(id, p)] }.encode(&mut buf)
-                    }
-                    OutItem::Reply(id, r) => {
-                        rpc_count += 1;
-                        Frame::RpcResp { replies: vec![(id, r)] }.encode(&mut buf)
-                    }
-                    OutItem::Frame(f) => buf = f,
+            let frames = calls.into_iter().map(|(id, p)| {
+                Frame::RpcReq {
+                    msg_id: 0,
+                    calls: vec![(id, p)],
                 }
+                .to_bytes()
+            });
+            let others = other.into_iter().filter_map(|item| match item {
+                OutItem::Reply(id, r) => Some(
+                    Frame::RpcResp {
+                        replies: vec![(id, r)],
+                    }
+                    .to_bytes(),
+                ),
+                OutItem::Frame(f) => Some(f),
+                OutItem::Call(..) | OutItem::Ack(_) => None,
+            });
+            for buf in frames.chain(others) {
+                rpc_count += (buf[4] == 20 || buf[4] == 21) as u64;
                 send(&buf, &mut w)?;
             }
         } else {
             let mut buf = Vec::new();
-            let mut calls = Vec::new();
+            rpc_count += calls.len() as u64;
+            if !calls.is_empty() {
+                Frame::RpcReq { msg_id, calls }.encode(&mut buf);
+            }
             let mut replies = Vec::new();
-            let mut pending_bytes = 0usize;
-            for item in items {
+            let mut reply_bytes = 0usize;
+            for item in other {
                 match item {
-                    OutItem::Call(id, p) => {
-                        pending_bytes += p.len() + 16;
-                        calls.push((id, p));
-                    }
                     OutItem::Reply(id, r) => {
-                        pending_bytes += r.as_ref().map_or_else(|e| e.len(), |p| p.len()) + 16;
+                        reply_bytes += r.as_ref().map_or_else(|e| e.len(), |p| p.len()) + 16;
                         replies.push((id, r));
+                        // Keep every frame under the cap: flush a full frame early.
+                        if reply_bytes > MAX_FRAME / 2 {
+                            rpc_count += replies.len() as u64;
+                            Frame::RpcResp {
+                                replies: std::mem::take(&mut replies),
+                            }
+                            .encode(&mut buf);
+                            reply_bytes = 0;
+                        }
+                    }
+                    OutItem::Ack(msg_id) => {
+                        // Replies to a batch go before its ack.
+                        if !replies.is_empty() {
+                            rpc_count += replies.len() as u64;
+                            Frame::RpcResp {
+                                replies: std::mem::take(&mut replies),
+                            }
+                            .encode(&mut buf);
+                            reply_bytes = 0;
+                        }
+                        Frame::RpcAck { msg_id }.encode(&mut buf);
                     }
                     OutItem::Frame(f) => buf.extend_from_slice(&f),
-                }
-                // Keep every frame under the cap: flush a full RPC frame early.
-                if pending_bytes > MAX_FRAME / 2 {
-                    rpc_count += flush_rpc(&mut buf, &mut calls, &mut replies);
-                    pending_bytes = 0;
+                    OutItem::Call(..) => unreachable!("calls are queued apart"),
                 }
             }
-            rpc_count += flush_rpc(&mut buf, &mut calls, &mut replies);
+            if !replies.is_empty() {
+                rpc_count += replies.len() as u64;
+                Frame::RpcResp { replies }.encode(&mut buf);
+            }
             send(&buf, &mut w)?;
         }
         c.rpc_requests.fetch_add(rpc_count, Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn flush_rpc(
-    buf: &mut Vec<u8>,
-    calls: &mut Vec<(u64, Vec<u8>)>,
-    replies: &mut Vec<(u64, Result<Vec<u8>, String>)>,
-) -> u64 {
-    let n = (calls.len() + replies.len()) as u64;
-    if !calls.is_empty() {
-        Frame::RpcReq { calls: std::mem::take(calls) }.encode(buf);
-    }
-    if !replies.is_empty() {
-        Frame::RpcResp { replies: std::mem::take(replies) }.encode(buf);
-    }
-    n
 }
 
 fn send_frame<W: Write>(w: &mut W, f: &Frame) -> io::Result<()> {
@@ -247,7 +343,11 @@ pub(crate) fn client_handshake<S: Read + Write>(
         },
     )?;
     let (server_nonce, server_mac) = match recv_frame(s)? {
-        Frame::Challenge { version, server_nonce, server_mac } => {
+        Frame::Challenge {
+            version,
+            server_nonce,
+            server_mac,
+        } => {
             if version != wire::VERSION {
                 return Err(FabricError::Refused(format!(
                     "server speaks protocol version {version}, this client {}",
@@ -259,12 +359,20 @@ pub(crate) fn client_handshake<S: Read + Write>(
         Frame::Refused { reason } => return Err(FabricError::Refused(reason)),
         other => return Err(unexpected("CHALLENGE", &other)),
     };
-    if !ClusterKey::verify(&opts.key.server_mac(&client_nonce, &server_nonce), &server_mac) {
+    if !ClusterKey::verify(
+        &opts.key.server_mac(&client_nonce, &server_nonce),
+        &server_mac,
+    ) {
         return Err(FabricError::Refused(
-            "server failed authentication: it does not hold this cluster key".into(),
+            "cluster key mismatch: the server's proof does not match this client's cluster key (check the key file on both sides)".into(),
         ));
     }
-    send_frame(s, &Frame::Auth { client_mac: opts.key.client_mac(&server_nonce, &client_nonce) })?;
+    send_frame(
+        s,
+        &Frame::Auth {
+            client_mac: opts.key.client_mac(&server_nonce, &client_nonce),
+        },
+    )?;
     match recv_frame(s)? {
         Frame::Welcome { conn_id, regions } => Ok((conn_id, regions)),
         Frame::Refused { reason } => Err(FabricError::Refused(reason)),
@@ -274,7 +382,11 @@ pub(crate) fn client_handshake<S: Read + Write>(
 
 fn unexpected(wanted: &str, got: &Frame) -> FabricError {
     let name = format!("{got:?}");
-    let name = name.split([' ', '{', '(']).next().unwrap_or("?").to_string();
+    let name = name
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("?")
+        .to_string();
     FabricError::Protocol(format!("expected {wanted}, got {name}"))
 }
 
@@ -287,11 +399,21 @@ pub(crate) fn server_handshake<S: Read + Write>(
     regions: &[RegionDesc],
 ) -> Result<bool, FabricError> {
     let refuse = |s: &mut S, reason: String| -> FabricError {
-        let _ = send_frame(s, &Frame::Refused { reason: reason.clone() });
+        let _ = send_frame(
+            s,
+            &Frame::Refused {
+                reason: reason.clone(),
+            },
+        );
         FabricError::Refused(reason)
     };
     let (batching, client_nonce) = match recv_frame(s) {
-        Ok(Frame::Hello { magic, version, batching, client_nonce }) => {
+        Ok(Frame::Hello {
+            magic,
+            version,
+            batching,
+            client_nonce,
+        }) => {
             if magic != wire::MAGIC {
                 return Err(refuse(s, "bad magic: not a fabric client".into()));
             }
@@ -326,7 +448,13 @@ pub(crate) fn server_handshake<S: Read + Write>(
         }
         other => return Err(refuse(s, format!("{}", unexpected("AUTH", &other)))),
     }
-    send_frame(s, &Frame::Welcome { conn_id, regions: regions.to_vec() })?;
+    send_frame(
+        s,
+        &Frame::Welcome {
+            conn_id,
+            regions: regions.to_vec(),
+        },
+    )?;
     Ok(batching)
 }
 
@@ -335,24 +463,66 @@ enum Reply {
     OneSided(Vec<OpResult>),
 }
 
-#[derive(Default)]
+/// Where one caller waits for its answer (parked, woken by the reader).
 struct Slot {
     value: Mutex<Option<Option<Reply>>>,
-    ready: Condvar,
+    waiter: std::thread::Thread,
 }
 
 impl Slot {
+    fn for_current_thread() -> Slot {
+        Slot {
+            value: Mutex::new(None),
+            waiter: std::thread::current(),
+        }
+    }
+
     /// `None` means the connection died before the answer came.
     fn fill(&self, v: Option<Reply>) {
         *self.value.lock() = Some(v);
-        self.ready.notify_one();
+        self.waiter.unpark();
+    }
+
+    fn take(&self) -> Option<Option<Reply>> {
+        self.value.lock().take()
+    }
+}
+
+const PENDING_SHARDS: usize = 16;
+
+/// Calls awaiting answers, sharded so that callers woken together do not queue on one
+/// lock.
+struct Pending {
+    shards: [Mutex<HashMap<u64, Arc<Slot>>>; PENDING_SHARDS],
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Arc<Slot>>> {
+        &self.shards[id as usize % PENDING_SHARDS]
+    }
+    fn insert(&self, id: u64, slot: Arc<Slot>) {
+        self.shard(id).lock().insert(id, slot);
+    }
+    fn remove(&self, id: u64) -> Option<Arc<Slot>> {
+        self.shard(id).lock().remove(&id)
+    }
+    fn drain(&self) -> Vec<Arc<Slot>> {
+        self.shards
+            .iter()
+            .flat_map(|s| std::mem::take(&mut *s.lock()).into_values())
+            .collect()
     }
 }
 
 /// The client half of a stream connection: calls, one-sided batches, pending answers.
 pub(crate) struct ClientCore {
     outbox: Outbox,
-    pending: Mutex<HashMap<u64, Arc<Slot>>>,
+    pending: Pending,
     next_id: AtomicU64,
     closed: AtomicBool,
     regions: Vec<RegionDesc>,
@@ -368,8 +538,8 @@ impl ClientCore {
         shutdown: Box<dyn Fn() + Send + Sync>,
     ) -> ClientCore {
         ClientCore {
-            outbox: Outbox::new(writer, opts.batching),
-            pending: Mutex::new(HashMap::new()),
+            outbox: Outbox::new(writer, opts.batching, Some(opts.max_in_flight.max(1))),
+            pending: Pending::new(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             regions,
@@ -391,23 +561,29 @@ impl ClientCore {
             return Err(FabricError::Disconnected);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot::default());
-        self.pending.lock().insert(id, slot.clone());
+        let slot = Arc::new(Slot::for_current_thread());
+        self.pending.insert(id, slot.clone());
         if self.outbox.push(item(id)).is_err() {
-            self.pending.lock().remove(&id);
+            self.pending.remove(id);
             self.close();
             return Err(FabricError::Disconnected);
         }
         let deadline = Instant::now() + self.timeout;
-        let mut v = slot.value.lock();
-        while v.is_none() {
-            if slot.ready.wait_until(&mut v, deadline).timed_out() && v.is_none() {
-                drop(v);
-                self.pending.lock().remove(&id);
-                return Err(FabricError::Timeout(self.timeout));
+        loop {
+            if let Some(v) = slot.take() {
+                return v.ok_or(FabricError::Disconnected);
             }
+            let now = Instant::now();
+            if now >= deadline {
+                self.pending.remove(id);
+                // The answer may have landed between the check and the removal.
+                return match slot.take() {
+                    Some(v) => v.ok_or(FabricError::Disconnected),
+                    None => Err(FabricError::Timeout(self.timeout)),
+                };
+            }
+            std::thread::park_timeout(deadline - now);
         }
-        v.take().flatten().ok_or(FabricError::Disconnected)
     }
 
     pub(crate) fn call(&self, request: &[u8]) -> Result<Vec<u8>, FabricError> {
@@ -429,19 +605,48 @@ impl ClientCore {
         let n = ops.len();
         let reply = self.submit(|id| {
             let mut buf = Vec::new();
-            Frame::OneSidedReq { batch_id: id, ops: ops.to_vec() }.encode(&mut buf);
+            Frame::OneSidedReq {
+                batch_id: id,
+                ops: ops.to_vec(),
+            }
+            .encode(&mut buf);
             OutItem::Frame(buf)
         })?;
-        self.outbox.counters.onesided_batches.fetch_add(1, Ordering::Relaxed);
-        self.outbox.counters.onesided_ops.fetch_add(n as u64, Ordering::Relaxed);
+        self.outbox
+            .counters
+            .onesided_batches
+            .fetch_add(1, Ordering::Relaxed);
+        self.outbox
+            .counters
+            .onesided_ops
+            .fetch_add(n as u64, Ordering::Relaxed);
         match reply {
             Reply::OneSided(r) if r.len() == n => Ok(r),
             Reply::OneSided(r) => Err(FabricError::Protocol(format!(
                 "{} results for {n} ops",
                 r.len()
             ))),
-            Reply::Rpc(_) => Err(FabricError::Protocol("call answer to a one-sided batch".into())),
+            Reply::Rpc(_) => Err(FabricError::Protocol(
+                "call answer to a one-sided batch".into(),
+            )),
         }
+    }
+
+    /// Starts the connection's reader and flusher threads.
+    pub(crate) fn start<R: Read + Send + 'static>(
+        self: &Arc<Self>,
+        reader: R,
+        name: &str,
+    ) -> io::Result<()> {
+        let rx = self.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-rx"))
+            .spawn(move || rx.run_reader(reader))?;
+        let flusher = self.clone();
+        std::thread::Builder::new()
+            .name(format!("{name}-flush"))
+            .spawn(move || flusher.outbox.run_flusher())?;
+        Ok(())
     }
 
     pub(crate) fn close(&self) {
@@ -454,8 +659,7 @@ impl ClientCore {
     }
 
     fn fail_pending(&self) {
-        let pending = std::mem::take(&mut *self.pending.lock());
-        for (_, slot) in pending {
+        for slot in self.pending.drain() {
             slot.fill(None);
         }
     }
@@ -475,21 +679,18 @@ impl ClientCore {
             };
             match frame {
                 Frame::RpcResp { replies } => {
-                    let mut pending = self.pending.lock();
-                    let slots: Vec<_> = replies
-                        .into_iter()
-                        .filter_map(|(id, r)| pending.remove(&id).map(|s| (s, r)))
-                        .collect();
-                    drop(pending);
-                    for (slot, r) in slots {
-                        slot.fill(Some(Reply::Rpc(r)));
+                    for (id, r) in replies {
+                        if let Some(slot) = self.pending.remove(id) {
+                            slot.fill(Some(Reply::Rpc(r)));
+                        }
                     }
                 }
                 Frame::OneSidedResp { batch_id, results } => {
-                    if let Some(slot) = self.pending.lock().remove(&batch_id) {
+                    if let Some(slot) = self.pending.remove(batch_id) {
                         slot.fill(Some(Reply::OneSided(results)));
                     }
                 }
+                Frame::RpcAck { .. } => self.outbox.ack(),
                 other => {
                     tracing::warn!(frame = ?unexpected("a response", &other), "closing connection");
                     break;
@@ -574,7 +775,7 @@ pub(crate) fn serve_frames<R: Read>(
                     break;
                 }
             }
-            Frame::RpcReq { calls } => {
+            Frame::RpcReq { msg_id, calls } => {
                 let batch = calls
                     .into_iter()
                     .map(|(id, payload)| Request {
@@ -583,6 +784,9 @@ pub(crate) fn serve_frames<R: Read>(
                     })
                     .collect();
                 service.handle_batch(peer, batch);
+                if msg_id != 0 && outbox.push(OutItem::Ack(msg_id)).is_err() {
+                    break;
+                }
             }
             other => {
                 tracing::warn!(peer = %peer, error = %unexpected("a request", &other), "closing connection");

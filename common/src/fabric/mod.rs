@@ -84,7 +84,9 @@ impl FromStr for Transport {
             "shm" => Ok(Transport::Shm),
             "tcp" => Ok(Transport::Tcp),
             "rdma" => Ok(Transport::Rdma),
-            other => Err(format!("unknown transport {other:?} (expected shm, tcp or rdma)")),
+            other => Err(format!(
+                "unknown transport {other:?} (expected shm, tcp or rdma)"
+            )),
         }
     }
 }
@@ -307,6 +309,9 @@ pub struct ClientOptions {
     pub batching: bool,
     /// How long a call or batch waits for its answer.
     pub timeout: Duration,
+    /// With batching on: RPC messages that may await the server's acknowledgement at
+    /// once. Requests that arrive meanwhile queue up and leave as one message.
+    pub max_in_flight: usize,
 }
 
 impl ClientOptions {
@@ -315,6 +320,10 @@ impl ClientOptions {
             key,
             batching: true,
             timeout: Duration::from_secs(30),
+            max_in_flight: std::env::var("FABRIC_WINDOW")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
         }
     }
     pub fn batching(mut self, on: bool) -> Self {

@@ -49,11 +49,7 @@ impl Mapping {
         } else {
             opts.map_raw_read_only(file)?
         };
-        Ok(Mapping {
-            map,
-            len,
-            writable,
-        })
+        Ok(Mapping { map, len, writable })
     }
 
     pub fn len(&self) -> u64 {
@@ -64,7 +60,8 @@ impl Mapping {
         self.len == 0
     }
 
-    fn base(&self) -> *mut u8 {
+    /// Start of the mapping (the rdma backend registers it with the NIC).
+    pub(crate) fn base(&self) -> *mut u8 {
         self.map.as_mut_ptr()
     }
 
@@ -76,7 +73,7 @@ impl Mapping {
     }
 
     fn word(&self, offset: u64) -> Result<&AtomicU64, OpError> {
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(OpError::Misaligned);
         }
         let off = self.check_range(offset, 8)?;
@@ -144,7 +141,7 @@ impl Mapping {
 pub(crate) unsafe fn atomic_copy_out(src: *const u8, dst: &mut [u8]) {
     let n = dst.len();
     let mut i = 0;
-    while i < n && (src as usize + i) % 8 != 0 {
+    while i < n && !(src as usize + i).is_multiple_of(8) {
         // SAFETY: in range per the caller's contract; AtomicU8 has u8's layout.
         dst[i] = unsafe { (*(src.add(i) as *const AtomicU8)).load(Ordering::Acquire) };
         i += 1;
@@ -169,7 +166,7 @@ pub(crate) unsafe fn atomic_copy_out(src: *const u8, dst: &mut [u8]) {
 pub(crate) unsafe fn atomic_copy_in(dst: *mut u8, src: &[u8]) {
     let n = src.len();
     let mut i = 0;
-    while i < n && (dst as usize + i) % 8 != 0 {
+    while i < n && !(dst as usize + i).is_multiple_of(8) {
         // SAFETY: in range per the caller's contract.
         unsafe { (*(dst.add(i) as *const AtomicU8)).store(src[i], Ordering::Release) };
         i += 1;
@@ -243,7 +240,10 @@ impl Region {
         if self.access.contains(Access::WRITE) || self.access.contains(Access::ATOMIC) {
             self.file.as_fd().try_clone_to_owned()
         } else {
-            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&self.file));
+            let path = format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&self.file)
+            );
             Ok(OwnedFd::from(File::open(path)?))
         }
     }
@@ -335,14 +335,48 @@ mod tests {
         let rw = t.register(64, Access::ALL).unwrap();
         rw.mem().store_u64(8, 42).unwrap();
         let res = t.serve_batch(&[
-            Op::Read { region: ro.id(), offset: 60, len: 8 },
-            Op::Write { region: ro.id(), offset: 0, data: vec![1] },
-            Op::Cas { region: rw.id(), offset: 4, expected: 0, new: 1 },
-            Op::Cas { region: rw.id(), offset: 8, expected: 42, new: 7 },
-            Op::FetchAdd { region: rw.id(), offset: 8, add: 3 },
-            Op::Read { region: RegionId(9), offset: 0, len: 1 },
-            Op::Read { region: rw.id(), offset: u64::MAX, len: 2 },
-            Op::Read { region: rw.id(), offset: 8, len: 8 },
+            Op::Read {
+                region: ro.id(),
+                offset: 60,
+                len: 8,
+            },
+            Op::Write {
+                region: ro.id(),
+                offset: 0,
+                data: vec![1],
+            },
+            Op::Cas {
+                region: rw.id(),
+                offset: 4,
+                expected: 0,
+                new: 1,
+            },
+            Op::Cas {
+                region: rw.id(),
+                offset: 8,
+                expected: 42,
+                new: 7,
+            },
+            Op::FetchAdd {
+                region: rw.id(),
+                offset: 8,
+                add: 3,
+            },
+            Op::Read {
+                region: RegionId(9),
+                offset: 0,
+                len: 1,
+            },
+            Op::Read {
+                region: rw.id(),
+                offset: u64::MAX,
+                len: 2,
+            },
+            Op::Read {
+                region: rw.id(),
+                offset: 8,
+                len: 8,
+            },
         ]);
         assert_eq!(res[0], Err(OpError::OutOfBounds));
         assert_eq!(res[1], Err(OpError::AccessDenied));

@@ -107,7 +107,11 @@ impl Segment {
 
     fn data(&self, ring: usize) -> *mut u8 {
         // SAFETY: stays inside the mapping.
-        unsafe { self.map.as_mut_ptr().add(ring * RING_BYTES as usize + HEADER as usize) }
+        unsafe {
+            self.map
+                .as_mut_ptr()
+                .add(ring * RING_BYTES as usize + HEADER as usize)
+        }
     }
 
     /// Marks both rings closed and wakes anyone blocked on them.
@@ -147,19 +151,32 @@ pub struct RingWriter {
 impl RingReader {
     pub fn new(seg: Arc<Segment>, ring: usize, alive: Liveness) -> RingReader {
         let tail = seg.header(ring).tail.load(Ordering::Acquire);
-        RingReader { seg, ring, tail, alive }
+        RingReader {
+            seg,
+            ring,
+            tail,
+            alive,
+        }
     }
 }
 
 impl RingWriter {
     pub fn new(seg: Arc<Segment>, ring: usize, alive: Liveness) -> RingWriter {
         let head = seg.header(ring).head.load(Ordering::Acquire);
-        RingWriter { seg, ring, head, alive }
+        RingWriter {
+            seg,
+            ring,
+            head,
+            alive,
+        }
     }
 }
 
 fn corrupt() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "shared-memory ring corrupted by peer")
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "shared-memory ring corrupted by peer",
+    )
 }
 
 impl Read for RingReader {
@@ -208,8 +225,7 @@ impl Read for RingReader {
             }
             let seq = h.data_seq.load(Ordering::SeqCst);
             h.reader_waiting.store(1, Ordering::SeqCst);
-            if h.head.load(Ordering::SeqCst) == self.tail && h.closed.load(Ordering::SeqCst) == 0
-            {
+            if h.head.load(Ordering::SeqCst) == self.tail && h.closed.load(Ordering::SeqCst) == 0 {
                 let timed_out = futex_wait(&h.data_seq, seq, WAIT_SLICE);
                 if timed_out && !(self.alive)() {
                     h.reader_waiting.store(0, Ordering::SeqCst);
@@ -305,7 +321,15 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> bool {
 fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE on a valid, aligned u32 in a shared mapping.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0, 0, 0);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            0,
+            0,
+            0,
+        );
     }
 }
 

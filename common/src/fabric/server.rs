@@ -81,7 +81,8 @@ pub struct NoRpc;
 impl RpcService for NoRpc {
     fn handle_batch(&self, _peer: &PeerInfo, batch: Vec<Request>) {
         for r in batch {
-            r.replier.reply(Err("this server offers no RPC service".into()));
+            r.replier
+                .reply(Err("this server offers no RPC service".into()));
         }
     }
 }

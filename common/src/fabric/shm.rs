@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Open connections, so shutdown can close them.
+type LiveConns = Arc<Mutex<HashMap<u64, (UnixStream, Arc<Segment>)>>>;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Linux accepts at most 253 descriptors in one SCM_RIGHTS message.
 const MAX_FDS: usize = 253;
@@ -32,7 +35,11 @@ fn liveness(stream: &UnixStream) -> Result<Liveness, FabricError> {
     let s = stream.try_clone()?;
     Ok(Arc::new(move || {
         let mut b = [0u8; 1];
-        match socket::recv(s.as_raw_fd(), &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        match socket::recv(
+            s.as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(0) => false,
             Ok(_) => true,
             Err(e) => matches!(e, nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR),
@@ -70,7 +77,8 @@ impl ShmClient {
         let seg = Segment::open(fds.next().expect("checked length"))?;
         let mut maps = Vec::with_capacity(regions.len());
         for (desc, fd) in regions.iter().zip(fds) {
-            let writable = desc.access.contains(Access::WRITE) || desc.access.contains(Access::ATOMIC);
+            let writable =
+                desc.access.contains(Access::WRITE) || desc.access.contains(Access::ATOMIC);
             let file = File::from(fd);
             if file.metadata()?.len() < desc.len {
                 return Err(FabricError::Protocol(format!(
@@ -93,10 +101,7 @@ impl ShmClient {
                 let _ = stream.shutdown(Shutdown::Both);
             }),
         ));
-        let rx = core.clone();
-        std::thread::Builder::new()
-            .name("fabric-shm-rx".into())
-            .spawn(move || rx.run_reader(reader))?;
+        core.start(reader, "fabric-shm")?;
         Ok(ShmClient {
             core,
             maps,
@@ -110,10 +115,12 @@ impl ShmClient {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
         ops.iter()
-            .map(|op| match self.maps.iter().find(|(d, _)| d.id == op.region()) {
-                Some((desc, mem)) => execute(mem, desc, op),
-                None => Err(OpError::NoSuchRegion),
-            })
+            .map(
+                |op| match self.maps.iter().find(|(d, _)| d.id == op.region()) {
+                    Some((desc, mem)) => execute(mem, desc, op),
+                    None => Err(OpError::NoSuchRegion),
+                },
+            )
             .collect()
     }
 
@@ -177,7 +184,7 @@ pub(crate) fn serve(
         ))
     })?;
     let stop = Arc::new(AtomicBool::new(false));
-    let live: Arc<Mutex<HashMap<u64, (UnixStream, Arc<Segment>)>>> = Arc::default();
+    let live: LiveConns = Arc::default();
     {
         let stop = stop.clone();
         let live = live.clone();
@@ -222,7 +229,7 @@ fn serve_conn(
     mut stream: UnixStream,
     shared: Arc<ServerShared>,
     service: Arc<dyn RpcService>,
-    live: Arc<Mutex<HashMap<u64, (UnixStream, Arc<Segment>)>>>,
+    live: LiveConns,
 ) {
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let peer = PeerInfo {
@@ -270,7 +277,7 @@ fn serve_conn(
     }
     let reader = RingReader::new(seg.clone(), CLIENT_TO_SERVER, alive.clone());
     let writer = RingWriter::new(seg.clone(), SERVER_TO_CLIENT, alive);
-    let outbox = Arc::new(Outbox::new(Box::new(writer), batching));
+    let outbox = Arc::new(Outbox::new(Box::new(writer), batching, None));
     conn::serve_frames(reader, outbox, &shared.regions, &service, &peer);
     seg.close();
     let _ = stream.shutdown(Shutdown::Both);

@@ -12,6 +12,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reader polls an empty socket before it blocks in the kernel.
+const POLL_BEFORE_BLOCK: Duration = Duration::from_micros(20);
+
+/// A socket reader that polls briefly (yielding the core between polls) before it
+/// blocks: waking a blocked thread costs far more than a few polls when the answer is
+/// already on its way, and yielding keeps a 2-core machine from starving.
+struct PollingReader(TcpStream);
+
+impl std::io::Read for PollingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let spin_us: u64 = std::env::var("FABRIC_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SPIN_US);
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_micros(spin_us) {
+            match nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+                    std::thread::yield_now()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        std::io::Read::read(&mut self.0, buf)
+    }
+}
 
 pub(crate) struct TcpClient {
     pub(crate) core: Arc<ClientCore>,
@@ -34,7 +65,9 @@ impl TcpClient {
             (Some(s), _) => s,
             (None, Some(e)) => return Err(e.into()),
             (None, None) => {
-                return Err(FabricError::Protocol(format!("{addr}: no address to connect to")))
+                return Err(FabricError::Protocol(format!(
+                    "{addr}: no address to connect to"
+                )))
             }
         };
         stream.set_nodelay(true)?;
@@ -50,10 +83,7 @@ impl TcpClient {
                 let _ = shut.shutdown(Shutdown::Both);
             }),
         ));
-        let reader_core = core.clone();
-        std::thread::Builder::new()
-            .name("fabric-tcp-rx".into())
-            .spawn(move || reader_core.run_reader(stream))?;
+        core.start(PollingReader(stream), "fabric-tcp")?;
         Ok(TcpClient { core })
     }
 
@@ -149,8 +179,14 @@ fn serve_conn(
         live.lock().insert(conn_id, s);
     }
     tracing::debug!(peer = %peer, batching, "fabric peer connected");
-    let outbox = Arc::new(Outbox::new(Box::new(writer), batching));
-    conn::serve_frames(&stream, outbox, &shared.regions, &service, &peer);
+    let outbox = Arc::new(Outbox::new(Box::new(writer), batching, None));
+    conn::serve_frames(
+        PollingReader(stream.try_clone().expect("clone")),
+        outbox,
+        &shared.regions,
+        &service,
+        &peer,
+    );
     let _ = stream.shutdown(Shutdown::Both);
     live.lock().remove(&conn_id);
     service.disconnected(&peer);

@@ -21,8 +21,9 @@
 //! | 5 | REFUSED | reason: len u32 + UTF-8 |
 //! | 10 | ONESIDED_REQ | batch id u64, op count u32, ops |
 //! | 11 | ONESIDED_RESP | batch id u64, result count u32, results |
-//! | 20 | RPC_REQ | call count u32, then per call: call id u64, len u32, bytes |
+//! | 20 | RPC_REQ | message id u64 (0: no ack wanted), call count u32, then per call: call id u64, len u32, bytes |
 //! | 21 | RPC_RESP | reply count u32, then per reply: call id u64, status u8 (0 ok, 1 error), len u32, bytes |
+//! | 22 | RPC_ACK | message id u64: the server has handed that message's batch to its service |
 //!
 //! An op is `opcode u8, region u32, offset u64` followed by READ(1): len u32;
 //! WRITE(2): len u32 + bytes; CAS(3): expected u64, new u64; FETCH_ADD(4): add u64.
@@ -80,10 +81,14 @@ pub enum Frame {
         results: Vec<OpResult>,
     },
     RpcReq {
+        msg_id: u64,
         calls: Vec<(u64, Vec<u8>)>,
     },
     RpcResp {
         replies: Vec<(u64, Result<Vec<u8>, String>)>,
+    },
+    RpcAck {
+        msg_id: u64,
     },
 }
 
@@ -110,6 +115,7 @@ const ONESIDED_REQ: u8 = 10;
 const ONESIDED_RESP: u8 = 11;
 const RPC_REQ: u8 = 20;
 const RPC_RESP: u8 = 21;
+const RPC_ACK: u8 = 22;
 
 const OP_READ: u8 = 1;
 const OP_WRITE: u8 = 2;
@@ -133,26 +139,43 @@ fn put_bytes(o: &mut Vec<u8>, b: &[u8]) {
 /// Encodes one op (also used to size batches).
 pub fn encode_op(o: &mut Vec<u8>, op: &Op) {
     match op {
-        Op::Read { region, offset, len } => {
+        Op::Read {
+            region,
+            offset,
+            len,
+        } => {
             o.push(OP_READ);
             put_u32(o, region.0);
             put_u64(o, *offset);
             put_u32(o, *len);
         }
-        Op::Write { region, offset, data } => {
+        Op::Write {
+            region,
+            offset,
+            data,
+        } => {
             o.push(OP_WRITE);
             put_u32(o, region.0);
             put_u64(o, *offset);
             put_bytes(o, data);
         }
-        Op::Cas { region, offset, expected, new } => {
+        Op::Cas {
+            region,
+            offset,
+            expected,
+            new,
+        } => {
             o.push(OP_CAS);
             put_u32(o, region.0);
             put_u64(o, *offset);
             put_u64(o, *expected);
             put_u64(o, *new);
         }
-        Op::FetchAdd { region, offset, add } => {
+        Op::FetchAdd {
+            region,
+            offset,
+            add,
+        } => {
             o.push(OP_FADD);
             put_u32(o, region.0);
             put_u64(o, *offset);
@@ -196,14 +219,23 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
         match self {
-            Frame::Hello { magic, version, batching, client_nonce } => {
+            Frame::Hello {
+                magic,
+                version,
+                batching,
+                client_nonce,
+            } => {
                 out.push(HELLO);
                 out.extend_from_slice(magic);
                 put_u16(out, *version);
                 out.push(*batching as u8);
                 out.extend_from_slice(client_nonce);
             }
-            Frame::Challenge { version, server_nonce, server_mac } => {
+            Frame::Challenge {
+                version,
+                server_nonce,
+                server_mac,
+            } => {
                 out.push(CHALLENGE);
                 put_u16(out, *version);
                 out.extend_from_slice(server_nonce);
@@ -243,8 +275,9 @@ impl Frame {
                     encode_result(out, r);
                 }
             }
-            Frame::RpcReq { calls } => {
+            Frame::RpcReq { msg_id, calls } => {
                 out.push(RPC_REQ);
+                put_u64(out, *msg_id);
                 put_u32(out, calls.len() as u32);
                 for (id, p) in calls {
                     put_u64(out, *id);
@@ -267,6 +300,10 @@ impl Frame {
                         }
                     }
                 }
+            }
+            Frame::RpcAck { msg_id } => {
+                out.push(RPC_ACK);
+                put_u64(out, *msg_id);
             }
         }
         let body = (out.len() - start - 4) as u32;
@@ -298,7 +335,9 @@ impl Frame {
                 server_nonce: c.array()?,
                 server_mac: c.array()?,
             },
-            AUTH => Frame::Auth { client_mac: c.array()? },
+            AUTH => Frame::Auth {
+                client_mac: c.array()?,
+            },
             WELCOME => {
                 let conn_id = c.u64()?;
                 let n = c.count(13)?;
@@ -328,10 +367,27 @@ impl Frame {
                     let region = RegionId(c.u32()?);
                     let offset = c.u64()?;
                     ops.push(match code {
-                        OP_READ => Op::Read { region, offset, len: c.u32()? },
-                        OP_WRITE => Op::Write { region, offset, data: c.bytes()?.to_vec() },
-                        OP_CAS => Op::Cas { region, offset, expected: c.u64()?, new: c.u64()? },
-                        OP_FADD => Op::FetchAdd { region, offset, add: c.u64()? },
+                        OP_READ => Op::Read {
+                            region,
+                            offset,
+                            len: c.u32()?,
+                        },
+                        OP_WRITE => Op::Write {
+                            region,
+                            offset,
+                            data: c.bytes()?.to_vec(),
+                        },
+                        OP_CAS => Op::Cas {
+                            region,
+                            offset,
+                            expected: c.u64()?,
+                            new: c.u64()?,
+                        },
+                        OP_FADD => Op::FetchAdd {
+                            region,
+                            offset,
+                            add: c.u64()?,
+                        },
                         _ => return Err(WireError::Invalid("opcode")),
                     });
                 }
@@ -360,12 +416,13 @@ impl Frame {
                 Frame::OneSidedResp { batch_id, results }
             }
             RPC_REQ => {
+                let msg_id = c.u64()?;
                 let n = c.count(12)?;
                 let mut calls = Vec::with_capacity(n);
                 for _ in 0..n {
                     calls.push((c.u64()?, c.bytes()?.to_vec()));
                 }
-                Frame::RpcReq { calls }
+                Frame::RpcReq { msg_id, calls }
             }
             RPC_RESP => {
                 let n = c.count(13)?;
@@ -381,6 +438,7 @@ impl Frame {
                 }
                 Frame::RpcResp { replies }
             }
+            RPC_ACK => Frame::RpcAck { msg_id: c.u64()? },
             k => return Err(WireError::UnknownKind(k)),
         };
         if !c.b.is_empty() {
@@ -446,7 +504,7 @@ impl<'a> Cursor<'a> {
 
 /// Reads one frame body from a byte stream. `Ok(None)` is a clean end of stream at a
 /// frame boundary.
-pub fn read_frame<R: Read>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
+pub fn read_frame<R: Read + ?Sized>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -482,18 +540,44 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        roundtrip(Frame::Hello { magic: MAGIC, version: 1, batching: true, client_nonce: [7; 32] });
+        roundtrip(Frame::Hello {
+            magic: MAGIC,
+            version: 1,
+            batching: true,
+            client_nonce: [7; 32],
+        });
         roundtrip(Frame::Welcome {
             conn_id: 9,
-            regions: vec![RegionDesc { id: RegionId(1), len: 4096, access: Access::ALL }],
+            regions: vec![RegionDesc {
+                id: RegionId(1),
+                len: 4096,
+                access: Access::ALL,
+            }],
         });
         roundtrip(Frame::OneSidedReq {
             batch_id: 3,
             ops: vec![
-                Op::Read { region: RegionId(0), offset: 8, len: 16 },
-                Op::Write { region: RegionId(1), offset: 0, data: vec![1, 2, 3] },
-                Op::Cas { region: RegionId(2), offset: 16, expected: 1, new: 2 },
-                Op::FetchAdd { region: RegionId(2), offset: 24, add: 5 },
+                Op::Read {
+                    region: RegionId(0),
+                    offset: 8,
+                    len: 16,
+                },
+                Op::Write {
+                    region: RegionId(1),
+                    offset: 0,
+                    data: vec![1, 2, 3],
+                },
+                Op::Cas {
+                    region: RegionId(2),
+                    offset: 16,
+                    expected: 1,
+                    new: 2,
+                },
+                Op::FetchAdd {
+                    region: RegionId(2),
+                    offset: 24,
+                    add: 5,
+                },
             ],
         });
         roundtrip(Frame::OneSidedResp {
@@ -505,7 +589,14 @@ mod tests {
                 Err(OpError::OutOfBounds),
             ],
         });
-        roundtrip(Frame::RpcResp { replies: vec![(1, Ok(vec![1])), (2, Err("boom".into()))] });
+        roundtrip(Frame::RpcReq {
+            msg_id: 4,
+            calls: vec![(1, vec![1, 2]), (2, vec![])],
+        });
+        roundtrip(Frame::RpcAck { msg_id: 4 });
+        roundtrip(Frame::RpcResp {
+            replies: vec![(1, Ok(vec![1])), (2, Err("boom".into()))],
+        });
     }
 
     #[test]
@@ -529,7 +620,7 @@ mod tests {
         /// Random bodies that start with a valid kind byte exercise deeper paths.
         #[test]
         fn decoder_never_panics_on_typed_garbage(
-            kind in prop::sample::select(vec![1u8, 2, 3, 4, 5, 10, 11, 20, 21]),
+            kind in prop::sample::select(vec![1u8, 2, 3, 4, 5, 10, 11, 20, 21, 22]),
             rest in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             let mut body = vec![kind];

@@ -1,0 +1,1 @@
+//! GTM protocol types and client library (issue 4).

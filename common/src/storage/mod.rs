@@ -1,0 +1,1 @@
+//! Storage-node protocol: page and redo formats, RPC messages, client library (issue 3).
