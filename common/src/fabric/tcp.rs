@@ -22,12 +22,8 @@ struct PollingReader(TcpStream);
 
 impl std::io::Read for PollingReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let spin_us: u64 = std::env::var("FABRIC_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(SPIN_US);
         let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_micros(spin_us) {
+        while start.elapsed() < POLL_BEFORE_BLOCK {
             match nix::sys::socket::recv(
                 std::os::fd::AsRawFd::as_raw_fd(&self.0),
                 buf,
