@@ -156,6 +156,8 @@ struct CaseResult {
     batch: usize,
     threads: usize,
     batching: bool,
+    /// RPC messages allowed in flight (`usize::MAX`: unlimited).
+    window: Option<usize>,
     ops: u64,
     elapsed: Duration,
     hist: Histogram<u64>,
@@ -184,16 +186,28 @@ impl CaseResult {
             if let Some(r) = self.requests_per_message {
                 v["requests_per_message"] = serde_json::json!((r * 100.0).round() / 100.0);
             }
+            if let Some(w) = self.window {
+                v["max_in_flight"] = if w == usize::MAX {
+                    serde_json::json!("unlimited")
+                } else {
+                    serde_json::json!(w)
+                };
+            }
             println!("{v}");
         } else {
             println!(
-                "{:<5} {:<9} {:>6} {:>5} {:>7} {:>8} {:>14.0} {:>9.2} {:>9.2} {}",
+                "{:<5} {:<9} {:>6} {:>5} {:>7} {:>8} {:>6} {:>14.0} {:>9.2} {:>9.2} {}",
                 self.transport,
                 self.op,
                 self.bytes,
                 self.batch,
                 self.threads,
                 self.batching,
+                match self.window {
+                    None => "-".to_string(),
+                    Some(usize::MAX) => "inf".to_string(),
+                    Some(w) => w.to_string(),
+                },
                 self.ops_per_s(),
                 p50,
                 p99,
@@ -311,8 +325,17 @@ fn bench(args: &Args) -> Result<()> {
     let key = ClusterKey::from_file(&key_file).map_err(anyhow::Error::msg)?;
     if !args.json {
         println!(
-            "{:<5} {:<9} {:>6} {:>5} {:>7} {:>8} {:>14} {:>9} {:>9} req/msg",
-            "trans", "op", "bytes", "batch", "threads", "batching", "ops/s", "p50 us", "p99 us"
+            "{:<5} {:<9} {:>6} {:>5} {:>7} {:>8} {:>6} {:>14} {:>9} {:>9} req/msg",
+            "trans",
+            "op",
+            "bytes",
+            "batch",
+            "threads",
+            "batching",
+            "window",
+            "ops/s",
+            "p50 us",
+            "p99 us"
         );
     }
     for &transport in &args.transports {
@@ -342,6 +365,7 @@ fn bench(args: &Args) -> Result<()> {
                 batch,
                 threads: 1,
                 batching: false,
+                window: None,
                 ops,
                 elapsed,
                 hist,
@@ -349,11 +373,15 @@ fn bench(args: &Args) -> Result<()> {
             }
             .print(args.json);
         }
-        for batching in [true, false] {
+        // Batching on and off under the same flow control (one message awaiting its
+        // acknowledgement), and unbatched calls pipelined without limit.
+        for (batching, window) in [(true, 1usize), (false, 1), (false, usize::MAX)] {
             for threads in [1usize, 4, 16] {
                 let conn = Arc::new(Connection::connect(
                     &server.endpoint,
-                    &ClientOptions::new(key.clone()).batching(batching),
+                    &ClientOptions::new(key.clone())
+                        .batching(batching)
+                        .max_in_flight(window),
                 )?);
                 let (ops, elapsed, hist) = run_rpc(&conn, threads, dur)?;
                 let s = conn.stats();
@@ -365,6 +393,7 @@ fn bench(args: &Args) -> Result<()> {
                     batch: 1,
                     threads,
                     batching,
+                    window: Some(window),
                     ops,
                     elapsed,
                     hist,

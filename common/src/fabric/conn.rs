@@ -9,9 +9,10 @@
 //! the write. Items queued by other threads during a write therefore leave together in
 //! the next message. With batching off every item is its own frame and its own write.
 //!
-//! On a client with batching on, at most `max_in_flight` RPC messages (default 1) are
-//! unacknowledged at a time; the server acknowledges a message once its batch has been
-//! handed to the service. Calls that arrive while the window is full wait in the queue
+//! A client keeps at most `max_in_flight` RPC messages (default 1) unacknowledged at a
+//! time; with batching the server acknowledges a message once its batch has been handed
+//! to the service, without batching every message is one call and its reply is the
+//! acknowledgement (`usize::MAX` lifts the limit: unbatched calls are then pipelined). Calls that arrive while the window is full wait in the queue
 //! and leave together as soon as the acknowledgement comes back — this is what turns a
 //! busy connection's requests into large batches. A flusher thread sends them if no
 //! caller comes back first.
@@ -110,7 +111,7 @@ impl Outbox {
             window_opened: Condvar::new(),
             writer: Mutex::new(writer),
             batching,
-            window: if batching { window } else { None },
+            window,
             counters: Counters::default(),
         }
     }
@@ -199,16 +200,26 @@ impl Outbox {
     fn drain<'a>(&'a self, mut st: parking_lot::MutexGuard<'a, OutState>) -> io::Result<()> {
         st.writing = true;
         loop {
-            let calls = if self.window_open(&st) {
-                std::mem::take(&mut st.calls)
-            } else {
-                Vec::new()
+            let calls = match self.window {
+                _ if !self.window_open(&st) => Vec::new(),
+                // One message carries every queued call.
+                _ if self.batching => std::mem::take(&mut st.calls),
+                None => std::mem::take(&mut st.calls),
+                // Without batching each call is a message of its own.
+                Some(w) => {
+                    let n = (w - st.in_flight).min(st.calls.len());
+                    st.calls.drain(..n).collect()
+                }
             };
-            let msg_id = if !calls.is_empty() && self.window.is_some() {
+            let msg_id = if calls.is_empty() || self.window.is_none() {
+                0
+            } else if self.batching {
                 st.in_flight += 1;
                 st.next_msg += 1;
                 st.next_msg
             } else {
+                // Acknowledged by their replies.
+                st.in_flight += calls.len();
                 0
             };
             let other = std::mem::take(&mut st.other);
@@ -525,6 +536,8 @@ impl Pending {
 pub(crate) struct ClientCore {
     outbox: Outbox,
     pending: Pending,
+    /// Unbatched calls under a window: each reply acknowledges its one-call message.
+    acked_by_replies: bool,
     next_id: AtomicU64,
     closed: AtomicBool,
     regions: Vec<RegionDesc>,
@@ -540,7 +553,12 @@ impl ClientCore {
         shutdown: Box<dyn Fn() + Send + Sync>,
     ) -> ClientCore {
         ClientCore {
-            outbox: Outbox::new(writer, opts.batching, Some(opts.max_in_flight.max(1))),
+            outbox: Outbox::new(
+                writer,
+                opts.batching,
+                (opts.max_in_flight != usize::MAX).then_some(opts.max_in_flight.max(1)),
+            ),
+            acked_by_replies: !opts.batching && opts.max_in_flight != usize::MAX,
             pending: Pending::new(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
@@ -690,6 +708,11 @@ impl ClientCore {
             };
             match frame {
                 Frame::RpcResp { replies } => {
+                    if self.acked_by_replies {
+                        for _ in 0..replies.len() {
+                            self.outbox.ack();
+                        }
+                    }
                     for (id, r) in replies {
                         if let Some(slot) = self.pending.remove(id) {
                             slot.fill(Some(Reply::Rpc(r)));

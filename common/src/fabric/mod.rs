@@ -309,8 +309,9 @@ pub struct ClientOptions {
     pub batching: bool,
     /// How long a call or batch waits for its answer.
     pub timeout: Duration,
-    /// With batching on: RPC messages that may await the server's acknowledgement at
-    /// once. Requests that arrive meanwhile queue up and leave as one message.
+    /// RPC messages that may await the server's acknowledgement at once (default 1;
+    /// `usize::MAX`: no limit). With batching, requests that arrive meanwhile queue up
+    /// and leave as one message; without it, each message is one request.
     pub max_in_flight: usize,
 }
 
@@ -328,6 +329,10 @@ impl ClientOptions {
     }
     pub fn batching(mut self, on: bool) -> Self {
         self.batching = on;
+        self
+    }
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
         self
     }
     pub fn timeout(mut self, t: Duration) -> Self {
