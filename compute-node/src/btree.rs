@@ -1,0 +1,1 @@
+//! B-link trees (being written).
