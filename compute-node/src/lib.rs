@@ -8,4 +8,5 @@
 //! * [`btree`] — B-link trees over a [`pager::Pager`].
 
 pub mod btree;
+pub mod mvcc;
 pub mod pager;
