@@ -8,5 +8,6 @@
 //! * [`btree`] — B-link trees over a [`pager::Pager`].
 
 pub mod btree;
+pub mod buffer_pool;
 pub mod mvcc;
 pub mod pager;
