@@ -91,7 +91,10 @@ pub struct Pin<'a> {
 
 impl Drop for Pin<'_> {
     fn drop(&mut self) {
-        self.pool.frame(self.frame).pins.fetch_sub(1, Ordering::Release);
+        self.pool
+            .frame(self.frame)
+            .pins
+            .fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -141,7 +144,10 @@ impl BufferPool {
             frame.pins.fetch_sub(1, Ordering::Release);
             return None;
         }
-        Some(Pin { pool: self, frame: f })
+        Some(Pin {
+            pool: self,
+            frame: f,
+        })
     }
 
     /// The cached image of `page`, if any (a hit sets the CLOCK reference bit).
@@ -180,7 +186,9 @@ impl BufferPool {
     pub fn set_image(&self, pin: &Pin<'_>, image: Arc<Page>, validated: u64) {
         let frame = self.frame(pin.frame);
         let guard = epoch::pin();
-        let old = frame.image.swap(Owned::new(image), Ordering::AcqRel, &guard);
+        let old = frame
+            .image
+            .swap(Owned::new(image), Ordering::AcqRel, &guard);
         frame.validated.fetch_max(validated, Ordering::AcqRel);
         if !old.is_null() {
             // SAFETY: `old` is unlinked; readers that loaded it are protected by their
@@ -191,7 +199,9 @@ impl BufferPool {
 
     /// Records that a directory read issued at `tick` confirmed the frame's image.
     pub fn mark_validated(&self, pin: &Pin<'_>, tick: u64) {
-        self.frame(pin.frame).validated.fetch_max(tick, Ordering::AcqRel);
+        self.frame(pin.frame)
+            .validated
+            .fetch_max(tick, Ordering::AcqRel);
     }
 
     /// Forgets a confirmation (the image is known stale).
@@ -200,11 +210,15 @@ impl BufferPool {
     }
 
     pub fn set_flags(&self, pin: &Pin<'_>, flags: u8) {
-        self.frame(pin.frame).flags.fetch_or(flags, Ordering::AcqRel);
+        self.frame(pin.frame)
+            .flags
+            .fetch_or(flags, Ordering::AcqRel);
     }
 
     pub fn clear_flags(&self, pin: &Pin<'_>, flags: u8) {
-        self.frame(pin.frame).flags.fetch_and(!flags, Ordering::AcqRel);
+        self.frame(pin.frame)
+            .flags
+            .fetch_and(!flags, Ordering::AcqRel);
     }
 
     pub fn flags(&self, pin: &Pin<'_>) -> u8 {
@@ -235,7 +249,10 @@ impl BufferPool {
         frame.validated.store(0, Ordering::Release);
         frame.flags.store(0, Ordering::Release);
         frame.referenced.store(true, Ordering::Relaxed);
-        let pin = Pin { pool: self, frame: f };
+        let pin = Pin {
+            pool: self,
+            frame: f,
+        };
         self.set_image(&pin, image, validated);
         self.table.insert(page, f);
         // Turn the eviction mark into our own pin.
@@ -293,7 +310,9 @@ impl BufferPool {
         self.table.remove_if(&page, |_, v| *v == f);
         frame.page.store(NO_PAGE, Ordering::Release);
         let guard = epoch::pin();
-        let old = frame.image.swap(epoch::Shared::null(), Ordering::AcqRel, &guard);
+        let old = frame
+            .image
+            .swap(epoch::Shared::null(), Ordering::AcqRel, &guard);
         if !old.is_null() {
             // SAFETY: unlinked; see `set_image`.
             unsafe { guard.defer_destroy(old) };
@@ -352,14 +371,22 @@ mod tests {
         for i in 4..=10 {
             drop(pool.install(page(i, 1), 0).unwrap());
         }
-        assert!(pool.get(PageId(1)).is_some(), "a locked frame is never evicted");
+        assert!(
+            pool.get(PageId(1)).is_some(),
+            "a locked frame is never evicted"
+        );
         assert!(pool.get(PageId(10)).is_some());
         assert_eq!(pool.snapshot_versions().len(), 3);
         let all_pinned: Vec<_> = [PageId(1), PageId(10)]
             .iter()
             .filter_map(|p| pool.pin(*p))
             .collect();
-        let third = pool.snapshot_versions().into_iter().find(|(p, _)| p.0 != 1 && p.0 != 10).unwrap().0;
+        let third = pool
+            .snapshot_versions()
+            .into_iter()
+            .find(|(p, _)| p.0 != 1 && p.0 != 10)
+            .unwrap()
+            .0;
         let p3 = pool.pin(third).unwrap();
         assert!(pool.install(page(99, 1), 0).is_err(), "everything pinned");
         drop((all_pinned, p3));

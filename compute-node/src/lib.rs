@@ -9,5 +9,6 @@
 
 pub mod btree;
 pub mod buffer_pool;
+pub mod coherence;
 pub mod mvcc;
 pub mod pager;

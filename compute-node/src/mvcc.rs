@@ -274,34 +274,100 @@ mod tests {
     fn first_updater_wins_and_snapshots_see_committed_before_them() {
         let mut st = Table(HashMap::new());
         let mut c = Chain::default();
-        c.write(TxnId(1), Timestamp(10), Some(b"a".to_vec()), Timestamp(0), WaitPolicy::WaitDie, &st).unwrap();
+        c.write(
+            TxnId(1),
+            Timestamp(10),
+            Some(b"a".to_vec()),
+            Timestamp(0),
+            WaitPolicy::WaitDie,
+            &st,
+        )
+        .unwrap();
         // T2 (younger) meets T1's intent: dies; T0-like older may wait.
-        let e = c.write(TxnId(2), Timestamp(11), Some(b"b".to_vec()), Timestamp(0), WaitPolicy::WaitDie, &st).unwrap_err();
-        assert_eq!(e, MvccError::Locked { holder: TxnId(1), may_wait: false });
+        let e = c
+            .write(
+                TxnId(2),
+                Timestamp(11),
+                Some(b"b".to_vec()),
+                Timestamp(0),
+                WaitPolicy::WaitDie,
+                &st,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e,
+            MvccError::Locked {
+                holder: TxnId(1),
+                may_wait: false
+            }
+        );
         st.0.insert(TxnId(1), WriterState::Committed(Timestamp(12)));
         // T2's snapshot 11 predates T1's commit at 12: first updater wins.
-        let e = c.write(TxnId(2), Timestamp(11), Some(b"b".to_vec()), Timestamp(0), WaitPolicy::WaitDie, &st).unwrap_err();
+        let e = c
+            .write(
+                TxnId(2),
+                Timestamp(11),
+                Some(b"b".to_vec()),
+                Timestamp(0),
+                WaitPolicy::WaitDie,
+                &st,
+            )
+            .unwrap_err();
         assert_eq!(e, MvccError::WriteConflict);
         assert_eq!(c.visible(TxnId(3), Timestamp(12), &st).unwrap(), None);
-        assert_eq!(c.visible(TxnId(3), Timestamp(13), &st).unwrap(), Some(&b"a"[..]));
-        c.write(TxnId(4), Timestamp(13), None, Timestamp(0), WaitPolicy::WaitDie, &st).unwrap();
+        assert_eq!(
+            c.visible(TxnId(3), Timestamp(13), &st).unwrap(),
+            Some(&b"a"[..])
+        );
+        c.write(
+            TxnId(4),
+            Timestamp(13),
+            None,
+            Timestamp(0),
+            WaitPolicy::WaitDie,
+            &st,
+        )
+        .unwrap();
         assert_eq!(c.versions[1].cts, Some(Timestamp(12)), "stamped lazily");
-        assert_eq!(c.visible(TxnId(4), Timestamp(13), &st).unwrap(), None, "own delete");
+        assert_eq!(
+            c.visible(TxnId(4), Timestamp(13), &st).unwrap(),
+            None,
+            "own delete"
+        );
         st.0.insert(TxnId(4), WriterState::Aborted);
-        assert_eq!(c.visible(TxnId(5), Timestamp(20), &st).unwrap(), Some(&b"a"[..]));
-        c.write(TxnId(5), Timestamp(20), Some(b"c".to_vec()), Timestamp(0), WaitPolicy::WaitDie, &st).unwrap();
+        assert_eq!(
+            c.visible(TxnId(5), Timestamp(20), &st).unwrap(),
+            Some(&b"a"[..])
+        );
+        c.write(
+            TxnId(5),
+            Timestamp(20),
+            Some(b"c".to_vec()),
+            Timestamp(0),
+            WaitPolicy::WaitDie,
+            &st,
+        )
+        .unwrap();
         assert_eq!(c.versions.len(), 2, "aborted version dropped");
     }
 
     fn arb_chain() -> impl Strategy<Value = Chain> {
         proptest::collection::vec(
-            (1u64..50, proptest::option::of(1u64..1000), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20))),
+            (
+                1u64..50,
+                proptest::option::of(1u64..1000),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            ),
             0..6,
         )
         .prop_map(|vs| Chain {
             versions: vs
                 .into_iter()
-                .map(|(w, c, r)| Version { writer: TxnId(w), cts: c.map(Timestamp), row: r })
+                .map(|(w, c, r)| Version {
+                    writer: TxnId(w),
+                    cts: c.map(Timestamp),
+                    row: r,
+                })
                 .collect(),
         })
     }

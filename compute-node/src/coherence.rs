@@ -1,0 +1,592 @@
+//! The coherent pager: this node's view of the shared page space (DESIGN.md §6,
+//! invariants 1 and 2).
+//!
+//! ## Coherence ticks
+//!
+//! The node keeps a counter, the *coherence clock*. A transaction takes a tick `t`
+//! right after it obtained its snapshot. Every directory read (validation) and every
+//! page fetch takes a tick `v` right before it is issued, and the frames it confirms
+//! remember `v`. A cached image may serve the transaction iff
+//!
+//! * this node holds the page's X lock (then the cached image is the newest there is), or
+//! * the frame was confirmed at `v > t`: that read was issued after the snapshot was
+//!   obtained and saw the directory at the image's version with no other X holder, so
+//!   every change committed before the snapshot is in the image (changes precede their
+//!   commit, and a holder writes its image back when a reader asks).
+//!
+//! ## Validation is batched
+//!
+//! [`CoherentPager::validate_all`] reads the directory words of every cached page in
+//! one batched one-sided read per storage node and confirms (or marks stale) all frames
+//! at once. Transactions that begin together share one round: a transaction waits for
+//! the first round that starts after its tick instead of validating page by page. Pages
+//! still unconfirmed when used are validated singly (one round trip) and refetched
+//! one-sided if stale. [`ValidationMode::EachAccess`] turns batching off (the baseline).
+//!
+//! ## Pages X-held elsewhere
+//!
+//! A reader that finds another node holding a page's X lock asks it, through the
+//! storage node, to write its image back (it keeps the lock), then reads the page.
+//!
+//! ## Writes and lazy locks
+//!
+//! A write takes this node's local latch on the page, then the global X lock unless the
+//! node holds it already (locks are kept lazily across transactions), changes a copy,
+//! appends a full-image redo record to this node's stream on the page's storage node,
+//! and installs the new image (version + 1) as dirty. The storage node asks for the page
+//! when another node wants it ([`CoherentPager::handle_revocation`]): the holder forces
+//! the page's redo, writes the image back, and releases or keeps the lock. With
+//! [`LockMode::Eager`] every change is written back and unlocked at once (the baseline).
+
+use crate::buffer_pool::{BufferPool, FrameFlags};
+use crate::pager::{PageWrite, Pager, PagerError};
+use common::ids::{Lsn, NodeId, PageId};
+use common::storage::client::StorageClient;
+use common::storage::msg::{Revocation, RevocationKind};
+use common::storage::page::Page;
+use common::storage::redo::RedoRecord;
+use common::storage::StorageError;
+use dashmap::DashMap;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidationMode {
+    /// Confirm all cached pages in one batched read per transaction start (shared).
+    #[default]
+    Batched,
+    /// Confirm every page on every access (one round trip each): the baseline.
+    EachAccess,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// Keep X locks across transactions until another node asks.
+    #[default]
+    Lazy,
+    /// Write back and release after every change.
+    Eager,
+}
+
+/// Counters of coherence work (exported as metrics, used by compute-bench).
+#[derive(Default, Debug)]
+pub struct CoherenceStats {
+    pub validation_rounds: AtomicU64,
+    pub pages_validated: AtomicU64,
+    pub single_validations: AtomicU64,
+    pub fetches: AtomicU64,
+    pub round_trips: AtomicU64,
+    pub lock_acquires: AtomicU64,
+    pub write_backs: AtomicU64,
+    pub revocations: AtomicU64,
+}
+
+/// Local page latches: one writer thread per page on this node.
+#[derive(Default)]
+struct Latches {
+    held: Mutex<HashSet<PageId>>,
+    freed: Condvar,
+}
+
+impl Latches {
+    fn acquire(self: &Arc<Self>, page: PageId) -> Box<dyn FnOnce() + Send> {
+        let mut h = self.held.lock();
+        while h.contains(&page) {
+            self.freed.wait(&mut h);
+        }
+        h.insert(page);
+        let me = self.clone();
+        Box::new(move || {
+            me.held.lock().remove(&page);
+            me.freed.notify_all();
+        })
+    }
+}
+
+/// The storage nodes, each owning a range of page ids.
+pub struct StorageSet {
+    nodes: Vec<Arc<StorageClient>>,
+    next_alloc: AtomicUsize,
+}
+
+impl StorageSet {
+    pub fn new(nodes: Vec<Arc<StorageClient>>) -> StorageSet {
+        assert!(!nodes.is_empty(), "at least one storage node");
+        StorageSet {
+            nodes,
+            next_alloc: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn index_of(&self, page: PageId) -> Result<usize, PagerError> {
+        self.nodes
+            .iter()
+            .position(|n| n.layout().index_of(page).is_some())
+            .ok_or_else(|| PagerError::Storage(format!("no storage node owns page {page}")))
+    }
+
+    pub fn node(&self, i: usize) -> &Arc<StorageClient> {
+        &self.nodes[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn for_page(&self, page: PageId) -> Result<&Arc<StorageClient>, PagerError> {
+        Ok(&self.nodes[self.index_of(page)?])
+    }
+}
+
+fn storage_err(e: StorageError) -> PagerError {
+    match e {
+        StorageError::Fenced { .. } => PagerError::Fenced(e.to_string()),
+        other => PagerError::Storage(other.to_string()),
+    }
+}
+
+#[derive(Default)]
+struct Round {
+    /// Tick at which the last completed round started.
+    last_started: u64,
+}
+
+/// This node's coherent view of the shared pages (see module doc).
+pub struct CoherentPager {
+    pub node: NodeId,
+    pool: BufferPool,
+    storage: StorageSet,
+    clock: AtomicU64,
+    latches: Arc<Latches>,
+    rounds: Mutex<Round>,
+    /// LSN just past the newest redo record of each page this node changed and has not
+    /// written back.
+    page_lsn: DashMap<PageId, Lsn>,
+    pub validation: ValidationMode,
+    pub lock_mode: LockMode,
+    pub stats: CoherenceStats,
+}
+
+impl CoherentPager {
+    pub fn new(
+        node: NodeId,
+        frames: usize,
+        storage: StorageSet,
+        validation: ValidationMode,
+        lock_mode: LockMode,
+    ) -> Arc<CoherentPager> {
+        Arc::new(CoherentPager {
+            node,
+            pool: BufferPool::new(frames),
+            storage,
+            clock: AtomicU64::new(1),
+            latches: Arc::default(),
+            rounds: Mutex::new(Round::default()),
+            page_lsn: DashMap::new(),
+            validation,
+            lock_mode,
+            stats: CoherenceStats::default(),
+        })
+    }
+
+    /// Starts the revocation handlers on every storage connection.
+    pub fn install_revocation_handlers(self: &Arc<Self>) -> Result<(), PagerError> {
+        for i in 0..self.storage.len() {
+            let weak = Arc::downgrade(self);
+            self.storage
+                .node(i)
+                .on_revocation(move |_client, r: Revocation| {
+                    if let Some(p) = weak.upgrade() {
+                        // Each revocation on its own thread: one that waits for a local
+                        // latch must not hold up others (that could close a wait cycle
+                        // across nodes).
+                        std::thread::spawn(move || {
+                            if let Err(e) = p.handle_revocation(r) {
+                                tracing::warn!(page = %r.page, error = %e, "revocation failed");
+                            }
+                        });
+                    }
+                })
+                .map_err(storage_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    pub fn storage(&self) -> &StorageSet {
+        &self.storage
+    }
+
+    /// A fresh coherence tick (see module doc).
+    pub fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// A view for a transaction whose snapshot was obtained just before this call.
+    pub fn view(self: &Arc<Self>) -> TxnView {
+        let t = self.tick();
+        if self.validation == ValidationMode::Batched {
+            if let Err(e) = self.validate_after(t) {
+                tracing::debug!(error = %e, "bulk validation failed; pages will be validated singly");
+            }
+        }
+        TxnView {
+            pager: self.clone(),
+            tick: t,
+            touched: Arc::default(),
+        }
+    }
+
+    /// Makes sure a bulk validation round that started after tick `t` has completed.
+    fn validate_after(&self, t: u64) -> Result<(), PagerError> {
+        let mut r = self.rounds.lock();
+        if r.last_started > t {
+            return Ok(());
+        }
+        let started = self.validate_all()?;
+        r.last_started = started;
+        Ok(())
+    }
+
+    /// One bulk validation round over every cached page; returns its tick.
+    pub fn validate_all(&self) -> Result<u64, PagerError> {
+        let v = self.tick();
+        self.stats.validation_rounds.fetch_add(1, Ordering::Relaxed);
+        let cached = self.pool.snapshot_versions();
+        let mut by_node: HashMap<usize, Vec<(PageId, common::ids::PageVersion)>> = HashMap::new();
+        for (p, ver) in cached {
+            if let Ok(i) = self.storage.index_of(p) {
+                by_node.entry(i).or_default().push((p, ver));
+            }
+        }
+        for (i, pages) in by_node {
+            let ids: Vec<PageId> = pages.iter().map(|(p, _)| *p).collect();
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let entries = self
+                .storage
+                .node(i)
+                .read_dir_entries(&ids)
+                .map_err(storage_err)?;
+            for ((page, ver), e) in pages.into_iter().zip(entries) {
+                let Some(pin) = self.pool.pin(page) else {
+                    continue;
+                };
+                if self.pool.flags(&pin) & FrameFlags::LOCKED != 0 {
+                    continue;
+                }
+                let held_elsewhere = e.holder.is_some_and(|h| h.node != self.node);
+                if e.version == ver && !e.busy && !held_elsewhere {
+                    self.pool.mark_validated(&pin, v);
+                    self.stats.pages_validated.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.pool.mark_stale(&pin);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// The image of `page` that a transaction at tick `t` may use.
+    fn read_at(&self, page: PageId, t: u64) -> Result<Arc<Page>, PagerError> {
+        if let Some(c) = self.pool.get(page) {
+            if c.flags & FrameFlags::LOCKED != 0 {
+                return Ok(c.image);
+            }
+            if c.validated > t && self.validation == ValidationMode::Batched {
+                return Ok(c.image);
+            }
+            // Confirm this one page (one round trip).
+            let v = self.tick();
+            let client = self.storage.for_page(page)?;
+            self.stats
+                .single_validations
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let e = client
+                .read_dir_entries(&[page])
+                .map_err(storage_err)?
+                .pop()
+                .expect("one entry");
+            let held_elsewhere = e.holder.is_some_and(|h| h.node != self.node);
+            if e.version == c.image.version() && !e.busy && !held_elsewhere {
+                if let Some(pin) = self.pool.pin(page) {
+                    self.pool.mark_validated(&pin, v);
+                }
+                return Ok(c.image);
+            }
+        }
+        self.fetch(page)
+    }
+
+    /// Reads the newest image of `page` from its storage node (asking a remote X holder
+    /// to write back first) and caches it.
+    fn fetch(&self, page: PageId) -> Result<Arc<Page>, PagerError> {
+        let client = self.storage.for_page(page)?;
+        for _ in 0..3 {
+            let v = self.tick();
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let e = client
+                .read_dir_entries(&[page])
+                .map_err(storage_err)?
+                .pop()
+                .expect("one entry");
+            if e.holder.is_some_and(|h| h.node != self.node) {
+                self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+                client.request_write_back(page).map_err(storage_err)?;
+            }
+            self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let img = Arc::new(
+                client
+                    .read_pages(&[page])
+                    .map_err(storage_err)?
+                    .pop()
+                    .expect("one page"),
+            );
+            // A holder may have changed the page again between its write-back and our
+            // read; the tick rule only needs the read to follow the snapshot, which it
+            // does, but the image must not be older than the directory said.
+            if img.version() >= e.version {
+                if let Some(pin) = self.pool.pin(page) {
+                    if self.pool.flags(&pin) & FrameFlags::LOCKED != 0 {
+                        // We took the lock meanwhile; our own image is authoritative.
+                        return Ok(self.pool.get(page).map(|c| c.image).unwrap_or(img));
+                    }
+                }
+                match self.pool.install(img.clone(), v) {
+                    Ok(_) => {}
+                    Err(full) => {
+                        self.relieve_pressure()?;
+                        tracing::debug!(error = %full, "pool full; serving uncached");
+                    }
+                }
+                return Ok(img);
+            }
+        }
+        Err(PagerError::Storage(format!(
+            "page {page} kept changing under a read"
+        )))
+    }
+
+    /// Writes back and releases some pages this node holds, so frames can be reused.
+    fn relieve_pressure(&self) -> Result<(), PagerError> {
+        let held: Vec<PageId> = self.page_lsn.iter().map(|e| *e.key()).take(16).collect();
+        for p in held {
+            self.write_back_page(p, true)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the global X lock (unless held) and returns the newest image, latched.
+    fn lock_for_write(&self, page: PageId) -> Result<Arc<Page>, PagerError> {
+        if let Some(c) = self.pool.get(page) {
+            if c.flags & FrameFlags::LOCKED != 0 {
+                return Ok(c.image);
+            }
+        }
+        let client = self.storage.for_page(page)?;
+        self.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+        self.stats.round_trips.fetch_add(2, Ordering::Relaxed);
+        client.lock_exclusive(page).map_err(storage_err)?;
+        let v = self.tick();
+        let img = Arc::new(
+            client
+                .read_pages(&[page])
+                .map_err(storage_err)?
+                .pop()
+                .expect("one page"),
+        );
+        let pin = loop {
+            match self.pool.install(img.clone(), v) {
+                Ok(pin) => break pin,
+                Err(_) => self.relieve_pressure()?,
+            }
+        };
+        self.pool.set_flags(&pin, FrameFlags::LOCKED);
+        Ok(img)
+    }
+
+    /// Forces the page's redo, writes its image back, and (if `release`) unlocks it.
+    /// The caller must not hold the page's local latch.
+    fn write_back_page(&self, page: PageId, release: bool) -> Result<(), PagerError> {
+        let unlatch = self.latches.acquire(page);
+        let res = self.write_back_latched(page, release);
+        unlatch();
+        res
+    }
+
+    fn write_back_latched(&self, page: PageId, release: bool) -> Result<(), PagerError> {
+        let client = self.storage.for_page(page)?;
+        let Some(pin) = self.pool.pin(page) else {
+            // Not cached: nothing of ours to write; just give the lock up if asked.
+            if release {
+                let _ = client.unlock(page);
+            }
+            return Ok(());
+        };
+        let flags = self.pool.flags(&pin);
+        if flags & FrameFlags::DIRTY != 0 {
+            if let Some(lsn) = self.page_lsn.get(&page).map(|l| *l) {
+                client.force_log(lsn).map_err(storage_err)?;
+            }
+            let img = self.pool.get(page).expect("pinned").image;
+            client.write_back(&img).map_err(storage_err)?;
+            self.stats.write_backs.fetch_add(1, Ordering::Relaxed);
+            self.pool.clear_flags(&pin, FrameFlags::DIRTY);
+            self.page_lsn.remove(&page);
+        }
+        if release && flags & FrameFlags::LOCKED != 0 {
+            client.unlock(page).map_err(storage_err)?;
+            self.pool.clear_flags(&pin, FrameFlags::LOCKED);
+            self.pool.mark_stale(&pin);
+        }
+        Ok(())
+    }
+
+    /// The storage node asks for a page this node holds (lazy release).
+    pub fn handle_revocation(&self, r: Revocation) -> Result<(), PagerError> {
+        self.stats.revocations.fetch_add(1, Ordering::Relaxed);
+        self.write_back_page(r.page, r.kind == RevocationKind::WriteBackAndRelease)
+    }
+
+    /// Writes back every dirty page and releases every lock (clean shutdown, eager
+    /// mode, checkpoints).
+    pub fn release_all(&self) -> Result<(), PagerError> {
+        let held: Vec<PageId> = self.page_lsn.iter().map(|e| *e.key()).collect();
+        for p in held {
+            self.write_back_page(p, true)?;
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        page: Page,
+        view_touched: &Mutex<HashMap<usize, Lsn>>,
+    ) -> Result<(), PagerError> {
+        let id = page.id();
+        let i = self.storage.index_of(id)?;
+        let client = self.storage.node(i);
+        let before = common::ids::PageVersion(page.version().0 - 1);
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let lsn = client
+            .append_redo(&[RedoRecord::image(&page, before)])
+            .map_err(storage_err)?;
+        {
+            let mut t = view_touched.lock();
+            let e = t.entry(i).or_insert(Lsn(0));
+            *e = (*e).max(lsn);
+        }
+        self.page_lsn.insert(id, lsn);
+        let v = self.tick();
+        let pin = loop {
+            match self.pool.install(Arc::new(page.clone()), v) {
+                Ok(pin) => break pin,
+                Err(_) => self.relieve_pressure()?,
+            }
+        };
+        self.pool
+            .set_flags(&pin, FrameFlags::LOCKED | FrameFlags::DIRTY);
+        drop(pin);
+        if self.lock_mode == LockMode::Eager {
+            self.write_back_latched(id, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// A transaction's view of the pages: implements [`Pager`] with the transaction's tick,
+/// and records which storage nodes its changes went to (to force their redo at commit).
+pub struct TxnView {
+    pager: Arc<CoherentPager>,
+    tick: u64,
+    touched: Arc<Mutex<HashMap<usize, Lsn>>>,
+}
+
+impl TxnView {
+    /// Storage node index -> LSN just past this transaction's last redo there.
+    pub fn touched(&self) -> HashMap<usize, Lsn> {
+        self.touched.lock().clone()
+    }
+
+    pub fn pager(&self) -> &Arc<CoherentPager> {
+        &self.pager
+    }
+
+    /// Forces this view's redo on every storage node it touched (one request each, all
+    /// in flight at once). Invariant 3: runs before the commit record is written.
+    pub fn force_redo(&self) -> Result<(), PagerError> {
+        let touched = self.touched();
+        if touched.len() <= 1 {
+            for (i, lsn) in touched {
+                self.pager
+                    .storage
+                    .node(i)
+                    .force_log(lsn)
+                    .map_err(storage_err)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = touched
+                .into_iter()
+                .map(|(i, lsn)| s.spawn(move || self.pager.storage.node(i).force_log(lsn)))
+                .collect();
+            for h in handles {
+                h.join().expect("force thread").map_err(storage_err)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Pager for TxnView {
+    fn read(&self, id: PageId) -> Result<Arc<Page>, PagerError> {
+        self.pager.read_at(id, self.tick)
+    }
+
+    fn write(&self, id: PageId) -> Result<PageWrite, PagerError> {
+        let unlatch = self.pager.latches.acquire(id);
+        let img = match self.pager.lock_for_write(id) {
+            Ok(img) => img,
+            Err(e) => {
+                unlatch();
+                return Err(e);
+            }
+        };
+        let pager = self.pager.clone();
+        let touched = self.touched.clone();
+        Ok(PageWrite::new(
+            (*img).clone(),
+            Box::new(move |page| pager.publish(page, &touched)),
+            unlatch,
+        ))
+    }
+
+    fn allocate(&self) -> Result<PageWrite, PagerError> {
+        let n = self
+            .pager
+            .storage
+            .next_alloc
+            .fetch_add(1, Ordering::Relaxed)
+            % self.pager.storage.len();
+        let id = self
+            .pager
+            .storage
+            .node(n)
+            .allocate_pages(1)
+            .map_err(storage_err)?[0];
+        self.write(id)
+    }
+}
