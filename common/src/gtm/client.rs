@@ -1,0 +1,615 @@
+//! `GtmClient`: what a compute node uses to talk to the GTM.
+//!
+//! Every call is one RPC over a shared fabric [`Connection`]; concurrent callers on many
+//! threads share messages through the fabric's adaptive batching, and the GTM handles
+//! each message's requests as one batch (one timestamp grant, one fsync).
+
+use super::layout::{self, EntryState};
+use super::proto::{ErrorKind, Request, Response, MAX_TIMESTAMPS_PER_REQUEST};
+use super::{GtmError, TxnStatus, STATUS_REGION};
+use crate::fabric::{ClientOptions, Connection, Endpoint, Op};
+use crate::ids::{Epoch, NodeId, RegionId, Timestamp, TxnId};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most entries read in one one-sided batch.
+const MAX_READS_PER_POST: usize = 4096;
+
+/// This node's membership as the GTM granted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub node: NodeId,
+    pub epoch: Epoch,
+    /// Lease length granted per renewal.
+    pub lease: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Membership {
+    reg: Registration,
+    /// The latest instant the GTM can still consider the lease valid, measured from
+    /// when the last successful renewal was *sent*; never later than the GTM's expiry.
+    deadline: Instant,
+    fenced: bool,
+}
+
+/// A compute node's handle on the GTM. Share it between threads (`Arc<GtmClient>`).
+pub struct GtmClient {
+    conn: Connection,
+    region: RegionId,
+    capacity: u64,
+    member: Mutex<Option<Membership>>,
+    /// Safety margin before the lease deadline within which no new commit (or write)
+    /// may start: covers the time a commit takes to reach the GTM.
+    margin: Mutex<Duration>,
+    timeout: Duration,
+    /// With batching on, concurrent `timestamps` callers are combined into one request
+    /// (as TiDB PD's TSO client does): one RPC, one range, split among the callers.
+    combiner: Option<Combiner>,
+}
+
+/// Combines concurrent timestamp requests: the first caller leads, sends one request for
+/// everybody waiting, hands out the sub-ranges, and passes leadership to a waiter.
+#[derive(Default)]
+struct Combiner {
+    state: Mutex<CombinerState>,
+    /// Combined requests sent, and the callers they served.
+    requests: std::sync::atomic::AtomicU64,
+    callers: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct CombinerState {
+    waiting: Vec<Arc<TsSlot>>,
+    leading: bool,
+}
+
+enum SlotState {
+    Waiting,
+    Lead,
+    Done(Result<Timestamp, String>),
+}
+
+struct TsSlot {
+    count: u32,
+    state: Mutex<SlotState>,
+    thread: std::thread::Thread,
+}
+
+impl GtmClient {
+    /// Connects and reads the status table's header (checking its magic and version).
+    pub fn connect(endpoint: &Endpoint, opts: &ClientOptions) -> Result<GtmClient, GtmError> {
+        let conn = Connection::connect(endpoint, opts)?;
+        let desc = conn.region(STATUS_REGION).ok_or_else(|| {
+            GtmError::Protocol(format!("{endpoint} offers no status-table region"))
+        })?;
+        let header = read_one(&conn, STATUS_REGION, 0, layout::HEADER_LEN as u32)?;
+        let word = |off: u64| {
+            let o = off as usize;
+            u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"))
+        };
+        if word(layout::OFF_MAGIC) != layout::MAGIC {
+            return Err(GtmError::Protocol(format!(
+                "{endpoint}: region {STATUS_REGION} is not a GTM status table"
+            )));
+        }
+        if word(layout::OFF_VERSION) != layout::LAYOUT_VERSION {
+            return Err(GtmError::Protocol(format!(
+                "{endpoint}: status table layout {} (this client reads {})",
+                word(layout::OFF_VERSION),
+                layout::LAYOUT_VERSION
+            )));
+        }
+        let capacity = word(layout::OFF_CAPACITY);
+        if capacity == 0 || layout::region_len(capacity) > desc.len {
+            return Err(GtmError::Protocol(format!(
+                "{endpoint}: status table of {capacity} entries does not fit its region"
+            )));
+        }
+        Ok(GtmClient {
+            conn,
+            region: STATUS_REGION,
+            capacity,
+            member: Mutex::new(None),
+            margin: Mutex::new(Duration::ZERO),
+            timeout: opts.timeout,
+            combiner: opts.batching.then(Combiner::default),
+        })
+    }
+
+    /// The underlying connection (for its statistics).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn rpc(&self, req: &Request) -> Result<Response, GtmError> {
+        let out = self.conn.call(&req.encode())?;
+        match Response::decode(&out).map_err(|e| GtmError::Protocol(e.to_string()))? {
+            Response::Error { kind, message } => Err(match kind {
+                ErrorKind::Fenced => GtmError::Fenced(message),
+                ErrorKind::UnknownTxn => GtmError::UnknownTxn(message),
+                ErrorKind::BadRequest => GtmError::BadRequest(message),
+                ErrorKind::Busy => GtmError::Busy(message),
+                ErrorKind::Internal => GtmError::Internal(message),
+            }),
+            r => Ok(r),
+        }
+    }
+
+    fn unexpected(r: Response) -> GtmError {
+        GtmError::Protocol(format!("unexpected response {r:?}"))
+    }
+
+    /// Registers `node`; the GTM answers with a new epoch (larger than any this node had)
+    /// and a lease that starts now. A previous incarnation of the node is fenced.
+    pub fn register(&self, node: NodeId) -> Result<Registration, GtmError> {
+        let sent = Instant::now();
+        match self.rpc(&Request::Register { node })? {
+            Response::Registered {
+                epoch,
+                lease_ms,
+                status_region,
+                status_capacity,
+            } => {
+                if status_region != self.region || status_capacity != self.capacity {
+                    return Err(GtmError::Protocol(
+                        "registration names another status table than the handshake".into(),
+                    ));
+                }
+                let lease = Duration::from_millis(lease_ms as u64);
+                let reg = Registration { node, epoch, lease };
+                *self.margin.lock() = lease / 10;
+                *self.member.lock() = Some(Membership {
+                    reg,
+                    deadline: sent + lease,
+                    fenced: false,
+                });
+                Ok(reg)
+            }
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Sets the safety margin before the lease deadline (default: a tenth of the lease).
+    pub fn set_fence_margin(&self, margin: Duration) {
+        *self.margin.lock() = margin;
+    }
+
+    pub fn registration(&self) -> Option<Registration> {
+        self.member.lock().map(|m| m.reg)
+    }
+
+    /// The instant after which this node must not write (lease deadline minus margin).
+    pub fn write_deadline(&self) -> Option<Instant> {
+        let margin = *self.margin.lock();
+        self.member
+            .lock()
+            .map(|m| m.deadline.checked_sub(margin).unwrap_or(m.deadline))
+    }
+
+    /// The local fence: `Ok` while this node's lease is certainly valid at the GTM with
+    /// the safety margin to spare. Compute nodes call it before every write and commit.
+    pub fn check_lease(&self) -> Result<Registration, GtmError> {
+        let margin = *self.margin.lock();
+        let m = (*self.member.lock()).ok_or(GtmError::NotRegistered)?;
+        if m.fenced {
+            return Err(GtmError::Fenced(format!(
+                "node {} epoch {} was fenced by the GTM",
+                m.reg.node, m.reg.epoch
+            )));
+        }
+        if Instant::now() + margin >= m.deadline {
+            return Err(GtmError::Fenced(format!(
+                "node {} epoch {}: lease may have run out (no renewal in time)",
+                m.reg.node, m.reg.epoch
+            )));
+        }
+        Ok(m.reg)
+    }
+
+    fn mark_fenced(&self) {
+        if let Some(m) = self.member.lock().as_mut() {
+            m.fenced = true;
+        }
+    }
+
+    fn fenced<T>(&self, r: Result<T, GtmError>) -> Result<T, GtmError> {
+        if let Err(GtmError::Fenced(_)) = &r {
+            self.mark_fenced();
+        }
+        r
+    }
+
+    /// Renews the lease. `Fenced` means the lease already ran out at the GTM: the node
+    /// must stop writing and register again (getting a new epoch).
+    pub fn heartbeat(&self) -> Result<Registration, GtmError> {
+        let m = (*self.member.lock()).ok_or(GtmError::NotRegistered)?;
+        if m.fenced {
+            return Err(GtmError::Fenced("node was fenced".into()));
+        }
+        let sent = Instant::now();
+        if sent >= m.deadline {
+            // The lease may have lapsed at the GTM already: whatever the GTM answers
+            // now, this epoch may have been declared dead, so it never comes back.
+            self.mark_fenced();
+            return Err(GtmError::Fenced(format!(
+                "node {} epoch {}: lease ran out before it was renewed",
+                m.reg.node, m.reg.epoch
+            )));
+        }
+        let r = self.rpc(&Request::Heartbeat {
+            node: m.reg.node,
+            epoch: m.reg.epoch,
+        });
+        match self.fenced(r)? {
+            Response::LeaseRenewed { lease_ms } => {
+                let mut g = self.member.lock();
+                let Some(cur) = g.as_mut().filter(|c| c.reg.epoch == m.reg.epoch) else {
+                    return Err(GtmError::Fenced("re-registered meanwhile".into()));
+                };
+                let until = sent + Duration::from_millis(lease_ms as u64);
+                cur.deadline = cur.deadline.max(until);
+                Ok(cur.reg)
+            }
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Renews the lease every `every` on a background thread until the handle drops or
+    /// the node is fenced.
+    pub fn spawn_heartbeats(self: &Arc<Self>, every: Duration) -> HeartbeatThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (client, stop2) = (self.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("gtm-heartbeat".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Acquire) {
+                    match client.heartbeat() {
+                        Ok(_) => {}
+                        Err(e @ (GtmError::Fenced(_) | GtmError::NotRegistered)) => {
+                            tracing::warn!(error = %e, "lease lost; heartbeats stop");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+                    }
+                    std::thread::park_timeout(every);
+                }
+            })
+            .expect("spawn heartbeat thread");
+        HeartbeatThread {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts a transaction: its id and its snapshot timestamp.
+    pub fn begin(&self) -> Result<(TxnId, Timestamp), GtmError> {
+        let reg = self.check_lease()?;
+        let r = self.rpc(&Request::Begin {
+            node: reg.node,
+            epoch: reg.epoch,
+        });
+        match self.fenced(r)? {
+            Response::Begun { txn, snapshot } => Ok((txn, snapshot)),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// One fresh timestamp.
+    pub fn timestamp(&self) -> Result<Timestamp, GtmError> {
+        Ok(self.timestamps(1)?.0)
+    }
+
+    /// `count` consecutive fresh timestamps: `(first, count)`.
+    pub fn timestamps(&self, count: u32) -> Result<(Timestamp, u32), GtmError> {
+        if count == 0 || count > MAX_TIMESTAMPS_PER_REQUEST {
+            return Err(GtmError::BadRequest(format!(
+                "{count} timestamps: 1..={MAX_TIMESTAMPS_PER_REQUEST} per call"
+            )));
+        }
+        let Some(comb) = &self.combiner else {
+            return self.timestamps_rpc(count);
+        };
+        let slot = Arc::new(TsSlot {
+            count,
+            state: Mutex::new(SlotState::Waiting),
+            thread: std::thread::current(),
+        });
+        {
+            let mut st = comb.state.lock();
+            st.waiting.push(slot.clone());
+            if !st.leading {
+                st.leading = true;
+                *slot.state.lock() = SlotState::Lead;
+            }
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let lead = match &*slot.state.lock() {
+                SlotState::Done(r) => {
+                    return match r {
+                        Ok(first) => Ok((*first, count)),
+                        Err(e) => Err(GtmError::Internal(e.clone())),
+                    }
+                }
+                SlotState::Lead => true,
+                SlotState::Waiting => false,
+            };
+            if lead {
+                self.lead_timestamps(comb);
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Leave the queue if still in it; a leader that took us will fill the
+                // slot, which nobody reads any more.
+                comb.state.lock().waiting.retain(|s| !Arc::ptr_eq(s, &slot));
+                return Err(GtmError::Timeout("combined timestamp request".into()));
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    /// One round as the combining leader: everything queued (up to the per-request cap)
+    /// in one RPC; then leadership passes to the first waiter, if any.
+    fn lead_timestamps(&self, comb: &Combiner) {
+        let group: Vec<Arc<TsSlot>> = {
+            let mut st = comb.state.lock();
+            let mut total = 0u64;
+            let n = st
+                .waiting
+                .iter()
+                .take_while(|s| {
+                    total += s.count as u64;
+                    total <= MAX_TIMESTAMPS_PER_REQUEST as u64
+                })
+                .count()
+                .max(1);
+            st.waiting.drain(..n).collect()
+        };
+        let total: u32 = group.iter().map(|s| s.count).sum();
+        comb.requests.fetch_add(1, Ordering::Relaxed);
+        comb.callers
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let r = self.timestamps_rpc(total);
+        let me = std::thread::current().id();
+        let mut next = 0u64;
+        for s in &group {
+            let v = match &r {
+                Ok((first, _)) => Ok(Timestamp(first.0 + next)),
+                Err(e) => Err(e.to_string()),
+            };
+            next += s.count as u64;
+            *s.state.lock() = SlotState::Done(v);
+            if s.thread.id() != me {
+                s.thread.unpark();
+            }
+        }
+        let mut st = comb.state.lock();
+        match st.waiting.first() {
+            Some(s) => {
+                *s.state.lock() = SlotState::Lead;
+                s.thread.unpark();
+            }
+            None => st.leading = false,
+        }
+    }
+
+    /// Timestamp callers served per combined request so far (1.0 without batching).
+    pub fn timestamp_callers_per_request(&self) -> f64 {
+        self.combiner.as_ref().map_or(1.0, |c| {
+            c.callers.load(Ordering::Relaxed) as f64
+                / c.requests.load(Ordering::Relaxed).max(1) as f64
+        })
+    }
+
+    fn timestamps_rpc(&self, count: u32) -> Result<(Timestamp, u32), GtmError> {
+        match self.rpc(&Request::Timestamps { count })? {
+            Response::Timestamps { first, count: n } if n == count => Ok((first, n)),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Commits `txn`: its commit timestamp once the commit record is durable. Refused
+    /// locally with `Fenced` if the lease could run out before the GTM decides.
+    pub fn commit(&self, txn: TxnId) -> Result<Timestamp, GtmError> {
+        let reg = self.check_lease()?;
+        self.commit_as(reg.node, reg.epoch, txn)
+    }
+
+    /// Commit without the local fence check (the GTM still checks the lease): for tests
+    /// that show the GTM's own refusal.
+    pub fn commit_as(&self, node: NodeId, epoch: Epoch, txn: TxnId) -> Result<Timestamp, GtmError> {
+        let r = self.rpc(&Request::Commit { node, epoch, txn });
+        match self.fenced(r)? {
+            Response::Committed { commit_ts } => Ok(commit_ts),
+            Response::Aborted => Err(GtmError::Aborted),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Aborts `txn` (any node's: a wound). `Ok` if it is aborted now (by this call or
+    /// before); `AlreadyCommitted` if a commit won and is durable; `Busy` if a commit
+    /// won and its record is still on its way to disk (its outcome will be a commit).
+    pub fn abort(&self, txn: TxnId) -> Result<(), GtmError> {
+        let m = (*self.member.lock()).ok_or(GtmError::NotRegistered)?;
+        let r = self.rpc(&Request::Abort {
+            node: m.reg.node,
+            epoch: m.reg.epoch,
+            txn,
+        });
+        match self.fenced(r)? {
+            Response::Aborted => Ok(()),
+            Response::Committed { commit_ts } => Err(GtmError::AlreadyCommitted(commit_ts)),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Leaves the cluster: the GTM aborts this node's open transactions and frees its
+    /// locks now instead of at lease expiry.
+    pub fn leave(&self) -> Result<(), GtmError> {
+        let m = (*self.member.lock()).ok_or(GtmError::NotRegistered)?;
+        self.mark_fenced();
+        match self.rpc(&Request::Leave {
+            node: m.reg.node,
+            epoch: m.reg.epoch,
+        })? {
+            Response::Left => Ok(()),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// The oldest active snapshot in the cluster, computed now by the GTM.
+    pub fn gc_watermark(&self) -> Result<Timestamp, GtmError> {
+        match self.rpc(&Request::GcWatermark)? {
+            Response::GcWatermark { ts } => Ok(ts),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// The GC watermark as last published in the status table header (one-sided read).
+    pub fn published_gc_watermark(&self) -> Result<Timestamp, GtmError> {
+        let b = read_one(&self.conn, self.region, layout::OFF_GC_WATERMARK, 8)?;
+        Ok(Timestamp(u64::from_le_bytes(
+            b[..8].try_into().expect("8 bytes"),
+        )))
+    }
+
+    /// Statuses of `txns` by batched one-sided reads of the status table, waiting until
+    /// none is `Committing` (a commit record on its way to disk).
+    pub fn txn_status_batch(&self, txns: &[TxnId]) -> Result<Vec<TxnStatus>, GtmError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut out = self.txn_status_batch_nowait(txns)?;
+        let mut backoff = Duration::from_micros(50);
+        loop {
+            let waiting: Vec<usize> = (0..txns.len())
+                .filter(|&i| matches!(out[i], TxnStatus::Committing(_)))
+                .collect();
+            if waiting.is_empty() {
+                return Ok(out);
+            }
+            if Instant::now() >= deadline {
+                return Err(GtmError::Timeout(format!(
+                    "{} transactions still committing after {:?}",
+                    waiting.len(),
+                    self.timeout
+                )));
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(2));
+            let again: Vec<TxnId> = waiting.iter().map(|&i| txns[i]).collect();
+            for (i, s) in waiting
+                .into_iter()
+                .zip(self.txn_status_batch_nowait(&again)?)
+            {
+                out[i] = s;
+            }
+        }
+    }
+
+    /// Statuses as the table shows them right now (`Committing` included).
+    pub fn txn_status_batch_nowait(&self, txns: &[TxnId]) -> Result<Vec<TxnStatus>, GtmError> {
+        let mut out = Vec::with_capacity(txns.len());
+        for chunk in txns.chunks(MAX_READS_PER_POST) {
+            let mut todo: Vec<usize> = (0..chunk.len()).collect();
+            let mut got = vec![TxnStatus::Unknown; chunk.len()];
+            // Torn reads (a concurrent write) are retried; each retry is a fresh batch.
+            for _attempt in 0..1000 {
+                let mut ops = Vec::with_capacity(todo.len() + 1);
+                ops.push(Op::Read {
+                    region: self.region,
+                    offset: layout::OFF_BOOT_TXN_FLOOR,
+                    len: 8,
+                });
+                ops.extend(todo.iter().map(|&i| Op::Read {
+                    region: self.region,
+                    offset: layout::entry_offset(chunk[i].0, self.capacity),
+                    len: layout::ENTRY_LEN as u32,
+                }));
+                let res = self.conn.post(&ops)?;
+                let mut res = res.into_iter().map(|r| {
+                    r.map_err(|e| GtmError::Protocol(format!("status read: {e}")))
+                        .and_then(|o| {
+                            o.into_bytes()
+                                .ok_or_else(|| GtmError::Protocol("read gave no bytes".into()))
+                        })
+                });
+                let floor_bytes = res.next().expect("one result per op")?;
+                let floor = u64::from_le_bytes(floor_bytes[..8].try_into().expect("8 bytes"));
+                let mut torn = Vec::new();
+                for (&i, r) in todo.iter().zip(res) {
+                    let bytes = r?;
+                    match layout::decode_entry(&bytes) {
+                        None => torn.push(i),
+                        Some(e) => got[i] = interpret(chunk[i], e, floor),
+                    }
+                }
+                todo = torn;
+                if todo.is_empty() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if !todo.is_empty() {
+                return Err(GtmError::Timeout("status entries kept changing".into()));
+            }
+            out.extend(got);
+        }
+        Ok(out)
+    }
+}
+
+/// What an entry says about `txn` (which may not be the slot's current occupant).
+fn interpret(txn: TxnId, e: layout::Entry, boot_floor: u64) -> TxnStatus {
+    use std::cmp::Ordering::*;
+    match e.txn.cmp(&txn.0) {
+        Equal => match e.state {
+            EntryState::InProgress => TxnStatus::InProgress,
+            EntryState::Committing(ts) => TxnStatus::Committing(Timestamp(ts)),
+            EntryState::Committed(ts) => TxnStatus::Committed(Timestamp(ts)),
+            EntryState::Aborted => TxnStatus::Aborted,
+        },
+        Greater => TxnStatus::Retired,
+        // Issued before the GTM's last restart and never committed durably.
+        Less if txn.0 < boot_floor => TxnStatus::Aborted,
+        Less => TxnStatus::Unknown,
+    }
+}
+
+fn read_one(
+    conn: &Connection,
+    region: RegionId,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, GtmError> {
+    let mut r = conn.post(&[Op::Read {
+        region,
+        offset,
+        len,
+    }])?;
+    match r.pop() {
+        Some(Ok(o)) => o
+            .into_bytes()
+            .ok_or_else(|| GtmError::Protocol("read gave no bytes".into())),
+        Some(Err(e)) => Err(GtmError::Protocol(format!("status-table read: {e}"))),
+        None => Err(GtmError::Protocol("no result for a read".into())),
+    }
+}
+
+/// A background lease renewer; stops (and joins) on drop.
+pub struct HeartbeatThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HeartbeatThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! The GTM's RPC messages and their codec.
+//!
+//! One RPC payload carries exactly one request or one response; the fabric batches many
+//! payloads into one message. Integers are little-endian; every message is
+//! `opcode (1 byte) | fields` with a fixed length per opcode, except the error response.
+//! The decoder is total: any byte string yields a message or a [`DecodeError`], never a
+//! panic, and trailing bytes are an error.
+//!
+//! ## Requests (client -> GTM)
+//!
+//! ```text
+//! op  name        bytes  layout after the opcode
+//! 1   Register      5    node u32
+//! 2   Heartbeat     9    node u32 | epoch u32
+//! 3   Begin         9    node u32 | epoch u32
+//! 4   Timestamps    5    count u32            (1 ..= MAX_TIMESTAMPS_PER_REQUEST)
+//! 5   Commit       17    node u32 | epoch u32 | txn u64
+//! 6   Abort        17    node u32 | epoch u32 | txn u64
+//! 7   GcWatermark   1    -
+//! 8   Leave         9    node u32 | epoch u32
+//! ```
+//!
+//! ## Responses (GTM -> client)
+//!
+//! ```text
+//! tag name          bytes  layout after the tag
+//! 1   Registered     25    epoch u32 | lease_ms u32 | status_region u32 |
+//!                          status_capacity u64 | reserved u32 (must be 0)
+//! 2   LeaseRenewed    5    lease_ms u32
+//! 3   Begun          17    txn u64 | snapshot u64
+//! 4   Timestamps     13    first u64 | count u32   (first, first+1, .., first+count-1)
+//! 5   Committed       9    commit_ts u64
+//! 6   Aborted         1    -   (the transaction is aborted: by this call or earlier)
+//! 7   GcWatermark     9    ts u64
+//! 8   Left            1    -
+//! 9   Error       4+n      kind u8 | len u16 | message (n = len bytes of UTF-8)
+//! ```
+//!
+//! Error kinds: 1 Fenced (the node's epoch is not the live one or its lease ran out),
+//! 2 UnknownTxn (not in progress at the GTM, or not the caller's), 3 BadRequest,
+//! 4 Busy (retryable: e.g. the status table has no free slot), 5 Internal.
+
+use crate::ids::{Epoch, NodeId, RegionId, Timestamp, TxnId};
+
+/// Most timestamps one request may ask for.
+pub const MAX_TIMESTAMPS_PER_REQUEST: u32 = 1 << 16;
+/// Longest error message carried (longer ones are cut on a char boundary).
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Register {
+        node: NodeId,
+    },
+    Heartbeat {
+        node: NodeId,
+        epoch: Epoch,
+    },
+    Begin {
+        node: NodeId,
+        epoch: Epoch,
+    },
+    Timestamps {
+        count: u32,
+    },
+    Commit {
+        node: NodeId,
+        epoch: Epoch,
+        txn: TxnId,
+    },
+    Abort {
+        node: NodeId,
+        epoch: Epoch,
+        txn: TxnId,
+    },
+    GcWatermark,
+    Leave {
+        node: NodeId,
+        epoch: Epoch,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    Fenced = 1,
+    UnknownTxn = 2,
+    BadRequest = 3,
+    Busy = 4,
+    Internal = 5,
+}
+
+impl ErrorKind {
+    fn from_u8(b: u8) -> Option<ErrorKind> {
+        Some(match b {
+            1 => ErrorKind::Fenced,
+            2 => ErrorKind::UnknownTxn,
+            3 => ErrorKind::BadRequest,
+            4 => ErrorKind::Busy,
+            5 => ErrorKind::Internal,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Registered {
+        epoch: Epoch,
+        lease_ms: u32,
+        status_region: RegionId,
+        status_capacity: u64,
+    },
+    LeaseRenewed {
+        lease_ms: u32,
+    },
+    Begun {
+        txn: TxnId,
+        snapshot: Timestamp,
+    },
+    Timestamps {
+        first: Timestamp,
+        count: u32,
+    },
+    Committed {
+        commit_ts: Timestamp,
+    },
+    Aborted,
+    GcWatermark {
+        ts: Timestamp,
+    },
+    Left,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(u8),
+    #[error("message of opcode {op} is {got} bytes, expected {want}")]
+    BadLength { op: u8, got: usize, want: usize },
+    #[error("bad field: {0}")]
+    BadField(&'static str),
+}
+
+/// A bounds-checked little-endian reader over one message.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        // Callers check the total length first; slicing here cannot go out of bounds.
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        s
+    }
+    fn u8(&mut self) -> u8 {
+        self.take(1)[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take(2).try_into().expect("2 bytes"))
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take(4).try_into().expect("4 bytes"))
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take(8).try_into().expect("8 bytes"))
+    }
+}
+
+fn expect_len(op: u8, buf: &[u8], want: usize) -> Result<Cursor<'_>, DecodeError> {
+    if buf.len() != want {
+        return Err(DecodeError::BadLength {
+            op,
+            got: buf.len(),
+            want,
+        });
+    }
+    Ok(Cursor { buf, pos: 1 })
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(17);
+        match self {
+            Request::Register { node } => {
+                b.push(1);
+                b.extend_from_slice(&node.0.to_le_bytes());
+            }
+            Request::Heartbeat { node, epoch } => {
+                b.push(2);
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+            }
+            Request::Begin { node, epoch } => {
+                b.push(3);
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+            }
+            Request::Timestamps { count } => {
+                b.push(4);
+                b.extend_from_slice(&count.to_le_bytes());
+            }
+            Request::Commit { node, epoch, txn } | Request::Abort { node, epoch, txn } => {
+                b.push(if matches!(self, Request::Commit { .. }) {
+                    5
+                } else {
+                    6
+                });
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+                b.extend_from_slice(&txn.0.to_le_bytes());
+            }
+            Request::GcWatermark => b.push(7),
+            Request::Leave { node, epoch } => {
+                b.push(8);
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Request, DecodeError> {
+        let op = *buf.first().ok_or(DecodeError::Empty)?;
+        Ok(match op {
+            1 => {
+                let mut c = expect_len(op, buf, 5)?;
+                Request::Register {
+                    node: NodeId(c.u32()),
+                }
+            }
+            2 | 3 | 8 => {
+                let mut c = expect_len(op, buf, 9)?;
+                let (node, epoch) = (NodeId(c.u32()), Epoch(c.u32()));
+                match op {
+                    2 => Request::Heartbeat { node, epoch },
+                    3 => Request::Begin { node, epoch },
+                    _ => Request::Leave { node, epoch },
+                }
+            }
+            4 => {
+                let mut c = expect_len(op, buf, 5)?;
+                let count = c.u32();
+                if count == 0 || count > MAX_TIMESTAMPS_PER_REQUEST {
+                    return Err(DecodeError::BadField("timestamp count out of range"));
+                }
+                Request::Timestamps { count }
+            }
+            5 | 6 => {
+                let mut c = expect_len(op, buf, 17)?;
+                let (node, epoch, txn) = (NodeId(c.u32()), Epoch(c.u32()), TxnId(c.u64()));
+                if op == 5 {
+                    Request::Commit { node, epoch, txn }
+                } else {
+                    Request::Abort { node, epoch, txn }
+                }
+            }
+            7 => {
+                expect_len(op, buf, 1)?;
+                Request::GcWatermark
+            }
+            other => return Err(DecodeError::UnknownOpcode(other)),
+        })
+    }
+}
+
+impl Response {
+    /// An error response; long messages are cut so the encoding stays bounded.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE {
+            let mut cut = MAX_ERROR_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Response::Error { kind, message }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(25);
+        match self {
+            Response::Registered {
+                epoch,
+                lease_ms,
+                status_region,
+                status_capacity,
+            } => {
+                b.push(1);
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+                b.extend_from_slice(&lease_ms.to_le_bytes());
+                b.extend_from_slice(&status_region.0.to_le_bytes());
+                b.extend_from_slice(&status_capacity.to_le_bytes());
+                b.extend_from_slice(&0u32.to_le_bytes());
+            }
+            Response::LeaseRenewed { lease_ms } => {
+                b.push(2);
+                b.extend_from_slice(&lease_ms.to_le_bytes());
+            }
+            Response::Begun { txn, snapshot } => {
+                b.push(3);
+                b.extend_from_slice(&txn.0.to_le_bytes());
+                b.extend_from_slice(&snapshot.0.to_le_bytes());
+            }
+            Response::Timestamps { first, count } => {
+                b.push(4);
+                b.extend_from_slice(&first.0.to_le_bytes());
+                b.extend_from_slice(&count.to_le_bytes());
+            }
+            Response::Committed { commit_ts } => {
+                b.push(5);
+                b.extend_from_slice(&commit_ts.0.to_le_bytes());
+            }
+            Response::Aborted => b.push(6),
+            Response::GcWatermark { ts } => {
+                b.push(7);
+                b.extend_from_slice(&ts.0.to_le_bytes());
+            }
+            Response::Left => b.push(8),
+            Response::Error { kind, message } => {
+                b.push(9);
+                b.push(*kind as u8);
+                let m = &message.as_bytes()[..message.len().min(MAX_ERROR_MESSAGE)];
+                b.extend_from_slice(&(m.len() as u16).to_le_bytes());
+                b.extend_from_slice(m);
+            }
+        }
+        b
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Response, DecodeError> {
+        let tag = *buf.first().ok_or(DecodeError::Empty)?;
+        Ok(match tag {
+            1 => {
+                let mut c = expect_len(tag, buf, 25)?;
+                let r = Response::Registered {
+                    epoch: Epoch(c.u32()),
+                    lease_ms: c.u32(),
+                    status_region: RegionId(c.u32()),
+                    status_capacity: c.u64(),
+                };
+                if c.u32() != 0 {
+                    return Err(DecodeError::BadField("reserved bytes must be zero"));
+                }
+                if let Response::Registered {
+                    status_capacity: 0, ..
+                } = r
+                {
+                    return Err(DecodeError::BadField("status capacity is zero"));
+                }
+                r
+            }
+            2 => {
+                let mut c = expect_len(tag, buf, 5)?;
+                Response::LeaseRenewed { lease_ms: c.u32() }
+            }
+            3 => {
+                let mut c = expect_len(tag, buf, 17)?;
+                Response::Begun {
+                    txn: TxnId(c.u64()),
+                    snapshot: Timestamp(c.u64()),
+                }
+            }
+            4 => {
+                let mut c = expect_len(tag, buf, 13)?;
+                let first = Timestamp(c.u64());
+                let count = c.u32();
+                if count == 0 || first.0.checked_add(count as u64).is_none() {
+                    return Err(DecodeError::BadField("timestamp range"));
+                }
+                Response::Timestamps { first, count }
+            }
+            5 => {
+                let mut c = expect_len(tag, buf, 9)?;
+                Response::Committed {
+                    commit_ts: Timestamp(c.u64()),
+                }
+            }
+            6 => {
+                expect_len(tag, buf, 1)?;
+                Response::Aborted
+            }
+            7 => {
+                let mut c = expect_len(tag, buf, 9)?;
+                Response::GcWatermark {
+                    ts: Timestamp(c.u64()),
+                }
+            }
+            8 => {
+                expect_len(tag, buf, 1)?;
+                Response::Left
+            }
+            9 => {
+                if buf.len() < 4 {
+                    return Err(DecodeError::BadLength {
+                        op: tag,
+                        got: buf.len(),
+                        want: 4,
+                    });
+                }
+                let mut c = Cursor { buf, pos: 1 };
+                let kind = ErrorKind::from_u8(c.u8()).ok_or(DecodeError::BadField("error kind"))?;
+                let len = c.u16() as usize;
+                if len > MAX_ERROR_MESSAGE {
+                    return Err(DecodeError::BadField("error message too long"));
+                }
+                let mut c = expect_len(tag, buf, 4 + len)?;
+                c.pos = 4;
+                let message = String::from_utf8(c.take(len).to_vec())
+                    .map_err(|_| DecodeError::BadField("error message is not UTF-8"))?;
+                Response::Error { kind, message }
+            }
+            other => return Err(DecodeError::UnknownOpcode(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_request() -> impl Strategy<Value = Request> {
+        let ne = (any::<u32>(), any::<u32>()).prop_map(|(n, e)| (NodeId(n), Epoch(e)));
+        prop_oneof![
+            any::<u32>().prop_map(|n| Request::Register { node: NodeId(n) }),
+            ne.clone()
+                .prop_map(|(node, epoch)| Request::Heartbeat { node, epoch }),
+            ne.clone()
+                .prop_map(|(node, epoch)| Request::Begin { node, epoch }),
+            (1..=MAX_TIMESTAMPS_PER_REQUEST).prop_map(|count| Request::Timestamps { count }),
+            (ne.clone(), any::<u64>()).prop_map(|((node, epoch), t)| Request::Commit {
+                node,
+                epoch,
+                txn: TxnId(t)
+            }),
+            (ne.clone(), any::<u64>()).prop_map(|((node, epoch), t)| Request::Abort {
+                node,
+                epoch,
+                txn: TxnId(t)
+            }),
+            Just(Request::GcWatermark),
+            ne.prop_map(|(node, epoch)| Request::Leave { node, epoch }),
+        ]
+    }
+
+    fn any_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>(), any::<u32>(), 1..u64::MAX).prop_map(|(e, l, r, c)| {
+                Response::Registered {
+                    epoch: Epoch(e),
+                    lease_ms: l,
+                    status_region: RegionId(r),
+                    status_capacity: c,
+                }
+            }),
+            any::<u32>().prop_map(|lease_ms| Response::LeaseRenewed { lease_ms }),
+            (any::<u64>(), any::<u64>()).prop_map(|(t, s)| Response::Begun {
+                txn: TxnId(t),
+                snapshot: Timestamp(s)
+            }),
+            (0..u64::MAX / 2, 1..u32::MAX).prop_map(|(f, count)| Response::Timestamps {
+                first: Timestamp(f),
+                count
+            }),
+            any::<u64>().prop_map(|t| Response::Committed {
+                commit_ts: Timestamp(t)
+            }),
+            Just(Response::Aborted),
+            any::<u64>().prop_map(|t| Response::GcWatermark { ts: Timestamp(t) }),
+            Just(Response::Left),
+            (1u8..=5, ".{0,40}")
+                .prop_map(|(k, m)| Response::error(ErrorKind::from_u8(k).expect("valid kind"), m)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+
+        #[test]
+        fn requests_round_trip(r in any_request()) {
+            prop_assert_eq!(Request::decode(&r.encode()), Ok(r));
+        }
+
+        #[test]
+        fn responses_round_trip(r in any_response()) {
+            prop_assert_eq!(Response::decode(&r.encode()), Ok(r));
+        }
+
+        #[test]
+        fn truncated_or_extended_messages_are_rejected(r in any_request(), extra in any::<u8>()) {
+            let mut b = r.encode();
+            b.push(extra);
+            prop_assert!(Request::decode(&b).is_err());
+            b.truncate(b.len() - 2);
+            prop_assert!(Request::decode(&b).is_err());
+        }
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_char_boundary() {
+        let r = Response::error(ErrorKind::Internal, "é".repeat(1000));
+        let back = Response::decode(&r.encode()).unwrap();
+        match back {
+            Response::Error { message, .. } => assert!(message.len() <= MAX_ERROR_MESSAGE),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `gtm --config FILE [flags]`: the GTM service binary.
+//!
+//! Loads the TOML config (flags override it), recovers from `data_dir`, serves on every
+//! `listen` endpoint, prints `READY <endpoint>...` on stdout once serving, and shuts
+//! down cleanly on SIGTERM/SIGINT. `--print-example-config` prints a commented config.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use common::fabric::{ClusterKey, Endpoint};
+use gtm::config::{GtmConfig, EXAMPLE};
+use gtm::{Gtm, GtmOptions, LoggingReleaser};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(about = "Global transaction manager: timestamps, commit records, leases, GC watermark")]
+struct Args {
+    /// TOML configuration file (see --print-example-config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Endpoint to serve (repeatable; replaces `listen` of the file).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Overrides `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides `cluster_key_file`.
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Overrides `lease_ms`.
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Overrides `status_capacity`.
+    #[arg(long)]
+    status_capacity: Option<u64>,
+    /// Overrides `metrics_listen` (host:port).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Print a commented example configuration and exit.
+    #[arg(long)]
+    print_example_config: bool,
+}
+
+fn main() -> Result<()> {
+    let signals = common::service::shutdown_signals().context("installing signal handlers")?;
+    common::service::init_tracing("info");
+    let args = Args::parse();
+    if args.print_example_config {
+        print!("{EXAMPLE}");
+        return Ok(());
+    }
+    let mut cfg: GtmConfig = common::config::load(args.config.as_deref())?;
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen.clone();
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(k) = args.cluster_key_file {
+        cfg.cluster_key_file = k;
+    }
+    if let Some(l) = args.lease_ms {
+        cfg.lease_ms = l;
+    }
+    if let Some(c) = args.status_capacity {
+        cfg.status_capacity = c;
+    }
+    if let Some(m) = args.metrics_listen {
+        cfg.metrics_listen = m;
+    }
+    cfg.validate()?;
+    let key = ClusterKey::from_file(&cfg.cluster_key_file).map_err(anyhow::Error::msg)?;
+
+    // TODO(issue 3): wire the real releaser once `common::storage::StorageClient` exists:
+    // connect to every `cfg.storage_nodes` endpoint and call
+    // `release_locks_of(node, epoch)` on each (the page space is split across them).
+    let releaser = LoggingReleaser {
+        storage_nodes: cfg.storage_nodes.clone(),
+    };
+    let mut gtm = Gtm::start(&GtmOptions::from_config(&cfg), key, Box::new(releaser))
+        .context("starting the GTM")?;
+    let mut bound = Vec::new();
+    for l in &cfg.listen {
+        let ep: Endpoint = l.parse().map_err(anyhow::Error::msg)?;
+        let b = gtm.serve(&ep).with_context(|| format!("serving on {ep}"))?;
+        tracing::info!(endpoint = %b, "serving");
+        bound.push(b.to_string());
+    }
+    let stop_metrics = Arc::new(AtomicBool::new(false));
+    let metrics_thread = if cfg.metrics_listen.is_empty() {
+        None
+    } else {
+        let (addr, h) =
+            gtm::metrics::serve(&cfg.metrics_listen, gtm.metrics(), stop_metrics.clone())
+                .with_context(|| format!("metrics_listen {}", cfg.metrics_listen))?;
+        tracing::info!(%addr, "metrics endpoint");
+        Some(h)
+    };
+    println!("READY {}", bound.join(" "));
+    std::io::stdout().flush()?;
+
+    let code = loop {
+        match signals.recv_timeout(Duration::from_millis(200)) {
+            Ok(sig) => {
+                tracing::info!(signal = sig, "shutting down");
+                break 0;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if gtm.failed() {
+                    tracing::error!("commit log failed; exiting so recovery can run");
+                    break 1;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break 0,
+        }
+    };
+    gtm.shutdown();
+    stop_metrics.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(h) = metrics_thread {
+        let _ = h.join();
+    }
+    tracing::info!("stopped");
+    std::process::exit(code);
+}

@@ -1,0 +1,104 @@
+//! The GTM's metrics, exported in Prometheus text format (`metrics_listen`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// Counters since start (monotonic).
+        #[derive(Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+            /// Gauges, refreshed by the housekeeper.
+            pub active_txns: AtomicU64,
+            pub live_members: AtomicU64,
+            pub gc_watermark: AtomicU64,
+        }
+
+        impl Metrics {
+            /// Prometheus text exposition.
+            pub fn render(&self) -> String {
+                let mut s = String::new();
+                $(
+                    s.push_str(&format!(
+                        "# HELP gtm_{0} {1}\n# TYPE gtm_{0} counter\ngtm_{0} {2}\n",
+                        stringify!($name), $help, self.$name.load(Ordering::Relaxed)
+                    ));
+                )*
+                for (name, help, v) in [
+                    ("active_txns", "Transactions in progress or committing.", &self.active_txns),
+                    ("live_members", "Compute nodes holding a live lease.", &self.live_members),
+                    ("gc_watermark", "Oldest active snapshot (published).", &self.gc_watermark),
+                ] {
+                    s.push_str(&format!(
+                        "# HELP gtm_{name} {help}\n# TYPE gtm_{name} gauge\ngtm_{name} {}\n",
+                        v.load(Ordering::Relaxed)
+                    ));
+                }
+                s
+            }
+        }
+    };
+}
+
+counters! {
+    rpc_batches: "RPC message batches handled.",
+    rpc_requests: "RPC requests handled.",
+    timestamps_granted: "Timestamps handed out (snapshots and commit timestamps included).",
+    tso_grants: "Atomic timestamp grants (one per batch).",
+    begins: "Transactions begun.",
+    commits: "Transactions committed (record durable, acknowledged).",
+    aborts: "Transactions aborted (explicitly, by a lost race, or by lease expiry).",
+    fenced_requests: "Requests refused because the node's epoch is not live.",
+    busy_begins: "Begins refused because the status-table slot was still needed.",
+    log_syncs: "Commit-log fsyncs (one per commit group).",
+    log_records: "Commit records written.",
+    registrations: "Node registrations (new epochs).",
+    lease_expiries: "Leases that ran out.",
+    lock_releases: "Successful lock releases on the storage nodes.",
+    lock_release_failures: "Failed lock-release attempts (retried).",
+    bad_requests: "Malformed requests.",
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `addr` until `stop` is set.
+pub fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let h = std::thread::Builder::new()
+        .name("gtm-metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut line = String::new();
+                        let _ = BufReader::new(&s).read_line(&mut line);
+                        let body = metrics.render();
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            body.len(),
+                            body
+                        );
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics listener failed");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        })?;
+    Ok((local, h))
+}
