@@ -1,0 +1,496 @@
+//! [`StorageClient`]: how compute nodes and the GTM talk to a storage node.
+//!
+//! Every method may be called from many threads at once; concurrent RPCs share fabric
+//! messages (the fabric's adaptive batching), so e.g. 16 committers' `force_log` calls
+//! reach the storage node as one batch and are answered by one fsync.
+//!
+//! ## Revocations (the callback path to a lazy lock holder)
+//!
+//! A compute node is a fabric *client*, so the storage node cannot call it. Instead,
+//! [`StorageClient::on_revocation`] starts a thread that keeps one long-poll RPC
+//! (`NextRevocations`) outstanding; the storage node parks it and answers as soon as
+//! another node waits for a page this `(node, epoch)` holds (or after the poll's wait
+//! bound, with nothing). The thread hands each [`Revocation`] to the installed handler,
+//! which must write the page back if it changed and then, for
+//! [`RevocationKind::WriteBackAndRelease`], unlock it. Waiters are answered by the
+//! storage node when the holder's `unlock` (or, for a reader, `write_back`) arrives.
+
+use super::dir::{DirEntry, DIR_ENTRY_SIZE};
+use super::msg::{decode_response, Envelope, Layout, Request, Response, Revocation, ADMIN_NODE};
+use super::page::{verify_image, Page, PAGE_SIZE};
+use super::redo::RedoRecord;
+use super::StorageError;
+use crate::fabric::{ClientOptions, Connection, Endpoint, FabricError, Op, OpOutput};
+use crate::ids::{Epoch, Lsn, NodeId, PageId};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Pages per one-sided batch (about 1 MiB of frames).
+const READ_CHUNK: usize = 128;
+/// One-sided rounds before a page is read over RPC instead.
+const ONESIDED_ROUNDS: usize = 6;
+/// How long one revocation long poll may be parked on the storage node.
+const POLL_WAIT_MS: u32 = 500;
+
+/// Client of one storage node for one `(node, epoch)`.
+pub struct StorageClient {
+    conn: Connection,
+    node: NodeId,
+    epoch: Epoch,
+    layout: Layout,
+    /// Frame word each page was last seen in (the one-sided read's guess).
+    hints: Mutex<HashMap<PageId, u64>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Handler of revocations, installed by the compute node.
+pub type RevocationHandler = dyn Fn(&StorageClient, Revocation) + Send + Sync + 'static;
+
+impl StorageClient {
+    /// Connects as compute node `node` in incarnation `epoch`.
+    pub fn connect(
+        endpoint: &Endpoint,
+        opts: &ClientOptions,
+        node: NodeId,
+        epoch: Epoch,
+    ) -> Result<StorageClient, StorageError> {
+        if node == ADMIN_NODE {
+            return Err(StorageError::BadRequest(format!(
+                "node id {node} is reserved for the admin identity"
+            )));
+        }
+        if epoch.0 > super::dir::MAX_EPOCH {
+            return Err(StorageError::BadRequest(format!(
+                "epoch {epoch} does not fit the lock word (max {})",
+                super::dir::MAX_EPOCH
+            )));
+        }
+        Self::connect_as(endpoint, opts, node, epoch)
+    }
+
+    /// Connects with the admin identity (the GTM: [`StorageClient::release_locks_of`]).
+    pub fn connect_admin(
+        endpoint: &Endpoint,
+        opts: &ClientOptions,
+    ) -> Result<StorageClient, StorageError> {
+        Self::connect_as(endpoint, opts, ADMIN_NODE, Epoch(0))
+    }
+
+    fn connect_as(
+        endpoint: &Endpoint,
+        opts: &ClientOptions,
+        node: NodeId,
+        epoch: Epoch,
+    ) -> Result<StorageClient, StorageError> {
+        let conn = Connection::connect(endpoint, opts)?;
+        let mut c = StorageClient {
+            conn,
+            node,
+            epoch,
+            layout: Layout {
+                first_page: PageId(0),
+                page_count: 0,
+                dir_region: crate::ids::RegionId(0),
+                frame_region: crate::ids::RegionId(0),
+                frames: 0,
+            },
+            hints: Mutex::new(HashMap::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        match c.call(Request::Describe)? {
+            Response::Layout(l) => c.layout = l,
+            other => return Err(unexpected(&other)),
+        }
+        Ok(c)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    /// The underlying fabric connection (for its counters).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn call(&self, request: Request) -> Result<Response, StorageError> {
+        let env = Envelope {
+            node: self.node,
+            epoch: self.epoch,
+            request,
+        };
+        let bytes = self.conn.call(&env.encode())?;
+        decode_response(&bytes)?
+    }
+
+    fn call_done(&self, request: Request) -> Result<(), StorageError> {
+        match self.call(request)? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn check_page(&self, page: PageId) -> Result<u64, StorageError> {
+        self.layout
+            .index_of(page)
+            .ok_or(StorageError::NotAllocated(page))
+    }
+
+    /// Allocates `n` fresh pages (contiguous ids), each at version 0 (empty).
+    pub fn allocate_pages(&self, n: u32) -> Result<Vec<PageId>, StorageError> {
+        match self.call(Request::Allocate { count: n })? {
+            Response::Allocated { first, count } => {
+                Ok((0..u64::from(count)).map(|i| PageId(first.0 + i)).collect())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Takes the page's exclusive lock, waiting in the storage node's queue (bounded by
+    /// the connection's timeout). Re-locking a page this identity holds succeeds at once.
+    pub fn lock_exclusive(&self, page: PageId) -> Result<(), StorageError> {
+        self.call_done(Request::Lock { page })
+    }
+
+    pub fn unlock(&self, page: PageId) -> Result<(), StorageError> {
+        self.call_done(Request::Unlock { page })
+    }
+
+    /// Publishes a page image (sealed; its header names page and version). Needs the X
+    /// lock, a version above the stored one, and durable redo up to that version.
+    pub fn write_back(&self, page: &Page) -> Result<(), StorageError> {
+        self.call_done(Request::WriteBack { page: page.clone() })
+    }
+
+    /// Appends records to this node's redo stream; returns the LSN just past them.
+    pub fn append_redo(&self, records: &[RedoRecord]) -> Result<Lsn, StorageError> {
+        match self.call(Request::AppendRedo {
+            records: records.to_vec(),
+        })? {
+            Response::Lsn(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Appends records and waits until they are durable, in one round trip (the commit
+    /// path: group-committed with every other force). Returns the durable LSN.
+    pub fn append_and_force(&self, records: &[RedoRecord]) -> Result<Lsn, StorageError> {
+        match self.call(Request::AppendForce {
+            records: records.to_vec(),
+        })? {
+            Response::Lsn(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits until this node's stream is durable up to `lsn` (group-committed); returns
+    /// the durable LSN (>= `lsn`).
+    pub fn force_log(&self, lsn: Lsn) -> Result<Lsn, StorageError> {
+        match self.call(Request::ForceLog { lsn })? {
+            Response::Lsn(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The GTM's call when a lease expired: fences `(node, epoch)`, rebuilds every page
+    /// it held X from the last written-back image plus its durable redo, frees the locks.
+    pub fn release_locks_of(&self, node: NodeId, epoch: Epoch) -> Result<(), StorageError> {
+        self.call_done(Request::ReleaseLocksOf { node, epoch })
+    }
+
+    /// Asks the X holder of `page` (if any) to write its image back and keep the lock;
+    /// returns once it did (or once there is no holder).
+    pub fn request_write_back(&self, page: PageId) -> Result<(), StorageError> {
+        self.call_done(Request::RequestWriteBack { page })
+    }
+
+    /// The storage node's metrics in Prometheus text format.
+    pub fn metrics(&self) -> Result<String, StorageError> {
+        match self.call(Request::Metrics)? {
+            Response::Text(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads pages over RPC (faulting non-resident ones in on the storage node).
+    pub fn read_pages_rpc(&self, pages: &[PageId]) -> Result<Vec<Page>, StorageError> {
+        for p in pages {
+            self.check_page(*p)?;
+        }
+        let mut out = Vec::with_capacity(pages.len());
+        for chunk in pages.chunks(READ_CHUNK) {
+            match self.call(Request::ReadPages {
+                pages: chunk.to_vec(),
+            })? {
+                Response::Pages(got) if got.len() == chunk.len() => {
+                    let mut hints = self.hints.lock();
+                    for ((fw, page), id) in got.into_iter().zip(chunk) {
+                        let h = page
+                            .verify()
+                            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                        if h.id != *id {
+                            return Err(StorageError::Protocol(format!(
+                                "asked for page {id}, got page {}",
+                                h.id
+                            )));
+                        }
+                        if fw != 0 {
+                            hints.insert(*id, fw);
+                        }
+                        out.push(page);
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads pages with batched one-sided reads (directory entry, frame, directory entry
+    /// per page, one batch per 128 pages), validated by the seqlock rule of
+    /// [`super::dir`]; pages that are not resident, or keep changing, are read over RPC.
+    /// Returns the pages in the order asked.
+    pub fn read_pages(&self, pages: &[PageId]) -> Result<Vec<Page>, StorageError> {
+        let mut out: Vec<Option<Page>> = vec![None; pages.len()];
+        for p in pages {
+            self.check_page(*p)?;
+        }
+        let mut pending: Vec<usize> = (0..pages.len()).collect();
+        let mut rpc: Vec<usize> = Vec::new();
+        for round in 0..ONESIDED_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            if round >= 2 {
+                std::thread::sleep(Duration::from_micros(20 << round));
+            }
+            let mut next = Vec::new();
+            for chunk in pending.chunks(READ_CHUNK) {
+                self.read_round(pages, chunk, &mut out, &mut next, &mut rpc)?;
+            }
+            pending = next;
+        }
+        rpc.extend(pending);
+        if !rpc.is_empty() {
+            rpc.sort_unstable();
+            let ids: Vec<PageId> = rpc.iter().map(|i| pages[*i]).collect();
+            for (i, page) in rpc.iter().zip(self.read_pages_rpc(&ids)?) {
+                out[*i] = Some(page);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|p| p.expect("every page read"))
+            .collect())
+    }
+
+    /// One one-sided batch for `idx`; accepted pages land in `out`, pages to retry in
+    /// `retry`, non-resident ones in `rpc`.
+    fn read_round(
+        &self,
+        pages: &[PageId],
+        idx: &[usize],
+        out: &mut [Option<Page>],
+        retry: &mut Vec<usize>,
+        rpc: &mut Vec<usize>,
+    ) -> Result<(), StorageError> {
+        let hints: Vec<Option<u64>> = {
+            let h = self.hints.lock();
+            idx.iter().map(|i| h.get(&pages[*i]).copied()).collect()
+        };
+        let mut ops = Vec::with_capacity(idx.len() * 3);
+        for (k, i) in idx.iter().enumerate() {
+            let entry = self.dir_offset(pages[*i]);
+            ops.push(self.dir_read(entry));
+            if let Some(fw) = hints[k] {
+                ops.push(Op::Read {
+                    region: self.layout.frame_region,
+                    offset: (fw - 1) * PAGE_SIZE as u64,
+                    len: PAGE_SIZE as u32,
+                });
+                ops.push(self.dir_read(entry));
+            }
+        }
+        let mut results = self.conn.post(&ops)?.into_iter();
+        let mut next = || -> Result<Vec<u8>, StorageError> {
+            match results.next() {
+                Some(Ok(OpOutput::Read(b))) => Ok(b),
+                Some(Err(e)) => Err(StorageError::Protocol(format!("one-sided read: {e}"))),
+                _ => Err(StorageError::Protocol(
+                    "one-sided read: short answer".into(),
+                )),
+            }
+        };
+        let mut new_hints = Vec::new();
+        for (k, i) in idx.iter().enumerate() {
+            let page = pages[*i];
+            let first = decode_entry(&next()?)?;
+            let Some(fw) = hints[k] else {
+                match first.frame {
+                    Some(f) if !first.busy => {
+                        new_hints.push((page, u64::from(f) + 1));
+                        retry.push(*i);
+                    }
+                    Some(_) => retry.push(*i),
+                    None => rpc.push(*i),
+                }
+                continue;
+            };
+            let frame = next()?;
+            let second = decode_entry(&next()?)?;
+            let valid = !first.busy
+                && first.same_image(&second)
+                && first.frame.map(|f| u64::from(f) + 1) == Some(fw);
+            if valid {
+                let img: &[u8; PAGE_SIZE] = frame
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Protocol("short frame read".into()))?;
+                if let Ok(h) = verify_image(img) {
+                    if h.id == page && h.version == first.version {
+                        out[*i] = Some(Page::from_bytes(&frame).expect("8 KiB"));
+                        continue;
+                    }
+                }
+            }
+            match second.frame {
+                None if !second.busy => rpc.push(*i),
+                Some(f) => {
+                    new_hints.push((page, u64::from(f) + 1));
+                    retry.push(*i);
+                }
+                None => retry.push(*i),
+            }
+        }
+        if !new_hints.is_empty() {
+            let mut h = self.hints.lock();
+            for (p, fw) in new_hints {
+                h.insert(p, fw);
+            }
+        }
+        Ok(())
+    }
+
+    fn dir_offset(&self, page: PageId) -> u64 {
+        (page.0 - self.layout.first_page.0) * DIR_ENTRY_SIZE as u64
+    }
+
+    fn dir_read(&self, offset: u64) -> Op {
+        Op::Read {
+            region: self.layout.dir_region,
+            offset,
+            len: DIR_ENTRY_SIZE as u32,
+        }
+    }
+
+    /// Reads directory entries one-sided, one batch (for coherence validation: version
+    /// and X holder). Entries caught mid-rewrite (BUSY) are reread a few times.
+    pub fn read_dir_entries(&self, pages: &[PageId]) -> Result<Vec<DirEntry>, StorageError> {
+        let offsets = pages
+            .iter()
+            .map(|p| self.check_page(*p).map(|i| i * DIR_ENTRY_SIZE as u64))
+            .collect::<Result<Vec<u64>, _>>()?;
+        let mut out: Vec<Option<DirEntry>> = vec![None; pages.len()];
+        let mut pending: Vec<usize> = (0..pages.len()).collect();
+        for round in 0..50 {
+            if pending.is_empty() {
+                break;
+            }
+            if round > 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            let mut next = Vec::new();
+            for chunk in pending.chunks(8192) {
+                let ops: Vec<Op> = chunk.iter().map(|i| self.dir_read(offsets[*i])).collect();
+                for (i, r) in chunk.iter().zip(self.conn.post(&ops)?) {
+                    let b = match r {
+                        Ok(OpOutput::Read(b)) => b,
+                        other => {
+                            return Err(StorageError::Protocol(format!(
+                                "directory read: {other:?}"
+                            )))
+                        }
+                    };
+                    let e = decode_entry(&b)?;
+                    if e.busy && round < 49 {
+                        next.push(*i);
+                    } else {
+                        out[*i] = Some(e);
+                    }
+                }
+            }
+            pending = next;
+        }
+        Ok(out.into_iter().map(|e| e.expect("read")).collect())
+    }
+
+    /// Installs the revocation handler and starts the long-poll thread (once; a second
+    /// call replaces nothing and returns an error).
+    pub fn on_revocation<F>(self: &Arc<Self>, handler: F) -> Result<(), StorageError>
+    where
+        F: Fn(&StorageClient, Revocation) + Send + Sync + 'static,
+    {
+        let weak: Weak<StorageClient> = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        std::thread::Builder::new()
+            .name(format!("revocations-{}", self.node))
+            .spawn(move || loop {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Some(client) = weak.upgrade() else { return };
+                match client.call(Request::NextRevocations {
+                    max_wait_ms: POLL_WAIT_MS,
+                }) {
+                    Ok(Response::Revocations(rs)) => {
+                        for r in rs {
+                            handler(&client, r);
+                        }
+                    }
+                    Ok(other) => {
+                        tracing::warn!(response = ?other, "unexpected revocation answer");
+                    }
+                    Err(StorageError::Fenced { .. })
+                    | Err(StorageError::Fabric(FabricError::Disconnected)) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "revocation poll failed; retrying");
+                        drop(client);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Drop for StorageClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn decode_entry(b: &[u8]) -> Result<DirEntry, StorageError> {
+    DirEntry::decode(b).ok_or_else(|| StorageError::Protocol("short directory read".into()))
+}
+
+fn unexpected(r: &Response) -> StorageError {
+    let kind = match r {
+        Response::Layout(_) => "Layout",
+        Response::Allocated { .. } => "Allocated",
+        Response::Done => "Done",
+        Response::Lsn(_) => "Lsn",
+        Response::Pages(_) => "Pages",
+        Response::Revocations(_) => "Revocations",
+        Response::Text(_) => "Text",
+    };
+    StorageError::Protocol(format!("unexpected response {kind}"))
+}

@@ -1,0 +1,56 @@
+//! The storage node's metrics (Prometheus text format, served by the `Metrics` RPC and
+//! logged at shutdown).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! metrics {
+    ($($name:ident: $help:literal),* $(,)?) => {
+        #[derive(Default)]
+        pub struct Metrics { $(pub $name: AtomicU64,)* }
+
+        impl Metrics {
+            /// Prometheus text exposition of every counter, plus `gauges`.
+            pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+                let mut s = String::new();
+                $(
+                    let _ = writeln!(s, "# HELP storage_{} {}", stringify!($name), $help);
+                    let _ = writeln!(s, "# TYPE storage_{} counter", stringify!($name));
+                    let _ = writeln!(s, "storage_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                )*
+                for (name, help, v) in gauges {
+                    let _ = writeln!(s, "# HELP storage_{name} {help}");
+                    let _ = writeln!(s, "# TYPE storage_{name} gauge");
+                    let _ = writeln!(s, "storage_{name} {v}");
+                }
+                s
+            }
+        }
+    };
+}
+
+metrics! {
+    rpc_requests: "RPC requests handled",
+    pages_read_rpc: "pages served over RPC",
+    fault_ins: "pages read from the page file into a frame",
+    evictions: "frames reused for another page",
+    write_backs: "page images written back",
+    lock_grants: "exclusive page locks granted",
+    lock_waits: "lock requests that had to queue",
+    revocations: "revocation requests queued for lazy holders",
+    redo_records: "redo records appended",
+    redo_bytes: "redo bytes appended",
+    force_requests: "log force requests",
+    log_fsyncs: "fsyncs of redo streams (group commits)",
+    checkpoints: "checkpoints run",
+    pages_checkpointed: "page images written to the page file",
+    segments_truncated: "redo segments deleted after checkpoint",
+    fenced: "release_locks_of calls (dead node epochs fenced)",
+    pages_rebuilt: "pages rebuilt from redo for a dead holder",
+}
+
+impl Metrics {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}

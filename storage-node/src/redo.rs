@@ -1,0 +1,383 @@
+//! Per-compute-node redo streams: append, group-commit bookkeeping, read-back, truncation.
+//!
+//! One stream per compute node id lives in `<data>/redo/<node>/` as segment files named
+//! by the LSN of their first byte (`<start lsn, 20 digits>.seg`). An LSN is a byte offset
+//! in the node's logical stream; a record's LSN (stored in it) is the offset just past
+//! it. Only the last segment is appended to; when it exceeds the segment size it is
+//! fsynced and a new one starts. Records are those of `common::storage::redo`, each with
+//! its own crc32c, so a torn tail is found by the first record that fails to decode.
+//!
+//! The stream remembers, per page, the records not yet covered by a checkpointed page
+//! image (`pending`); segments before the oldest such record are deleted after a
+//! checkpoint (log truncation), and a dead node's pages are rebuilt from them.
+
+use common::ids::{Lsn, NodeId, PageId, PageVersion};
+use common::storage::redo::RedoRecord;
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A record appended but not yet checkpointed.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingRecord {
+    pub start: Lsn,
+    pub len: u32,
+    pub before: PageVersion,
+    pub after: PageVersion,
+}
+
+pub struct Stream {
+    pub node: NodeId,
+    dir: PathBuf,
+    /// Start LSNs of the segments, ascending; the last one is active.
+    segments: Vec<Lsn>,
+    active: Arc<File>,
+    /// End of the stream (LSN past the last appended record).
+    pub appended: Lsn,
+    /// Everything before this LSN is on disk (fsynced).
+    pub durable: Lsn,
+    /// Encoded records from `written` to `appended`, not yet handed to the kernel: the
+    /// log forcer writes and fsyncs them in one go (appends never do I/O).
+    buf: Vec<u8>,
+    /// LSN up to which bytes were handed to the kernel.
+    written: Lsn,
+    segment_bytes: u64,
+    /// (end lsn, page, version after) of appended records not yet durable.
+    undurable: VecDeque<(Lsn, PageId, PageVersion)>,
+    pub pending: HashMap<PageId, VecDeque<PendingRecord>>,
+}
+
+pub fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
+    dir.join(format!("{:020}.seg", start.0))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A stream found on disk at startup.
+pub struct ScannedStream {
+    pub node: NodeId,
+    pub dir: PathBuf,
+    pub segments: Vec<Lsn>,
+    /// End of the valid records.
+    pub end: Lsn,
+    pub records: Vec<RedoRecord>,
+}
+
+/// Reads every stream under `redo_dir`; truncates a torn tail of a stream's last segment.
+pub fn scan_streams(redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
+    let mut out = Vec::new();
+    if !redo_dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(redo_dir)? {
+        let entry = entry?;
+        let Some(node) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            tracing::warn!(path = %entry.path().display(), "ignoring unexpected entry in the redo directory");
+            continue;
+        };
+        let dir = entry.path();
+        let mut segments: Vec<Lsn> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                let s = name.to_str()?;
+                s.strip_suffix(".seg")?.parse::<u64>().ok().map(Lsn)
+            })
+            .collect();
+        segments.sort();
+        let mut records = Vec::new();
+        let mut end = segments.first().copied().unwrap_or(Lsn(0));
+        for (i, start) in segments.iter().enumerate() {
+            let path = segment_path(&dir, *start);
+            let bytes = std::fs::read(&path)?;
+            let mut at = 0usize;
+            while at < bytes.len() {
+                match RedoRecord::decode(&bytes[at..]) {
+                    Ok((rec, n)) if rec.lsn.0 == start.0 + (at + n) as u64 => {
+                        at += n;
+                        records.push(rec);
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(_) => "record carries a wrong LSN".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        if i + 1 == segments.len() {
+                            tracing::info!(node, segment = %path.display(), offset = at, %why,
+                                "torn redo tail; truncating");
+                            let f = OpenOptions::new().write(true).open(&path)?;
+                            f.set_len(at as u64)?;
+                            f.sync_all()?;
+                        } else {
+                            tracing::error!(node, segment = %path.display(), offset = at, %why,
+                                "corrupt redo record inside a sealed segment; the rest of this segment is skipped");
+                        }
+                        break;
+                    }
+                }
+            }
+            end = Lsn(start.0 + at as u64);
+        }
+        out.push(ScannedStream {
+            node: NodeId(node),
+            dir,
+            segments,
+            end,
+            records,
+        });
+    }
+    Ok(out)
+}
+
+impl Stream {
+    /// Opens (or creates) the stream of `node` continuing at `end`, in a fresh segment
+    /// that starts at `end`; older segments listed in `old` are kept until truncated.
+    pub fn open(
+        redo_dir: &Path,
+        node: NodeId,
+        end: Lsn,
+        old: &[Lsn],
+        segment_bytes: u64,
+    ) -> io::Result<Stream> {
+        let dir = redo_dir.join(node.0.to_string());
+        let fresh = !dir.exists();
+        std::fs::create_dir_all(&dir)?;
+        if fresh {
+            sync_dir(redo_dir)?;
+        }
+        let path = segment_path(&dir, end);
+        let active = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        // An existing segment at `end` holds only bytes past the valid end (a torn tail
+        // already cut by the scan), so it is empty here.
+        active.set_len(0)?;
+        active.sync_all()?;
+        sync_dir(&dir)?;
+        let mut segments: Vec<Lsn> = old.iter().copied().filter(|s| *s != end).collect();
+        segments.push(end);
+        Ok(Stream {
+            node,
+            dir,
+            segments,
+            active: Arc::new(active),
+            appended: end,
+            durable: end,
+            buf: Vec::new(),
+            written: end,
+            segment_bytes,
+            undurable: VecDeque::new(),
+            pending: HashMap::new(),
+        })
+    }
+
+    fn active_start(&self) -> Lsn {
+        *self.segments.last().expect("a stream always has a segment")
+    }
+
+    /// Appends records (their LSNs are assigned here) to the in-memory tail; returns the
+    /// new end and, if a segment was sealed (written and fsynced) on the way, what
+    /// became durable. Only sealing does I/O.
+    pub fn append(
+        &mut self,
+        records: &mut [RedoRecord],
+    ) -> io::Result<(Lsn, Vec<(PageId, PageVersion)>)> {
+        let mut newly_durable = Vec::new();
+        if self.appended.0 - self.active_start().0 >= self.segment_bytes {
+            let (file, offset, bytes, upto) = self.take_unwritten();
+            file.write_all_at(&bytes, offset)?;
+            file.sync_data()?;
+            newly_durable = self.mark_durable(upto);
+            let start = self.appended;
+            let f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(true)
+                .open(segment_path(&self.dir, start))?;
+            sync_dir(&self.dir)?;
+            self.active = Arc::new(f);
+            self.segments.push(start);
+        }
+        let mut lsn = self.appended.0;
+        for r in records.iter_mut() {
+            let start = lsn;
+            let len = r.encoded_len();
+            lsn += len as u64;
+            r.lsn = Lsn(lsn);
+            r.encode(&mut self.buf);
+            self.undurable.push_back((Lsn(lsn), r.page, r.after));
+            self.pending
+                .entry(r.page)
+                .or_default()
+                .push_back(PendingRecord {
+                    start: Lsn(start),
+                    len: len as u32,
+                    before: r.before,
+                    after: r.after,
+                });
+        }
+        self.appended = Lsn(lsn);
+        Ok((self.appended, newly_durable))
+    }
+
+    /// Hands the unwritten tail to the caller: (active segment, file offset, bytes, LSN
+    /// they reach). The caller writes and fsyncs them, then calls [`Stream::mark_durable`]
+    /// with that LSN. Callers must not overlap (the engine serialises them).
+    pub fn take_unwritten(&mut self) -> (Arc<File>, u64, Vec<u8>, Lsn) {
+        let offset = self.written.0 - self.active_start().0;
+        let bytes = std::mem::take(&mut self.buf);
+        self.written = self.appended;
+        (self.active.clone(), offset, bytes, self.appended)
+    }
+
+    /// Records that everything before `upto` is durable; returns the (page, version
+    /// after) of the records that just became durable.
+    pub fn mark_durable(&mut self, upto: Lsn) -> Vec<(PageId, PageVersion)> {
+        let mut out = Vec::new();
+        if upto > self.durable {
+            self.durable = upto;
+        }
+        while let Some((end, page, after)) = self.undurable.front().copied() {
+            if end > self.durable {
+                break;
+            }
+            self.undurable.pop_front();
+            out.push((page, after));
+        }
+        out
+    }
+
+    /// Reads a record back from its segment.
+    pub fn read_record(&self, rec: &PendingRecord) -> io::Result<RedoRecord> {
+        let seg = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| **s <= rec.start)
+            .copied()
+            .ok_or_else(|| io::Error::other(format!("no segment holds LSN {}", rec.start)))?;
+        let f = if seg == self.active_start() {
+            None
+        } else {
+            Some(File::open(segment_path(&self.dir, seg))?)
+        };
+        let file = f.as_ref().unwrap_or(&self.active);
+        let mut buf = vec![0u8; rec.len as usize];
+        file.read_exact_at(&mut buf, rec.start.0 - seg.0)?;
+        let (r, _) = RedoRecord::decode(&buf)
+            .map_err(|e| io::Error::other(format!("redo record at LSN {}: {e}", rec.start)))?;
+        Ok(r)
+    }
+
+    /// A page image at `version` reached the page file: its records up to it are no
+    /// longer needed.
+    pub fn checkpointed(&mut self, page: PageId, version: PageVersion) {
+        if let Some(q) = self.pending.get_mut(&page) {
+            while q.front().is_some_and(|r| r.after <= version) {
+                q.pop_front();
+            }
+            if q.is_empty() {
+                self.pending.remove(&page);
+            }
+        }
+    }
+
+    /// Drops the sealed segments that hold only checkpointed records; returns their
+    /// paths for deletion outside the engine lock.
+    pub fn truncate(&mut self) -> Vec<PathBuf> {
+        let keep_from = self
+            .pending
+            .values()
+            .filter_map(|q| q.front().map(|r| r.start))
+            .min()
+            .unwrap_or(self.appended);
+        let mut out = Vec::new();
+        while self.segments.len() > 1 && self.segments[1] <= keep_from {
+            let s = self.segments.remove(0);
+            out.push(segment_path(&self.dir, s));
+        }
+        out
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::storage::redo::RedoBody;
+
+    fn rec(page: u64, before: u64) -> RedoRecord {
+        RedoRecord {
+            lsn: Lsn(0),
+            page: PageId(page),
+            before: PageVersion(before),
+            after: PageVersion(before + 1),
+            body: RedoBody::Diffs(vec![(100, vec![before as u8; 500])]),
+        }
+    }
+
+    #[test]
+    fn append_scan_truncate_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
+        let mut durable = 0;
+        for v in 0..10 {
+            let (end, sealed) = s.append(&mut [rec(1, v), rec(2, v)]).unwrap();
+            durable += sealed.len();
+            assert_eq!(end, s.appended);
+        }
+        assert!(s.segment_count() > 2);
+        // Sealing a segment fsyncs it; a force writes and syncs the rest.
+        let (f, off, bytes, upto) = s.take_unwritten();
+        f.write_all_at(&bytes, off).unwrap();
+        f.sync_data().unwrap();
+        durable += s.mark_durable(upto).len();
+        assert_eq!(durable, 20);
+        let first = *s.pending[&PageId(1)].front().unwrap();
+        assert_eq!(s.read_record(&first).unwrap().before, PageVersion(0));
+        // Checkpoint page 1 fully and page 2 to v5: segments before page 2's v5 record go.
+        s.checkpointed(PageId(1), PageVersion(10));
+        s.checkpointed(PageId(2), PageVersion(5));
+        let gone = s.truncate();
+        assert!(!gone.is_empty());
+        for p in &gone {
+            std::fs::remove_file(p).unwrap();
+        }
+        // Tear the tail: the scan keeps every whole record before it.
+        let end = s.appended;
+        let last = segment_path(&s.dir, s.active_start());
+        drop(s);
+        let len = std::fs::metadata(&last).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&last).unwrap();
+        f.set_len(len - 7).unwrap();
+        let scanned = scan_streams(dir.path()).unwrap();
+        assert_eq!(scanned.len(), 1);
+        assert!(scanned[0].end < end);
+        let recs = &scanned[0].records;
+        assert!(recs
+            .iter()
+            .all(|r| r.page == PageId(1) || r.page == PageId(2)));
+        assert!(recs
+            .iter()
+            .any(|r| r.page == PageId(2) && r.before == PageVersion(5)));
+        assert!(!recs
+            .iter()
+            .any(|r| r.page == PageId(2) && r.before == PageVersion(9)));
+    }
+}
