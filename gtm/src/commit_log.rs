@@ -14,13 +14,27 @@
 //! ```
 //!
 //! Replay stops at the first short or mismatching record (a torn tail from a crash) and
-//! truncates the file there. On every start the log is rewritten with only the records
-//! still covered by the status table (txn ids >= boot floor - capacity); older
-//! transactions are retired (see `status_table`).
+//! truncates the file there (at start; the only time the file is cut).
+//!
+//! ## Size and compaction
+//!
+//! Every record is kept: the log is the durable half of the GTM's outcome index
+//! (`status_table::OutcomeIndex`), which answers for committed transactions long after
+//! their status-table slot was reused, because compute nodes stamp commit timestamps
+//! into row versions lazily and a version may stay unstamped indefinitely. The file
+//! grows by 20 bytes per commit (a retried commit may log its record twice) and is read
+//! in full (streamed) at every start.
+//!
+//! There is no online compaction, and the start-up pass only drops a torn tail. To
+//! bound the log later: once compute nodes report a *stamped-below* watermark `S` (see
+//! `status_table`, "Compacting later"), persist `S` first, then at start (or online:
+//! write the kept records to `commit.log.tmp`, fsync, rename over `commit.log`, fsync the
+//! directory, reopen for appends under the group-commit thread) drop records of txns
+//! `< S`. Never drop a record without persisting `S`: a missing record reads as Aborted.
 
 use common::ids::{Timestamp, TxnId};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const RECORD_LEN: usize = 20;
@@ -57,44 +71,51 @@ pub struct CommitLog {
 }
 
 impl CommitLog {
-    /// Opens `path`, returns the commit records of txns `>= keep_from` and rewrites the
-    /// log to hold just those.
-    pub fn open(
-        path: &Path,
-        keep_from: TxnId,
-    ) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
-        let mut bytes = Vec::new();
+    /// Opens (or creates) the log at `path` and returns every commit record in it, in log
+    /// order (duplicates possible); a torn tail is cut off.
+    pub fn open(path: &Path) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
+        let mut records = Vec::new();
+        let mut valid = 0u64;
+        let mut len = 0u64;
         match File::open(path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes)?;
+            Ok(f) => {
+                len = f.metadata()?.len();
+                records.reserve((len / RECORD_LEN as u64) as usize);
+                // Streamed in whole records, so a large log is never held twice.
+                let mut r = BufReader::with_capacity(1 << 20, f);
+                let mut chunk = vec![0u8; RECORD_LEN * 4096];
+                loop {
+                    let n = read_full(&mut r, &mut chunk)?;
+                    let (recs, ok) = decode_records(&chunk[..n]);
+                    records.extend(recs);
+                    valid += ok as u64;
+                    if ok < chunk.len() {
+                        break;
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let (records, valid) = decode_records(&bytes);
-        if valid < bytes.len() {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        if valid < len {
             tracing::warn!(
                 path = %path.display(),
-                dropped_bytes = bytes.len() - valid,
+                dropped_bytes = len - valid,
                 "commit log has a torn tail (crash during a write); dropping it"
             );
+            file.set_len(valid)?;
+            file.sync_all()?;
+        } else if len == 0 {
+            file.sync_all()?;
+            crate::tso::sync_dir(path)?;
         }
-        let kept: Vec<_> = records
-            .into_iter()
-            .filter(|(t, _)| *t >= keep_from)
-            .collect();
-        let mut image = Vec::with_capacity(kept.len() * RECORD_LEN);
-        for &(t, c) in &kept {
-            encode_record(t, c, &mut image);
-        }
-        crate::tso::replace_file(path, &image)?;
-        let file = OpenOptions::new().append(true).open(path)?;
         Ok((
             CommitLog {
                 file,
                 path: path.to_path_buf(),
             },
-            kept,
+            records,
         ))
     }
 
@@ -109,33 +130,56 @@ impl CommitLog {
     }
 }
 
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_torn_tail_is_dropped_and_old_records_are_compacted_away() {
+    fn a_torn_tail_is_dropped_and_every_record_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("commit.log");
+        // More records than one read chunk, so the streamed replay crosses chunks.
+        let n = 10_000u64;
         {
-            let (mut log, recs) = CommitLog::open(&path, TxnId(0)).unwrap();
+            let (mut log, recs) = CommitLog::open(&path).unwrap();
             assert!(recs.is_empty());
             let mut buf = Vec::new();
-            for t in 1..=10 {
+            for t in 1..=n {
                 encode_record(TxnId(t), Timestamp(100 + t), &mut buf);
             }
             buf.extend_from_slice(&[1, 2, 3]); // torn
             log.append_durably(&buf).unwrap();
         }
-        let (_, recs) = CommitLog::open(&path, TxnId(4)).unwrap();
-        assert_eq!(recs.len(), 7);
-        assert_eq!(recs[0], (TxnId(4), Timestamp(104)));
+        let (mut log, recs) = CommitLog::open(&path).unwrap();
+        assert_eq!(recs.len(), n as usize);
+        assert_eq!(recs[0], (TxnId(1), Timestamp(101)));
+        assert_eq!(recs[n as usize - 1], (TxnId(n), Timestamp(100 + n)));
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
-            7 * RECORD_LEN as u64
+            n * RECORD_LEN as u64
         );
-        let (_, recs) = CommitLog::open(&path, TxnId(0)).unwrap();
-        assert_eq!(recs.len(), 7);
+        // Appends after the cut continue the valid prefix.
+        let mut buf = Vec::new();
+        encode_record(TxnId(n + 1), Timestamp(7), &mut buf);
+        log.append_durably(&buf).unwrap();
+        drop(log);
+        let (_, recs) = CommitLog::open(&path).unwrap();
+        assert_eq!(recs.len(), n as usize + 1);
+        assert_eq!(recs[n as usize], (TxnId(n + 1), Timestamp(7)));
     }
 
     #[test]

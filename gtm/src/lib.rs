@@ -20,6 +20,8 @@
 //!                                   answer Committed(cts)      (or Aborted / Fenced)
 //!   Abort(node, epoch, txn)     ->  CAS InProgress -> Aborted
 //!   READ status entries         ->  (one-sided; no GTM CPU on shm)
+//!   Outcomes(txns)              ->  statuses from the table and the outcome index, for
+//!                                   txns whose slot was reused (Committed(cts)/Aborted)
 //!   GcWatermark                 ->  oldest active snapshot
 //! lease lapses                  ->  reaper: CAS InProgress -> Aborted for the epoch's txns,
 //!                                   LockReleaser::release_locks_of(node, epoch)
@@ -42,10 +44,13 @@
 //!   earlier (`GtmClient::check_lease`).
 //! * **7** — an acknowledged commit survives a GTM crash: the answer leaves only after
 //!   the group fsync of its record ([`commit_log`], the group-commit thread in
-//!   [`service`]); recovery rebuilds the status table from the log.
+//!   [`service`]); recovery rebuilds the status table and the outcome index of retired
+//!   transactions ([`status_table::OutcomeIndex`]) from the log, so a commit stays
+//!   readable however long ago its slot was reused.
 //!
 //! Tests named after the invariants: `tests/kill9.rs` (4, 5, 7 under `kill -9` of the
-//! real binary), `tests/lease_fencing.rs` (6, with a SIGSTOPped client process),
+//! real binary, also for transactions whose slot was reused), `tests/lease_fencing.rs`
+//! (6, with a SIGSTOPped client process),
 //! `tests/engine.rs` (batching, watermark, Committing waits).
 
 pub mod commit_log;

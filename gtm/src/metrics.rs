@@ -16,6 +16,7 @@ macro_rules! counters {
             pub active_txns: AtomicU64,
             pub live_members: AtomicU64,
             pub gc_watermark: AtomicU64,
+            pub retired_commits: AtomicU64,
         }
 
         impl Metrics {
@@ -32,6 +33,7 @@ macro_rules! counters {
                     ("active_txns", "Transactions in progress or committing.", &self.active_txns),
                     ("live_members", "Compute nodes holding a live lease.", &self.live_members),
                     ("gc_watermark", "Oldest active snapshot (published).", &self.gc_watermark),
+                    ("retired_commits", "Entries of the outcome index (16 bytes each): committed transactions whose status slot was reused.", &self.retired_commits),
                 ] {
                     s.push_str(&format!(
                         "# HELP gtm_{name} {help}\n# TYPE gtm_{name} gauge\ngtm_{name} {}\n",
@@ -61,6 +63,8 @@ counters! {
     lock_releases: "Successful lock releases on the storage nodes.",
     lock_release_failures: "Failed lock-release attempts (retried).",
     bad_requests: "Malformed requests.",
+    outcome_requests: "Outcomes requests (statuses of retired transactions).",
+    outcome_lookups: "Transactions looked up by Outcomes requests.",
 }
 
 /// Serves `GET /metrics` (any path, in fact) on `addr` until `stop` is set.

@@ -1,6 +1,6 @@
 //! The GTM engine: state, the batch-handling RPC service, and its background threads.
 //!
-//! ## Handling one message batch ([`GtmService::handle_batch`])
+//! ## Handling one message batch (`GtmService::handle_batch`)
 //!
 //! 1. Decode every request (a malformed one is answered `BadRequest`; the rest go on).
 //! 2. Under the state lock, once per batch: grant all timestamps the batch needs
@@ -8,6 +8,8 @@
 //!    all txn ids with one more; then apply each request in order: lease checks, begins,
 //!    the commit/abort compare-and-sets (`status_table`), `Committing(cts)` published in
 //!    the region before the lock is released.
+//!    `Outcomes` requests are answered from the table and its outcome index under the
+//!    same lock acquisition (a binary search per txn).
 //! 3. After the lock: synchronous answers go out (one message, the fabric corks the
 //!    batch); commits that won their CAS go to the **group-commit thread** with their
 //!    [`Replier`]s. The handler never waits for a disk.
@@ -164,23 +166,28 @@ impl Gtm {
         assert_eq!(region.id(), STATUS_REGION, "the status table is region 0");
         let status = StatusRegion::format(region, capacity, boot_floor);
         let mut table = StatusTable::new(status, boot_floor);
-        let keep_from = TxnId(boot_floor.0.saturating_sub(capacity));
         let log_path = dir.join("commit.log");
-        let (log, records) = CommitLog::open(&log_path, keep_from).map_err(io_err(&log_path))?;
-        for &(txn, cts) in &records {
-            if txn < boot_floor && cts.0 < tso.current() {
-                table.restore_committed(txn, cts);
-            } else {
+        let (log, mut records) = CommitLog::open(&log_path).map_err(io_err(&log_path))?;
+        let logged = records.len();
+        records.retain(|&(txn, cts)| {
+            let ok = txn.0 != 0 && txn < boot_floor && cts.0 < tso.current();
+            if !ok {
                 tracing::error!(%txn, %cts, "commit record beyond the high-water marks; ignored");
             }
-        }
+            ok
+        });
+        // The last `capacity` txn ids go back into their slots, older ones into the
+        // outcome index (answered through the `Outcomes` RPC).
+        table.restore_committed(records);
         let watermark = Timestamp(tso.current());
         table.region.publish_gc_watermark(watermark);
         tracing::info!(
             data_dir = %dir.display(),
             first_timestamp = tso.current(),
             first_txn = %boot_floor,
-            recovered_commits = records.len(),
+            recovered_commits = logged,
+            retired_commits = table.outcome_index().len(),
+            outcome_index_bytes = table.outcome_index().bytes(),
             "GTM recovered"
         );
 
@@ -475,6 +482,12 @@ impl Inner {
                         st.watermark = w;
                         Response::GcWatermark { ts: w }
                     }
+                    Request::Outcomes { txns } => {
+                        m.outcome_requests.fetch_add(1, Ordering::Relaxed);
+                        m.outcome_lookups
+                            .fetch_add(txns.len() as u64, Ordering::Relaxed);
+                        Response::Outcomes(txns.iter().map(|&t| st.table.outcome(t)).collect())
+                    }
                     Request::Leave { node, epoch } => {
                         if st.members.remove(node, epoch) {
                             let v = st.table.abort_all_of(node, epoch);
@@ -577,6 +590,9 @@ impl Inner {
                 self.metrics
                     .active_txns
                     .store(st.table.active_count() as u64, Ordering::Relaxed);
+                self.metrics
+                    .retired_commits
+                    .store(st.table.outcome_index().len() as u64, Ordering::Relaxed);
                 self.metrics
                     .live_members
                     .store(st.members.live_count() as u64, Ordering::Relaxed);

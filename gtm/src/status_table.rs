@@ -24,12 +24,143 @@
 //! with a commit timestamp below the GC watermark, or from before the GTM's last start;
 //! otherwise `begin` answers `Busy`. The header's `retired_below` is
 //! `newest txn id - C`. (Layout and the reader's side: `common::gtm::layout`.)
+//!
+//! ## Outcomes of retired transactions ([`OutcomeIndex`])
+//!
+//! Compute nodes stamp commit timestamps into row versions lazily, so a version's writer
+//! may have lost its slot long ago; its outcome must still be known. When `begin` reuses
+//! a slot whose occupant is Committed, the occupant's `txn -> cts` moves into the
+//! **outcome index**; Aborted occupants need no entry. On start the index is rebuilt from
+//! the commit log (every commit record of a txn below `boot floor - C`; the ones above
+//! go back into their slots and move to the index when those are reused). So for a txn
+//! the slot no longer answers for, [`StatusTable::outcome`] says: in the index ->
+//! Committed(cts); otherwise Aborted (aborted, or never begun because its id was skipped,
+//! or issued before a restart without a durable commit record). Clients ask with the
+//! `Outcomes` RPC (`common::gtm::proto`), batched.
+//!
+//! The index is durable through the commit log, which is therefore never cut below the
+//! index (see `commit_log`).
+//!
+//! **Memory bound**: 16 bytes per committed transaction whose slot was reused — a sorted
+//! `Vec<(u64, u64)>`, appended in eviction order (ascending but for slots skipped by
+//! `Busy` begins, which go to a small side map merged back in batches of
+//! [`OutcomeIndex::MERGE_AT`]). It grows without bound: 1 GiB per 67 M commits (at
+//! 100 k commits/s, about 5.8 GB per hour; the commit log grows 20 bytes per commit).
+//! The Vec's spare capacity is untouched virtual memory, not resident. The gauge
+//! `gtm_retired_commits` shows the entry count.
+//!
+//! **Compacting later** (not done yet): the index (and the commit log) need to cover
+//! only transactions whose versions may still be unstamped. Once every compute node
+//! reports a *stamped-below* watermark `S` (it stamped or pruned every version written
+//! by a txn `< S`; e.g. piggybacked on the heartbeat, and taken as the minimum over
+//! live nodes and over nodes whose unstamped redo may still be replayed), the GTM can
+//! persist `S` (a small `.hwm`-style file, fsynced before anything is dropped), drop
+//! index entries `< S` ([`OutcomeIndex::forget_below`]) and rewrite the commit log
+//! without their records. `outcome` must then answer `Retired` ("lost") for txns `< S`
+//! that are not in a slot, never `Aborted`: a committed txn must not turn into an
+//! aborted one.
 
 use common::fabric::Region;
 use common::gtm::layout::{self, Entry, EntryState};
+use common::gtm::TxnStatus;
 use common::ids::{Epoch, NodeId, Timestamp, TxnId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+/// Commit timestamps of committed transactions that lost their slot: `txn -> cts`.
+/// See the module documentation for the memory bound and how to compact it.
+#[derive(Default, Debug)]
+pub struct OutcomeIndex {
+    /// Sorted by txn id, no duplicates.
+    sorted: Vec<(u64, u64)>,
+    /// Entries that arrived out of order (a txn below `sorted`'s last one); merged into
+    /// `sorted` when there are `MERGE_AT` of them.
+    late: BTreeMap<u64, u64>,
+}
+
+impl OutcomeIndex {
+    /// Out-of-order entries kept aside before one merge (a merge moves the `sorted`
+    /// entries above the smallest of them once).
+    pub const MERGE_AT: usize = 1024;
+
+    /// Builds the index from commit records in any order (duplicates allowed, e.g. a
+    /// commit retried while its record was on its way to disk is logged twice).
+    pub fn from_records(mut records: Vec<(TxnId, Timestamp)>) -> OutcomeIndex {
+        records.sort_unstable();
+        records.dedup_by_key(|r| r.0);
+        let mut sorted = Vec::with_capacity(records.len());
+        sorted.extend(records.into_iter().map(|(t, c)| (t.0, c.0)));
+        OutcomeIndex {
+            sorted,
+            late: BTreeMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sorted.len() + self.late.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the entries occupy (resident; excludes untouched spare capacity).
+    pub fn bytes(&self) -> usize {
+        self.sorted.len() * 16 + self.late.len() * 40
+    }
+
+    pub fn get(&self, txn: TxnId) -> Option<Timestamp> {
+        match self.sorted.binary_search_by_key(&txn.0, |e| e.0) {
+            Ok(i) => Some(Timestamp(self.sorted[i].1)),
+            Err(_) => self.late.get(&txn.0).map(|&c| Timestamp(c)),
+        }
+    }
+
+    pub fn insert(&mut self, txn: TxnId, cts: Timestamp) {
+        match self.sorted.last() {
+            Some(&(last, _)) if last >= txn.0 => {
+                if let Ok(i) = self.sorted.binary_search_by_key(&txn.0, |e| e.0) {
+                    self.sorted[i].1 = cts.0;
+                    return;
+                }
+                self.late.insert(txn.0, cts.0);
+                if self.late.len() >= Self::MERGE_AT {
+                    self.merge_late();
+                }
+            }
+            _ => self.sorted.push((txn.0, cts.0)),
+        }
+    }
+
+    /// Merges `late` into `sorted` in place, from the back: only the entries above the
+    /// smallest late one move.
+    fn merge_late(&mut self) {
+        let late = std::mem::take(&mut self.late);
+        let n = late.len();
+        let old_len = self.sorted.len();
+        self.sorted.resize(old_len + n, (0, 0));
+        let mut i = old_len; // unmerged sorted entries: [0, i)
+        let mut k = old_len + n; // next slot to fill from the back: k - 1
+        for (t, c) in late.into_iter().rev() {
+            while i > 0 && self.sorted[i - 1].0 > t {
+                self.sorted[k - 1] = self.sorted[i - 1];
+                i -= 1;
+                k -= 1;
+            }
+            self.sorted[k - 1] = (t, c);
+            k -= 1;
+        }
+        debug_assert_eq!(i, k);
+    }
+
+    /// Drops every entry below `txn` (for the compaction described in the module
+    /// documentation; the caller must first make `txn` durable as the "lost" floor).
+    pub fn forget_below(&mut self, txn: TxnId) {
+        let cut = self.sorted.partition_point(|e| e.0 < txn.0);
+        self.sorted.drain(..cut);
+        self.late = self.late.split_off(&txn.0);
+    }
+}
 
 /// The region half: seqlock writes of entries and header words. One writer at a time
 /// (the caller holds the state lock).
@@ -105,6 +236,15 @@ impl StatusRegion {
         )
     }
 
+    pub fn retired_below(&self) -> TxnId {
+        TxnId(
+            self.region
+                .mem()
+                .load_u64(layout::OFF_RETIRED_BELOW)
+                .expect("header"),
+        )
+    }
+
     pub fn publish_retired_below(&self, txn: TxnId) {
         let _ = self
             .region
@@ -146,12 +286,13 @@ pub enum AbortDecision {
     Unknown,
 }
 
-/// Both halves of the table.
+/// Both halves of the table, and the outcomes of transactions that lost their slot.
 pub struct StatusTable {
     pub region: StatusRegion,
     active: HashMap<TxnId, ActiveTxn>,
     snapshots: BTreeSet<(Timestamp, TxnId)>,
     boot_txn_floor: TxnId,
+    outcomes: OutcomeIndex,
 }
 
 impl StatusTable {
@@ -161,6 +302,7 @@ impl StatusTable {
             active: HashMap::new(),
             snapshots: BTreeSet::new(),
             boot_txn_floor,
+            outcomes: OutcomeIndex::default(),
         }
     }
 
@@ -168,9 +310,50 @@ impl StatusTable {
         self.active.len()
     }
 
-    /// Recovery: a commit record read back from the log.
-    pub fn restore_committed(&mut self, txn: TxnId, cts: Timestamp) {
-        self.region.write(txn, EntryState::Committed(cts.0));
+    /// The outcome index (committed txns whose slot was reused).
+    pub fn outcome_index(&self) -> &OutcomeIndex {
+        &self.outcomes
+    }
+
+    /// Recovery: the commit records read back from the log, all of txns issued before
+    /// this start. Those of the last `C` txn ids before the boot floor go back into their
+    /// slots (one-sided readers find them there), older ones into the outcome index.
+    pub fn restore_committed(&mut self, records: Vec<(TxnId, Timestamp)>) {
+        let ring_from = TxnId(self.boot_txn_floor.0.saturating_sub(self.region.capacity()));
+        let (ring, older): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.0 >= ring_from);
+        for (txn, cts) in ring {
+            debug_assert!(txn < self.boot_txn_floor);
+            self.region.write(txn, EntryState::Committed(cts.0));
+        }
+        self.outcomes = OutcomeIndex::from_records(older);
+    }
+
+    /// What the GTM knows about `txn`, also after its slot was reused (the `Outcomes`
+    /// RPC). Never `Retired`: the outcome index is not compacted (see the module docs).
+    pub fn outcome(&self, txn: TxnId) -> TxnStatus {
+        if txn.0 == 0 {
+            return TxnStatus::Unknown;
+        }
+        let e = self.region.read_slot(txn);
+        if e.txn == txn.0 {
+            return match e.state {
+                EntryState::InProgress => TxnStatus::InProgress,
+                EntryState::Committing(ts) => TxnStatus::Committing(Timestamp(ts)),
+                EntryState::Committed(ts) => TxnStatus::Committed(Timestamp(ts)),
+                EntryState::Aborted => TxnStatus::Aborted,
+            };
+        }
+        if let Some(cts) = self.outcomes.get(txn) {
+            return TxnStatus::Committed(cts);
+        }
+        if txn < self.boot_txn_floor || e.txn > txn.0 {
+            // Issued before this start without a durable commit record; or its slot was
+            // reused (so it was aborted, or its id was skipped and never began).
+            TxnStatus::Aborted
+        } else {
+            // Not begun (yet), or skipped with its slot not reused since.
+            TxnStatus::Unknown
+        }
     }
 
     /// Whether `txn`'s slot may be taken (see "Retirement").
@@ -200,6 +383,10 @@ impl StatusTable {
         if !self.slot_free(txn, watermark) {
             return false;
         }
+        let evicted = self.region.read_slot(txn);
+        if let (EntryState::Committed(cts), true) = (evicted.state, evicted.txn != 0) {
+            self.outcomes.insert(TxnId(evicted.txn), Timestamp(cts));
+        }
         self.region.write(txn, EntryState::InProgress);
         self.active.insert(
             txn,
@@ -218,13 +405,10 @@ impl StatusTable {
 
     /// What the table says about a txn that is not active.
     fn resolved(&self, txn: TxnId) -> Option<EntryState> {
-        let e = self.region.read_slot(txn);
-        if e.txn == txn.0 {
-            Some(e.state)
-        } else if txn < self.boot_txn_floor && e.txn < txn.0 {
-            Some(EntryState::Aborted)
-        } else {
-            None
+        match self.outcome(txn) {
+            TxnStatus::Committed(ts) => Some(EntryState::Committed(ts.0)),
+            TxnStatus::Aborted => Some(EntryState::Aborted),
+            _ => None,
         }
     }
 
@@ -370,6 +554,117 @@ mod tests {
         assert_eq!(t.oldest_snapshot(), Some(Timestamp(1)));
         t.finish_commit(TxnId(1), Timestamp(5));
         assert_eq!(t.oldest_snapshot(), Some(Timestamp(3)));
+    }
+
+    #[test]
+    fn retired_commits_keep_their_timestamp_and_retired_aborts_read_aborted() {
+        let mut t = table(16);
+        t.begin(TxnId(1), N, E, Timestamp(1), Timestamp(1));
+        t.try_commit(TxnId(1), N, E, Timestamp(2));
+        t.finish_commit(TxnId(1), Timestamp(2));
+        t.begin(TxnId(2), N, E, Timestamp(3), Timestamp(1));
+        t.abort_decision(TxnId(2));
+        assert_eq!(t.outcome(TxnId(3)), TxnStatus::Unknown, "not begun");
+        assert_eq!(t.outcome(TxnId(0)), TxnStatus::Unknown);
+        for n in 3..=40u64 {
+            assert!(t.begin(TxnId(n), N, E, Timestamp(10 * n), Timestamp(10 * n)));
+            t.try_commit(TxnId(n), N, E, Timestamp(10 * n + 1));
+            t.finish_commit(TxnId(n), Timestamp(10 * n + 1));
+        }
+        assert_eq!(t.region.read_slot(TxnId(1)).txn, 33, "slot of 1 reused");
+        assert_eq!(t.outcome(TxnId(1)), TxnStatus::Committed(Timestamp(2)));
+        assert_eq!(t.outcome(TxnId(2)), TxnStatus::Aborted);
+        assert_eq!(t.outcome(TxnId(3)), TxnStatus::Committed(Timestamp(31)));
+        assert_eq!(t.outcome(TxnId(40)), TxnStatus::Committed(Timestamp(401)));
+        assert_eq!(t.outcome(TxnId(41)), TxnStatus::Unknown);
+        // Decisions about retired txns follow their outcome.
+        assert_eq!(
+            t.abort_decision(TxnId(1)),
+            AbortDecision::Committed(Timestamp(2))
+        );
+        assert_eq!(
+            t.try_commit(TxnId(1), N, E, Timestamp(999)),
+            CommitDecision::AlreadyCommitted(Timestamp(2))
+        );
+        assert_eq!(
+            t.try_commit(TxnId(2), N, E, Timestamp(999)),
+            CommitDecision::Aborted
+        );
+        assert_eq!(t.outcome_index().len(), 40 - 16 - 1);
+    }
+
+    #[test]
+    fn a_restart_puts_recent_commits_in_slots_and_older_ones_in_the_index() {
+        let server = Server::new(ClusterKey::random());
+        let region = server
+            .register(layout::region_len(16), Access::READ)
+            .unwrap();
+        // Boot floor 100: txns 84..100 go back into slots, older ones into the index.
+        let mut t = StatusTable::new(StatusRegion::format(region, 16, TxnId(100)), TxnId(100));
+        t.restore_committed(vec![
+            (TxnId(90), Timestamp(900)),
+            (TxnId(5), Timestamp(50)),
+            (TxnId(60), Timestamp(600)),
+            (TxnId(5), Timestamp(50)),
+        ]);
+        assert_eq!(t.region.read_slot(TxnId(90)).txn, 90);
+        assert_eq!(t.region.read_slot(TxnId(60)).txn, 0);
+        assert_eq!(t.outcome_index().len(), 2);
+        for (txn, want) in [
+            (5, TxnStatus::Committed(Timestamp(50))),
+            (60, TxnStatus::Committed(Timestamp(600))),
+            (90, TxnStatus::Committed(Timestamp(900))),
+            (6, TxnStatus::Aborted),
+            (91, TxnStatus::Aborted),
+            (100, TxnStatus::Unknown),
+        ] {
+            assert_eq!(t.outcome(TxnId(txn)), want, "txn {txn}");
+        }
+        // A new txn reusing the slot of 90 moves it into the index.
+        assert!(t.begin(TxnId(106), N, E, Timestamp(1000), Timestamp(1000)));
+        assert_eq!(t.outcome_index().len(), 3);
+        assert_eq!(t.outcome(TxnId(90)), TxnStatus::Committed(Timestamp(900)));
+        assert_eq!(t.outcome(TxnId(106)), TxnStatus::InProgress);
+    }
+
+    #[test]
+    fn the_outcome_index_takes_out_of_order_entries_and_merges_them() {
+        let mut ix = OutcomeIndex::from_records(vec![
+            (TxnId(10), Timestamp(1)),
+            (TxnId(2), Timestamp(2)),
+            (TxnId(10), Timestamp(1)),
+        ]);
+        assert_eq!(ix.len(), 2);
+        let mut want = std::collections::BTreeMap::new();
+        want.insert(10u64, 1u64);
+        want.insert(2, 2);
+        // Mostly ascending with stragglers, enough of them for several merges.
+        let mut next = 11u64;
+        let mut straggler = 3u64;
+        for i in 0..(3 * OutcomeIndex::MERGE_AT as u64 + 7) {
+            if i % 3 == 0 {
+                ix.insert(TxnId(straggler), Timestamp(straggler * 7));
+                want.insert(straggler, straggler * 7);
+                straggler += 2;
+            } else {
+                next += 10;
+                ix.insert(TxnId(next), Timestamp(next * 7));
+                want.insert(next, next * 7);
+            }
+        }
+        ix.insert(TxnId(2), Timestamp(2)); // a duplicate changes nothing
+        assert_eq!(ix.len(), want.len());
+        assert!(ix.sorted.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
+        for t in 0..next + 5 {
+            assert_eq!(
+                ix.get(TxnId(t)),
+                want.get(&t).map(|&c| Timestamp(c)),
+                "txn {t}"
+            );
+        }
+        ix.forget_below(TxnId(1000));
+        assert_eq!(ix.len(), want.range(1000..).count());
+        assert_eq!(ix.get(TxnId(3)), None);
     }
 
     #[test]

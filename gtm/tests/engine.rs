@@ -7,7 +7,7 @@ mod support;
 use common::fabric::{ClusterKey, Connection, Endpoint};
 use common::gtm::proto::{ErrorKind, Request, Response};
 use common::gtm::{GtmClient, GtmError, TxnStatus};
-use common::ids::{NodeId, Timestamp};
+use common::ids::{NodeId, Timestamp, TxnId};
 use gtm::{Gtm, GtmOptions, RecordingReleaser};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -124,19 +124,21 @@ fn gc_watermark_is_the_oldest_active_snapshot_and_is_published() {
 }
 
 #[test]
-fn status_slots_are_retired_only_below_the_watermark() {
+fn status_slots_are_retired_only_below_the_watermark_and_their_outcomes_stay_readable() {
     let dir = tempfile::tempdir().unwrap();
-    let (_gtm, ep) = start(dir.path(), 16);
+    let (gtm, ep) = start(dir.path(), 16);
     let c = GtmClient::connect(&ep, &opts()).unwrap();
     c.register(NodeId(1)).unwrap();
     let (pinned, _) = c.begin().unwrap();
+    let (aborted, _) = c.begin().unwrap();
+    c.abort(aborted).unwrap();
     let mut first = None;
     let mut busy = 0;
     for _ in 0..40 {
         match c.begin() {
             Ok((t, _)) => {
-                first.get_or_insert(t);
-                c.commit(t).unwrap();
+                let cts = c.commit(t).unwrap();
+                first.get_or_insert((t, cts));
             }
             Err(GtmError::Busy(_)) => busy += 1,
             Err(e) => panic!("{e}"),
@@ -147,19 +149,95 @@ fn status_slots_are_retired_only_below_the_watermark() {
         c.txn_status_batch(&[pinned]).unwrap(),
         vec![TxnStatus::InProgress]
     );
-    c.commit(pinned).unwrap();
+    let pinned_cts = c.commit(pinned).unwrap();
     for _ in 0..40 {
         let (t, _) = c.begin().unwrap();
         c.commit(t).unwrap();
     }
+    let (first, first_cts) = first.unwrap();
+    for t in [pinned, aborted, first] {
+        assert!(
+            support::slot_occupant(&c, t, 16) > t.0,
+            "slot of {t} not reused"
+        );
+    }
+    // The region no longer knows them; the client asks the GTM in one batch.
+    let before = gtm_outcome_requests(&gtm);
     assert_eq!(
-        c.txn_status_batch(&[pinned]).unwrap(),
-        vec![TxnStatus::Retired]
+        c.txn_status_batch(&[pinned, aborted, first]).unwrap(),
+        vec![
+            TxnStatus::Committed(pinned_cts),
+            TxnStatus::Aborted,
+            TxnStatus::Committed(first_cts)
+        ]
     );
+    assert_eq!(gtm_outcome_requests(&gtm), before + 1, "one Outcomes RPC");
     assert_eq!(
-        c.txn_status_batch(&[first.unwrap()]).unwrap(),
-        vec![TxnStatus::Retired]
+        c.txn_status_batch_nowait(&[first]).unwrap(),
+        vec![TxnStatus::Committed(first_cts)]
     );
+    // Decisions about retired transactions follow their outcome.
+    assert!(matches!(c.abort(first), Err(GtmError::AlreadyCommitted(ts)) if ts == first_cts));
+    assert!(matches!(c.commit(aborted), Err(GtmError::Aborted)));
+}
+
+fn gtm_outcome_requests(g: &Gtm) -> u64 {
+    g.metrics().outcome_requests.load(Ordering::Relaxed)
+}
+
+#[test]
+fn outcomes_rpc_answers_every_state_in_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gtm, ep) = start(dir.path(), 1024);
+    let c = GtmClient::connect(&ep, &opts()).unwrap();
+    c.register(NodeId(1)).unwrap();
+    let (running, _) = c.begin().unwrap();
+    let (done, _) = c.begin().unwrap();
+    let cts = c.commit(done).unwrap();
+    let (gone, _) = c.begin().unwrap();
+    c.abort(gone).unwrap();
+    let future = TxnId(gone.0 + 1_000_000);
+    assert_eq!(
+        c.outcomes(&[running, done, gone, future, TxnId(0)])
+            .unwrap(),
+        vec![
+            TxnStatus::InProgress,
+            TxnStatus::Committed(cts),
+            TxnStatus::Aborted,
+            TxnStatus::Unknown,
+            TxnStatus::Unknown
+        ]
+    );
+    // More than one request's worth: split into several requests, answered in order.
+    let many: Vec<TxnId> = (0..2 * common::gtm::proto::MAX_OUTCOMES_PER_REQUEST + 3)
+        .map(|i| if i % 2 == 0 { done } else { gone })
+        .collect();
+    let got = c.outcomes(&many).unwrap();
+    assert_eq!(got.len(), many.len());
+    for (t, s) in many.iter().zip(got) {
+        let want = if *t == done {
+            TxnStatus::Committed(cts)
+        } else {
+            TxnStatus::Aborted
+        };
+        assert_eq!(s, want);
+    }
+    // A bad count is a BadRequest for that request only.
+    let raw = Connection::connect(&ep, &opts()).unwrap();
+    let r = Response::decode(&raw.call(&[9, 0, 0]).unwrap()).unwrap();
+    assert!(matches!(
+        r,
+        Response::Error {
+            kind: ErrorKind::BadRequest,
+            ..
+        }
+    ));
+    let r = Response::decode(
+        &raw.call(&Request::Outcomes { txns: vec![done] }.encode())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r, Response::Outcomes(vec![TxnStatus::Committed(cts)]));
 }
 
 #[test]

@@ -137,3 +137,116 @@ fn invariants_4_5_7_timestamps_increase_and_acknowledged_commits_survive_kill9_l
         "only {total_commits} commits: the load did not run"
     );
 }
+
+/// Runs `n` begin+commit cycles (retrying `Busy`); returns the last txn and its cts.
+fn churn(client: &GtmClient, n: usize) -> (TxnId, Timestamp) {
+    let mut last = None;
+    let mut done = 0;
+    while done < n {
+        match client.begin() {
+            Ok((t, _)) => {
+                last = Some((t, client.commit(t).unwrap()));
+                done += 1;
+            }
+            Err(GtmError::Busy(_)) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    last.unwrap()
+}
+
+/// Invariants 4 and 7 for transactions whose status-table slot was reused (the ring of a
+/// small capacity wrapped several times): an early committed txn still reads
+/// `Committed(cts)` and an early aborted one `Aborted` through
+/// `GtmClient::txn_status_batch`, before and after `kill -9` + restart of the real
+/// binary, and after the ring wraps again past the commits restored at the restart.
+#[test]
+fn invariants_4_7_outcomes_of_retired_transactions_survive_kill9() {
+    const CAP: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = vec![format!("shm://{}/gtm.sock", dir.path().display())];
+    // A small txn-id window keeps the boot floor close to the last txn issued, so the
+    // last commits before a crash go back into their slots at the restart (the older
+    // ones only into the outcome index): both paths are exercised.
+    let cfg = dir.path().join("gtm.toml");
+    std::fs::write(&cfg, "txn_id_window = 4\n").unwrap();
+    let cfg = cfg.display().to_string();
+    let args = [
+        "--config",
+        &cfg,
+        "--status-capacity",
+        "16",
+        "--lease-ms",
+        "5000",
+    ];
+    let start = || {
+        let gtm = GtmProc::start(dir.path(), &data, &listen, &args);
+        let c = GtmClient::connect(&gtm.endpoints[0], &opts()).unwrap();
+        (gtm, c)
+    };
+
+    let (mut gtm, c) = start();
+    c.register(NodeId(1)).unwrap();
+    let (committed, _) = c.begin().unwrap();
+    let cts = c.commit(committed).unwrap();
+    let (aborted, _) = c.begin().unwrap();
+    c.abort(aborted).unwrap();
+    churn(&c, 3 * CAP as usize);
+    for t in [committed, aborted] {
+        assert!(
+            support::slot_occupant(&c, t, CAP) > t.0,
+            "the slot of {t} was not reused"
+        );
+    }
+    let early = [committed, aborted];
+    let want_early = vec![TxnStatus::Committed(cts), TxnStatus::Aborted];
+    assert_eq!(c.txn_status_batch(&early).unwrap(), want_early);
+    // The last commit before the crash is restored into its slot at the restart; a txn
+    // in progress at the crash reads Aborted.
+    let (recent, recent_cts) = churn(&c, 1);
+    let (in_flight, _) = c.begin().unwrap();
+    let all = [committed, aborted, recent, in_flight];
+    let want_all = vec![
+        TxnStatus::Committed(cts),
+        TxnStatus::Aborted,
+        TxnStatus::Committed(recent_cts),
+        TxnStatus::Aborted,
+    ];
+    gtm.kill9();
+
+    for round in 0..3 {
+        let (g, c) = start();
+        gtm = g;
+        assert_eq!(
+            c.txn_status_batch(&all).unwrap(),
+            want_all,
+            "round {round}: outcomes after kill -9 + restart"
+        );
+        assert_eq!(c.txn_status_batch_nowait(&all).unwrap(), want_all);
+        if round == 0 {
+            assert_eq!(
+                support::slot_occupant(&c, recent, CAP),
+                recent.0,
+                "the last commit is back in its slot"
+            );
+            assert_ne!(support::slot_occupant(&c, committed, CAP), committed.0);
+        }
+        // Wrap the ring again: the restored commits lose their slots too.
+        c.register(NodeId(1)).unwrap();
+        churn(&c, 3 * CAP as usize);
+        for t in all {
+            assert_ne!(
+                support::slot_occupant(&c, t, CAP),
+                t.0,
+                "round {round}: {t}"
+            );
+        }
+        assert_eq!(
+            c.txn_status_batch(&all).unwrap(),
+            want_all,
+            "round {round}: outcomes after the ring wrapped again"
+        );
+        gtm.kill9();
+    }
+}

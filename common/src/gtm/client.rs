@@ -5,7 +5,9 @@
 //! each message's requests as one batch (one timestamp grant, one fsync).
 
 use super::layout::{self, EntryState};
-use super::proto::{ErrorKind, Request, Response, MAX_TIMESTAMPS_PER_REQUEST};
+use super::proto::{
+    ErrorKind, Request, Response, MAX_OUTCOMES_PER_REQUEST, MAX_TIMESTAMPS_PER_REQUEST,
+};
 use super::{GtmError, TxnStatus, STATUS_REGION};
 use crate::fabric::{ClientOptions, Connection, Endpoint, Op};
 use crate::ids::{Epoch, NodeId, RegionId, Timestamp, TxnId};
@@ -479,6 +481,10 @@ impl GtmClient {
 
     /// Statuses of `txns` by batched one-sided reads of the status table, waiting until
     /// none is `Committing` (a commit record on its way to disk).
+    ///
+    /// Transactions whose slot in the ring was reused are resolved with one batched
+    /// `Outcomes` RPC (see [`GtmClient::txn_status_batch_nowait`]), so the answer is
+    /// `Committed(cts)` / `Aborted` for them too; `Retired` only if the GTM lost it.
     pub fn txn_status_batch(&self, txns: &[TxnId]) -> Result<Vec<TxnStatus>, GtmError> {
         let deadline = Instant::now() + self.timeout;
         let mut out = self.txn_status_batch_nowait(txns)?;
@@ -510,7 +516,57 @@ impl GtmClient {
     }
 
     /// Statuses as the table shows them right now (`Committing` included).
+    ///
+    /// One batch of one-sided READs per `MAX_READS_PER_POST` (4096) txns; every entry the
+    /// region can no longer answer for (its slot was reused: `Retired` in the region) is
+    /// then asked of the GTM, all of them in one `Outcomes` RPC per
+    /// [`MAX_OUTCOMES_PER_REQUEST`] txns. `Retired` stays only where the GTM answers it
+    /// (it lost the outcome; see [`TxnStatus::Retired`]).
     pub fn txn_status_batch_nowait(&self, txns: &[TxnId]) -> Result<Vec<TxnStatus>, GtmError> {
+        let mut out = self.read_statuses(txns)?;
+        let retired: Vec<usize> = (0..txns.len())
+            .filter(|&i| out[i] == TxnStatus::Retired)
+            .collect();
+        if !retired.is_empty() {
+            let ask: Vec<TxnId> = retired.iter().map(|&i| txns[i]).collect();
+            for (i, s) in retired.into_iter().zip(self.outcomes(&ask)?) {
+                out[i] = s;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Asks the GTM (by RPC, not the region) what became of `txns`: one `Outcomes`
+    /// request per [`MAX_OUTCOMES_PER_REQUEST`] of them, sent together so the fabric
+    /// batches them into one message. Answers are `Committed(cts)`, `Committing(cts)`,
+    /// `Aborted`, `InProgress`, `Unknown` (not begun), or `Retired` (the GTM lost it).
+    pub fn outcomes(&self, txns: &[TxnId]) -> Result<Vec<TxnStatus>, GtmError> {
+        let chunks: Vec<&[TxnId]> = txns.chunks(MAX_OUTCOMES_PER_REQUEST).collect();
+        let ask = |chunk: &[TxnId]| -> Result<Vec<TxnStatus>, GtmError> {
+            match self.rpc(&Request::Outcomes {
+                txns: chunk.to_vec(),
+            })? {
+                Response::Outcomes(v) if v.len() == chunk.len() => Ok(v),
+                r => Err(Self::unexpected(r)),
+            }
+        };
+        match chunks.len() {
+            0 => Ok(Vec::new()),
+            1 => ask(chunks[0]),
+            // Concurrent calls share fabric messages: one round trip for all chunks.
+            _ => std::thread::scope(|s| {
+                let hs: Vec<_> = chunks.iter().map(|c| s.spawn(move || ask(c))).collect();
+                let mut out = Vec::with_capacity(txns.len());
+                for h in hs {
+                    out.extend(h.join().expect("outcomes thread panicked")?);
+                }
+                Ok(out)
+            }),
+        }
+    }
+
+    /// Statuses as the region shows them (`Retired` for recycled slots).
+    fn read_statuses(&self, txns: &[TxnId]) -> Result<Vec<TxnStatus>, GtmError> {
         let mut out = Vec::with_capacity(txns.len());
         for chunk in txns.chunks(MAX_READS_PER_POST) {
             let mut todo: Vec<usize> = (0..chunk.len()).collect();
@@ -543,7 +599,7 @@ impl GtmClient {
                     let bytes = r?;
                     match layout::decode_entry(&bytes) {
                         None => torn.push(i),
-                        Some(e) => got[i] = interpret(chunk[i], e, floor),
+                        Some(e) => got[i] = interpret(chunk[i], e, floor, self.capacity),
                     }
                 }
                 todo = torn;
@@ -561,8 +617,9 @@ impl GtmClient {
     }
 }
 
-/// What an entry says about `txn` (which may not be the slot's current occupant).
-fn interpret(txn: TxnId, e: layout::Entry, boot_floor: u64) -> TxnStatus {
+/// What an entry says about `txn` (which may not be the slot's current occupant);
+/// `Retired` where only the GTM can tell.
+fn interpret(txn: TxnId, e: layout::Entry, boot_floor: u64, capacity: u64) -> TxnStatus {
     use std::cmp::Ordering::*;
     match e.txn.cmp(&txn.0) {
         Equal => match e.state {
@@ -571,7 +628,11 @@ fn interpret(txn: TxnId, e: layout::Entry, boot_floor: u64) -> TxnStatus {
             EntryState::Committed(ts) => TxnStatus::Committed(Timestamp(ts)),
             EntryState::Aborted => TxnStatus::Aborted,
         },
+        // The slot was reused: the outcome is in the GTM's outcome index.
         Greater => TxnStatus::Retired,
+        // At its start the GTM refilled the slots of txns in `boot_floor - C ..
+        // boot_floor` from its commit log; older commits are only in its outcome index.
+        Less if txn.0 < boot_floor.saturating_sub(capacity) => TxnStatus::Retired,
         // Issued before the GTM's last restart and never committed durably.
         Less if txn.0 < boot_floor => TxnStatus::Aborted,
         Less => TxnStatus::Unknown,
@@ -611,5 +672,27 @@ impl Drop for HeartbeatThread {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_the_region_cannot_answer_for_are_left_to_the_gtm() {
+        let e = |txn, state| layout::Entry { txn, state };
+        let (floor, cap) = (100, 16);
+        let at = |t: u64, entry| interpret(TxnId(t), entry, floor, cap);
+        let committed = EntryState::Committed(7);
+        assert_eq!(at(90, e(90, committed)), TxnStatus::Committed(Timestamp(7)));
+        // Slot reused by a newer txn: only the GTM knows.
+        assert_eq!(at(90, e(106, committed)), TxnStatus::Retired);
+        // Older than the slots refilled at the GTM's start: only the GTM knows.
+        assert_eq!(at(83, e(0, committed)), TxnStatus::Retired);
+        // Refilled range without a commit record: aborted by the restart.
+        assert_eq!(at(84, e(0, committed)), TxnStatus::Aborted);
+        // Not begun yet.
+        assert_eq!(at(120, e(104, committed)), TxnStatus::Unknown);
     }
 }

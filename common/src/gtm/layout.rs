@@ -42,11 +42,18 @@
 //! commit timestamp below the GC watermark, so every active and future snapshot already
 //! sees it as committed — or was issued before the GTM's last start; otherwise `begin`
 //! answers `Busy` and the id is skipped. `retired_below` is published as
-//! `newest txn id - C`: a reader that finds a *newer* txn in the slot of `t` gets
-//! [`TxnStatus::Retired`](super::TxnStatus::Retired). Compute nodes must therefore stamp
-//! commit timestamps into (or prune) a transaction's versions while its entry is live:
-//! version pruning runs below the same watermark, and with `C` entries (default 2^20)
-//! an entry lives for `C` further transactions after it resolved.
+//! `newest txn id - C`.
+//!
+//! A reader that finds a *newer* txn in the slot of `t` (or, for `t < boot_txn_floor -
+//! C`, any other txn: such slots were not refilled from the commit log at the GTM's
+//! start) cannot tell `t`'s outcome from the region: it reads
+//! [`TxnStatus::Retired`](super::TxnStatus::Retired) and asks the GTM with the
+//! `Outcomes` RPC ([`proto`](super::proto)). The GTM answers from its outcome index
+//! (txn -> commit ts of every committed txn whose slot was reused, rebuilt from the
+//! commit log on start; a retired txn not in it is Aborted). The client does that
+//! transparently ([`GtmClient::txn_status_batch`](super::GtmClient::txn_status_batch)),
+//! so compute nodes may stamp commit timestamps into row versions as lazily as they like:
+//! a one-sided READ answers for the last `C` or so transactions, one RPC for older ones.
 
 /// "DSBGTMST" as a little-endian word.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"DSBGTMST");

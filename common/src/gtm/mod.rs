@@ -8,7 +8,8 @@
 //!   nodes read with batched one-sided READs, and how old entries are retired;
 //! * [`client::GtmClient`] — connect, register (node id -> epoch + lease), heartbeats,
 //!   begin, timestamps, commit, abort, status lookups (one-sided, waiting out
-//!   `Committing`), GC watermark, and the **local fence**: the client knows the latest
+//!   `Committing`, asking the GTM for transactions whose slot was recycled), GC
+//!   watermark, and the **local fence**: the client knows the latest
 //!   moment its lease can still be valid and refuses to start a commit (or tell its
 //!   caller that writes are allowed) after it.
 //!
@@ -52,8 +53,16 @@ pub enum TxnStatus {
     Committing(Timestamp),
     Committed(Timestamp),
     Aborted,
-    /// The slot was recycled: the transaction resolved below the GC watermark long ago
-    /// (see [`layout`], "Retirement").
+    /// The GTM no longer knows the outcome.
+    ///
+    /// In the status-table region this is what an entry says when the transaction's slot
+    /// was recycled (see [`layout`], "Retirement"); [`GtmClient::txn_status_batch`] and
+    /// its `_nowait` variant then ask the GTM with one batched `Outcomes` RPC, which
+    /// answers from its durable outcome index, so callers do not see `Retired` for that.
+    /// They see it only if the GTM itself has lost the outcome: a GTM that compacted its
+    /// outcome index (after every compute node stamped the transactions below some
+    /// watermark into their row versions) answers `Retired` for transactions below it.
+    /// The current GTM never compacts it, so today callers never see `Retired`.
     Retired,
     /// No such transaction was begun (yet).
     Unknown,

@@ -2,7 +2,8 @@
 //!
 //! One RPC payload carries exactly one request or one response; the fabric batches many
 //! payloads into one message. Integers are little-endian; every message is
-//! `opcode (1 byte) | fields` with a fixed length per opcode, except the error response.
+//! `opcode (1 byte) | fields` with a fixed length per opcode, except the error response
+//! and the two `Outcomes` messages (length given by their count field).
 //! The decoder is total: any byte string yields a message or a [`DecodeError`], never a
 //! panic, and trailing bytes are an error.
 //!
@@ -18,7 +19,13 @@
 //! 6   Abort        17    node u32 | epoch u32 | txn u64
 //! 7   GcWatermark   1    -
 //! 8   Leave         9    node u32 | epoch u32
+//! 9   Outcomes    3+8n   count u16 (n, 1 ..= MAX_OUTCOMES_PER_REQUEST) |
+//!                        n x txn u64
 //! ```
+//!
+//! `Outcomes` asks the GTM itself (not the status-table region) what became of
+//! transactions; clients send it for entries whose slot in the ring was reused
+//! ([`TxnStatus::Retired`]), see [`GtmClient::txn_status_batch`](super::GtmClient::txn_status_batch).
 //!
 //! ## Responses (GTM -> client)
 //!
@@ -34,16 +41,34 @@
 //! 7   GcWatermark     9    ts u64
 //! 8   Left            1    -
 //! 9   Error       4+n      kind u8 | len u16 | message (n = len bytes of UTF-8)
+//! 10  Outcomes    3+9n     count u16 (n, 1 ..= MAX_OUTCOMES_PER_REQUEST) |
+//!                          n x (status u8 | ts u64), in the order of the request's txns
+//! ```
+//!
+//! `Outcomes` status bytes (`ts` must be 0 where no timestamp is listed):
+//!
+//! ```text
+//! 0 Unknown        not begun (yet): no such transaction was issued, or its id was skipped
+//! 1 InProgress
+//! 2 Committing     ts = commit timestamp; the record is on its way to disk
+//! 3 Committed      ts = commit timestamp
+//! 4 Aborted        aborted, never committed, or issued before a GTM restart without a
+//!                  durable commit record
+//! 5 Retired        the GTM no longer knows the outcome (its outcome index was compacted
+//!                  below this txn; not produced by the current GTM, see `gtm::status_table`)
 //! ```
 //!
 //! Error kinds: 1 Fenced (the node's epoch is not the live one or its lease ran out),
 //! 2 UnknownTxn (not in progress at the GTM, or not the caller's), 3 BadRequest,
 //! 4 Busy (retryable: e.g. the status table has no free slot), 5 Internal.
 
+use super::TxnStatus;
 use crate::ids::{Epoch, NodeId, RegionId, Timestamp, TxnId};
 
 /// Most timestamps one request may ask for.
 pub const MAX_TIMESTAMPS_PER_REQUEST: u32 = 1 << 16;
+/// Most transactions one `Outcomes` request may name (request 32 KiB, answer 36 KiB).
+pub const MAX_OUTCOMES_PER_REQUEST: usize = 4096;
 /// Longest error message carried (longer ones are cut on a char boundary).
 pub const MAX_ERROR_MESSAGE: usize = 1024;
 
@@ -77,6 +102,10 @@ pub enum Request {
     Leave {
         node: NodeId,
         epoch: Epoch,
+    },
+    /// What became of these transactions (1 ..= [`MAX_OUTCOMES_PER_REQUEST`] of them).
+    Outcomes {
+        txns: Vec<TxnId>,
     },
 }
 
@@ -133,6 +162,8 @@ pub enum Response {
         kind: ErrorKind,
         message: String,
     },
+    /// One status per txn of the `Outcomes` request, in its order.
+    Outcomes(Vec<TxnStatus>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -172,6 +203,50 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.take(8).try_into().expect("8 bytes"))
     }
+}
+
+/// The count field of an `Outcomes` message (bytes 1..3), checked against the cap.
+fn outcomes_count(op: u8, buf: &[u8]) -> Result<usize, DecodeError> {
+    if buf.len() < 3 {
+        return Err(DecodeError::BadLength {
+            op,
+            got: buf.len(),
+            want: 3,
+        });
+    }
+    let n = u16::from_le_bytes([buf[1], buf[2]]) as usize;
+    if n == 0 || n > MAX_OUTCOMES_PER_REQUEST {
+        return Err(DecodeError::BadField("outcome count out of range"));
+    }
+    Ok(n)
+}
+
+/// `Outcomes` status byte and timestamp word of one status.
+fn status_to_wire(s: TxnStatus) -> (u8, u64) {
+    match s {
+        TxnStatus::Unknown => (0, 0),
+        TxnStatus::InProgress => (1, 0),
+        TxnStatus::Committing(ts) => (2, ts.0),
+        TxnStatus::Committed(ts) => (3, ts.0),
+        TxnStatus::Aborted => (4, 0),
+        TxnStatus::Retired => (5, 0),
+    }
+}
+
+fn status_from_wire(code: u8, ts: u64) -> Result<TxnStatus, DecodeError> {
+    let s = match code {
+        0 => TxnStatus::Unknown,
+        1 => TxnStatus::InProgress,
+        2 => return Ok(TxnStatus::Committing(Timestamp(ts))),
+        3 => return Ok(TxnStatus::Committed(Timestamp(ts))),
+        4 => TxnStatus::Aborted,
+        5 => TxnStatus::Retired,
+        _ => return Err(DecodeError::BadField("outcome status")),
+    };
+    if ts != 0 {
+        return Err(DecodeError::BadField("timestamp of a status that has none"));
+    }
+    Ok(s)
 }
 
 fn expect_len(op: u8, buf: &[u8], want: usize) -> Result<Cursor<'_>, DecodeError> {
@@ -223,6 +298,15 @@ impl Request {
                 b.extend_from_slice(&node.0.to_le_bytes());
                 b.extend_from_slice(&epoch.0.to_le_bytes());
             }
+            Request::Outcomes { txns } => {
+                // An out-of-range count is encoded as is; the decoder rejects it.
+                b.reserve(3 + 8 * txns.len());
+                b.push(9);
+                b.extend_from_slice(&(txns.len() as u16).to_le_bytes());
+                for t in txns {
+                    b.extend_from_slice(&t.0.to_le_bytes());
+                }
+            }
         }
         b
     }
@@ -265,6 +349,14 @@ impl Request {
             7 => {
                 expect_len(op, buf, 1)?;
                 Request::GcWatermark
+            }
+            9 => {
+                let n = outcomes_count(op, buf)?;
+                let mut c = expect_len(op, buf, 3 + 8 * n)?;
+                c.pos = 3;
+                Request::Outcomes {
+                    txns: (0..n).map(|_| TxnId(c.u64())).collect(),
+                }
             }
             other => return Err(DecodeError::UnknownOpcode(other)),
         })
@@ -331,6 +423,16 @@ impl Response {
                 let m = &message.as_bytes()[..message.len().min(MAX_ERROR_MESSAGE)];
                 b.extend_from_slice(&(m.len() as u16).to_le_bytes());
                 b.extend_from_slice(m);
+            }
+            Response::Outcomes(statuses) => {
+                b.reserve(3 + 9 * statuses.len());
+                b.push(10);
+                b.extend_from_slice(&(statuses.len() as u16).to_le_bytes());
+                for &s in statuses {
+                    let (code, ts) = status_to_wire(s);
+                    b.push(code);
+                    b.extend_from_slice(&ts.to_le_bytes());
+                }
             }
         }
         b
@@ -418,6 +520,17 @@ impl Response {
                     .map_err(|_| DecodeError::BadField("error message is not UTF-8"))?;
                 Response::Error { kind, message }
             }
+            10 => {
+                let n = outcomes_count(tag, buf)?;
+                let mut c = expect_len(tag, buf, 3 + 9 * n)?;
+                c.pos = 3;
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let code = c.u8();
+                    out.push(status_from_wire(code, c.u64())?);
+                }
+                Response::Outcomes(out)
+            }
             other => return Err(DecodeError::UnknownOpcode(other)),
         })
     }
@@ -449,6 +562,19 @@ mod tests {
             }),
             Just(Request::GcWatermark),
             ne.prop_map(|(node, epoch)| Request::Leave { node, epoch }),
+            proptest::collection::vec(any::<u64>().prop_map(TxnId), 1..=64)
+                .prop_map(|txns| Request::Outcomes { txns }),
+        ]
+    }
+
+    fn any_status() -> impl Strategy<Value = TxnStatus> {
+        prop_oneof![
+            Just(TxnStatus::Unknown),
+            Just(TxnStatus::InProgress),
+            any::<u64>().prop_map(|t| TxnStatus::Committing(Timestamp(t))),
+            any::<u64>().prop_map(|t| TxnStatus::Committed(Timestamp(t))),
+            Just(TxnStatus::Aborted),
+            Just(TxnStatus::Retired),
         ]
     }
 
@@ -479,6 +605,7 @@ mod tests {
             Just(Response::Left),
             (1u8..=5, ".{0,40}")
                 .prop_map(|(k, m)| Response::error(ErrorKind::from_u8(k).expect("valid kind"), m)),
+            proptest::collection::vec(any_status(), 1..=64).prop_map(Response::Outcomes),
         ]
     }
 
@@ -487,6 +614,35 @@ mod tests {
         fn random_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = Request::decode(&bytes);
             let _ = Response::decode(&bytes);
+        }
+
+        /// Random bodies behind the `Outcomes` opcodes (whose length depends on a field):
+        /// the decoders answer without panicking, and whatever they accept re-encodes to
+        /// the same bytes (the encoding is canonical).
+        #[test]
+        fn random_outcomes_messages_decode_totally_and_canonically(
+            op in prop_oneof![Just(9u8), Just(10u8)],
+            n in 0u16..6,
+            body in proptest::collection::vec(prop_oneof![Just(0u8), 0u8..=6, any::<u8>()], 0..64),
+        ) {
+            let mut b = vec![op];
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(&body);
+            if let Ok(r) = Request::decode(&b) {
+                prop_assert_eq!(r.encode(), b.clone());
+            }
+            if let Ok(r) = Response::decode(&b) {
+                prop_assert_eq!(r.encode(), b);
+            }
+        }
+
+        #[test]
+        fn truncated_or_extended_responses_are_rejected(r in any_response(), extra in any::<u8>()) {
+            let mut b = r.encode();
+            b.push(extra);
+            prop_assert!(Response::decode(&b).is_err());
+            b.truncate(b.len() - 2);
+            prop_assert!(Response::decode(&b).is_err());
         }
 
         #[test]
@@ -507,6 +663,44 @@ mod tests {
             b.truncate(b.len() - 2);
             prop_assert!(Request::decode(&b).is_err());
         }
+    }
+
+    #[test]
+    fn outcomes_are_encoded_byte_by_byte_as_documented() {
+        let q = Request::Outcomes {
+            txns: vec![TxnId(1), TxnId(0x0102_0304_0506_0708)],
+        };
+        assert_eq!(
+            q.encode(),
+            [
+                &[9u8, 2, 0][..],
+                &1u64.to_le_bytes(),
+                &[8, 7, 6, 5, 4, 3, 2, 1]
+            ]
+            .concat()
+        );
+        let r = Response::Outcomes(vec![
+            TxnStatus::Committed(Timestamp(0x11)),
+            TxnStatus::Aborted,
+        ]);
+        let mut want = vec![10u8, 2, 0, 3, 0x11, 0, 0, 0, 0, 0, 0, 0, 4];
+        want.extend_from_slice(&[0; 8]);
+        assert_eq!(r.encode(), want);
+        // A timestamp on a status that has none, an unknown status, counts out of range.
+        want[13] = 1;
+        assert!(Response::decode(&want).is_err());
+        want[13] = 0;
+        want[12] = 6;
+        assert!(Response::decode(&want).is_err());
+        assert!(Request::decode(&[9, 0, 0]).is_err());
+        let too_many = Request::Outcomes {
+            txns: vec![TxnId(1); MAX_OUTCOMES_PER_REQUEST + 1],
+        };
+        assert!(Request::decode(&too_many.encode()).is_err());
+        let most = Request::Outcomes {
+            txns: vec![TxnId(1); MAX_OUTCOMES_PER_REQUEST],
+        };
+        assert_eq!(Request::decode(&most.encode()), Ok(most));
     }
 
     #[test]

@@ -75,3 +75,25 @@ impl Drop for GtmProc {
         self.kill9();
     }
 }
+
+/// The txn id now occupying `txn`'s slot in the status-table region (one-sided READ):
+/// a value above `txn` proves its slot was reused (the region alone says `Retired`).
+pub fn slot_occupant(
+    client: &common::gtm::GtmClient,
+    txn: common::ids::TxnId,
+    capacity: u64,
+) -> u64 {
+    use common::gtm::{layout, STATUS_REGION};
+    let r = client
+        .connection()
+        .post(&[common::fabric::Op::Read {
+            region: STATUS_REGION,
+            offset: layout::entry_offset(txn.0, capacity),
+            len: layout::ENTRY_LEN as u32,
+        }])
+        .unwrap();
+    let bytes = r.into_iter().next().unwrap().unwrap().into_bytes().unwrap();
+    layout::decode_entry(&bytes)
+        .expect("GTM idle: entry not torn")
+        .txn
+}
