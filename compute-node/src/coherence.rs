@@ -524,6 +524,17 @@ impl TxnView {
         &self.pager
     }
 
+    /// Adopts another view's touched storage nodes (a new statement of the same
+    /// transaction under read committed).
+    pub fn merge_touched(&self, other: &TxnView) {
+        let theirs = other.touched();
+        let mut mine = self.touched.lock();
+        for (i, lsn) in theirs {
+            let e = mine.entry(i).or_insert(Lsn(0));
+            *e = (*e).max(lsn);
+        }
+    }
+
     /// Forces this view's redo on every storage node it touched (one request each, all
     /// in flight at once). Invariant 3: runs before the commit record is written.
     pub fn force_redo(&self) -> Result<(), PagerError> {

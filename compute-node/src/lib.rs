@@ -1,14 +1,26 @@
 //! # compute-node
 //!
-//! The compute node of DESIGN.md §6: buffer pool, coherence, B-link tree tables, MVCC
-//! transactions and the embedding API. It is being built in stages; what exists so far:
+//! The compute node of DESIGN.md §6: a library first (the embedding API), a binary
+//! second.
 //!
-//! * [`pager`] — the page interface the access methods are written against, with an
-//!   in-process reference implementation.
-//! * [`btree`] — B-link trees over a [`pager::Pager`].
+//! * [`node`] — [`node::ComputeNode`]: join a cluster, create tables, run transactions.
+//! * [`txn`] — transactions: snapshot isolation or read committed over MVCC rows,
+//!   commit = redo forced on every storage node touched, then the commit record at the
+//!   GTM (invariants 2, 3, 4, 6).
+//! * [`mvcc`] — row version chains, visibility, first-updater-wins, wait-die.
+//! * [`catalog`] — table names -> B-link tree meta pages, bootstrapped in the superblock.
+//! * [`btree`] — B-link trees over a [`pager::Pager`], with the order-preserving key
+//!   codec [`btree::key`].
+//! * [`coherence`] — this node's coherent view of the shared pages: coherence ticks,
+//!   batched validation, lazy X page locks with revocation (invariants 1, 2).
+//! * [`buffer_pool`] — frames, page table, pins, CLOCK, epoch-based reclamation.
+//! * [`pager`] — the page interface trees are written against.
 
 pub mod btree;
 pub mod buffer_pool;
+pub mod catalog;
 pub mod coherence;
 pub mod mvcc;
+pub mod node;
 pub mod pager;
+pub mod txn;

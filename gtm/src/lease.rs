@@ -31,19 +31,55 @@ pub trait LockReleaser: Send + Sync + 'static {
     fn release_locks_of(&self, node: NodeId, epoch: Epoch) -> Result<(), String>;
 }
 
-/// Logs what it would release: used until the storage client exists.
-pub struct LoggingReleaser {
-    pub storage_nodes: Vec<String>,
+/// Frees a dead node's locks on every storage node (the page space is split across
+/// them, so each may hold some). Connects lazily as the admin identity and reconnects
+/// after a failure; an error leaves the release to the reaper's retry.
+pub struct StorageReleaser {
+    endpoints: Vec<common::fabric::Endpoint>,
+    opts: common::fabric::ClientOptions,
+    clients: parking_lot::Mutex<Vec<Option<common::storage::StorageClient>>>,
 }
 
-impl LockReleaser for LoggingReleaser {
+impl StorageReleaser {
+    pub fn new(
+        endpoints: Vec<common::fabric::Endpoint>,
+        opts: common::fabric::ClientOptions,
+    ) -> StorageReleaser {
+        let n = endpoints.len();
+        StorageReleaser {
+            endpoints,
+            opts,
+            clients: parking_lot::Mutex::new((0..n).map(|_| None).collect()),
+        }
+    }
+}
+
+impl LockReleaser for StorageReleaser {
     fn release_locks_of(&self, node: NodeId, epoch: Epoch) -> Result<(), String> {
-        tracing::warn!(
-            %node, %epoch, storage_nodes = ?self.storage_nodes,
-            "node fenced: its page locks should be released on the storage nodes \
-             (storage client not wired yet)"
-        );
-        Ok(())
+        let mut clients = self.clients.lock();
+        let mut failed = Vec::new();
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if clients[i].is_none() {
+                match common::storage::StorageClient::connect_admin(ep, &self.opts) {
+                    Ok(c) => clients[i] = Some(c),
+                    Err(e) => {
+                        failed.push(format!("{ep}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            let c = clients[i].as_ref().expect("connected above");
+            if let Err(e) = c.release_locks_of(node, epoch) {
+                clients[i] = None;
+                failed.push(format!("{ep}: {e}"));
+            }
+        }
+        if failed.is_empty() {
+            tracing::info!(%node, %epoch, "page locks of the dead node released");
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     }
 }
 

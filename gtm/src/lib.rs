@@ -63,5 +63,5 @@ pub mod tso;
 pub mod watermark;
 
 pub use config::GtmConfig;
-pub use lease::{LockReleaser, LoggingReleaser, RecordingReleaser};
+pub use lease::{LockReleaser, RecordingReleaser, StorageReleaser};
 pub use service::{Gtm, GtmOptions, StartError};

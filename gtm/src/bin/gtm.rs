@@ -6,9 +6,10 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use common::fabric::ClientOptions;
 use common::fabric::{ClusterKey, Endpoint};
 use gtm::config::{GtmConfig, EXAMPLE};
-use gtm::{Gtm, GtmOptions, LoggingReleaser};
+use gtm::{Gtm, GtmOptions, StorageReleaser};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -74,12 +75,13 @@ fn main() -> Result<()> {
     cfg.validate()?;
     let key = ClusterKey::from_file(&cfg.cluster_key_file).map_err(anyhow::Error::msg)?;
 
-    // TODO(issue 3): wire the real releaser once `common::storage::StorageClient` exists:
-    // connect to every `cfg.storage_nodes` endpoint and call
-    // `release_locks_of(node, epoch)` on each (the page space is split across them).
-    let releaser = LoggingReleaser {
-        storage_nodes: cfg.storage_nodes.clone(),
-    };
+    let storage_nodes = cfg
+        .storage_nodes
+        .iter()
+        .map(|s| s.parse::<Endpoint>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("storage_nodes: {e}"))?;
+    let releaser = StorageReleaser::new(storage_nodes, ClientOptions::new(key.clone()));
     let mut gtm = Gtm::start(&GtmOptions::from_config(&cfg), key, Box::new(releaser))
         .context("starting the GTM")?;
     let mut bound = Vec::new();

@@ -1,1 +1,0 @@
-//! B-link trees (being written).

@@ -1,0 +1,235 @@
+//! A compute node: the embedding API's entry point.
+//!
+//! [`ComputeNode::start`] registers with the GTM (getting this incarnation's epoch),
+//! connects to every storage node as `(node, epoch)`, builds the coherent pager and the
+//! transaction engine, installs the revocation handlers (lazy lock release), starts
+//! lease heartbeats, and opens (or bootstraps) the catalog.
+//!
+//! ```no_run
+//! use compute_node::node::{ComputeConfig, ComputeNode};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = ComputeConfig {
+//!     node_id: 1,
+//!     gtm: "tcp://127.0.0.1:7000".into(),
+//!     storage: vec!["tcp://127.0.0.1:7100".into()],
+//!     key_file: "cluster.key".into(),
+//!     ..ComputeConfig::default()
+//! };
+//! let node = ComputeNode::start(&cfg)?;
+//! let accounts = node.create_table("accounts")?;
+//! let mut txn = node.begin()?;
+//! txn.put(&accounts, b"alice", b"100")?;
+//! assert_eq!(txn.get(&accounts, b"alice")?, Some(b"100".to_vec()));
+//! txn.commit()?;
+//! # Ok(()) }
+//! ```
+
+use crate::catalog::Catalog;
+use crate::coherence::{CoherentPager, LockMode, StorageSet, ValidationMode};
+use crate::mvcc::WaitPolicy;
+use crate::txn::{Engine, EngineConfig, Isolation, Table, Txn, TxnError};
+use common::fabric::{ClientOptions, ClusterKey, Endpoint};
+use common::gtm::client::HeartbeatThread;
+use common::gtm::GtmClient;
+use common::ids::NodeId;
+use common::storage::client::StorageClient;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Compute-node settings (the `compute-node` binary reads them from TOML).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComputeConfig {
+    /// This node's id (unique in the cluster, > 0).
+    pub node_id: u32,
+    /// GTM endpoint (`tcp://host:port` or `shm:///path`).
+    pub gtm: String,
+    /// Storage-node endpoints; each owns a page-id range (learned when connecting).
+    pub storage: Vec<String>,
+    /// File holding the cluster key.
+    pub key_file: PathBuf,
+    /// Buffer-pool frames (8 KiB each).
+    pub buffer_frames: usize,
+    /// `batched` (default) or `each_access` (validate every access; the baseline).
+    pub validation: ValidationMode,
+    /// `lazy` (default: keep page locks until asked) or `eager`.
+    pub lock_mode: LockMode,
+    /// `snapshot` (default) or `read_committed`.
+    pub isolation: Isolation,
+    /// Writers meeting an uncommitted version: `wait_die` (default) or `no_wait`.
+    pub wait_policy: WaitPolicyConfig,
+    /// Milliseconds between lease heartbeats (keep well below the GTM's lease).
+    pub heartbeat_ms: u64,
+    /// Seconds a call to a storage node or the GTM may take (lock waits included).
+    pub rpc_timeout_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitPolicyConfig {
+    #[default]
+    WaitDie,
+    NoWait,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            node_id: 1,
+            gtm: "tcp://127.0.0.1:7000".into(),
+            storage: vec!["tcp://127.0.0.1:7100".into()],
+            key_file: PathBuf::from("cluster.key"),
+            buffer_frames: 16_384,
+            validation: ValidationMode::Batched,
+            lock_mode: LockMode::Lazy,
+            isolation: Isolation::Snapshot,
+            wait_policy: WaitPolicyConfig::WaitDie,
+            heartbeat_ms: 300,
+            rpc_timeout_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("cannot reach the GTM at {endpoint}: {message}")]
+    Gtm { endpoint: String, message: String },
+    #[error("cannot reach storage node {endpoint}: {message}")]
+    Storage { endpoint: String, message: String },
+    #[error(transparent)]
+    Txn(#[from] TxnError),
+}
+
+/// A running compute node.
+pub struct ComputeNode {
+    engine: Arc<Engine>,
+    catalog: Catalog,
+    _heartbeats: HeartbeatThread,
+}
+
+impl ComputeNode {
+    /// Connects with the key in `cfg.key_file`.
+    pub fn start(cfg: &ComputeConfig) -> Result<ComputeNode, StartError> {
+        let key = ClusterKey::from_file(&cfg.key_file).map_err(StartError::Config)?;
+        ComputeNode::start_with_key(cfg, key)
+    }
+
+    /// Connects with a key in hand (embedded clusters).
+    pub fn start_with_key(cfg: &ComputeConfig, key: ClusterKey) -> Result<ComputeNode, StartError> {
+        if cfg.node_id == 0 {
+            return Err(StartError::Config("node_id must be > 0".into()));
+        }
+        if cfg.storage.is_empty() {
+            return Err(StartError::Config(
+                "at least one storage endpoint is needed".into(),
+            ));
+        }
+        if cfg.buffer_frames < 16 {
+            return Err(StartError::Config(
+                "buffer_frames must be at least 16".into(),
+            ));
+        }
+        let opts = ClientOptions::new(key).timeout(Duration::from_secs(cfg.rpc_timeout_s.max(1)));
+        let gtm_ep: Endpoint = cfg
+            .gtm
+            .parse()
+            .map_err(|e: String| StartError::Config(format!("gtm: {e}")))?;
+        let gtm_err = |e: common::gtm::GtmError| StartError::Gtm {
+            endpoint: cfg.gtm.clone(),
+            message: e.to_string(),
+        };
+        let gtm = Arc::new(GtmClient::connect(&gtm_ep, &opts).map_err(gtm_err)?);
+        let reg = gtm.register(NodeId(cfg.node_id)).map_err(gtm_err)?;
+        let heartbeats = gtm.spawn_heartbeats(Duration::from_millis(cfg.heartbeat_ms.max(10)));
+        let mut clients = Vec::with_capacity(cfg.storage.len());
+        for s in &cfg.storage {
+            let ep: Endpoint = s
+                .parse()
+                .map_err(|e: String| StartError::Config(format!("storage: {e}")))?;
+            let c = StorageClient::connect(&ep, &opts, reg.node, reg.epoch).map_err(|e| {
+                StartError::Storage {
+                    endpoint: s.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            clients.push(Arc::new(c));
+        }
+        clients.sort_by_key(|c| c.layout().first_page);
+        let pager = CoherentPager::new(
+            reg.node,
+            cfg.buffer_frames,
+            StorageSet::new(clients),
+            cfg.validation,
+            cfg.lock_mode,
+        );
+        pager.install_revocation_handlers()?;
+        let engine = Engine::new(
+            pager.clone(),
+            gtm,
+            EngineConfig {
+                isolation: cfg.isolation,
+                wait_policy: match cfg.wait_policy {
+                    WaitPolicyConfig::WaitDie => WaitPolicy::WaitDie,
+                    WaitPolicyConfig::NoWait => WaitPolicy::NoWait,
+                },
+                ..EngineConfig::default()
+            },
+        );
+        let catalog = Catalog::open_or_bootstrap(pager)?;
+        tracing::info!(node = %reg.node, epoch = %reg.epoch, "compute node ready");
+        Ok(ComputeNode {
+            engine,
+            catalog,
+            _heartbeats: heartbeats,
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn begin(&self) -> Result<Txn, TxnError> {
+        self.engine.begin()
+    }
+
+    pub fn begin_with(&self, isolation: Isolation) -> Result<Txn, TxnError> {
+        self.engine.begin_with(isolation)
+    }
+
+    pub fn create_table(&self, name: &str) -> Result<Table, TxnError> {
+        self.catalog.create_table(name)
+    }
+
+    pub fn table(&self, name: &str) -> Result<Table, TxnError> {
+        self.catalog.table(name)
+    }
+
+    /// Creates the table unless it exists; returns it either way.
+    pub fn ensure_table(&self, name: &str) -> Result<Table, TxnError> {
+        match self.catalog.table(name) {
+            Ok(t) => Ok(t),
+            Err(TxnError::NoSuchTable(_)) => match self.catalog.create_table(name) {
+                Err(TxnError::TableExists(_)) => self.catalog.table(name),
+                other => other,
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes back every change and releases every page lock (clean shutdown).
+    pub fn shutdown(&self) -> Result<(), TxnError> {
+        self.engine.pager().release_all()?;
+        let _ = self.engine.gtm().leave();
+        Ok(())
+    }
+}
+
+impl From<crate::pager::PagerError> for StartError {
+    fn from(e: crate::pager::PagerError) -> Self {
+        StartError::Txn(e.into())
+    }
+}
