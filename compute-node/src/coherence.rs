@@ -93,6 +93,19 @@ struct Latches {
 }
 
 impl Latches {
+    /// The latch, if nobody holds it.
+    fn try_acquire(self: &Arc<Self>, page: PageId) -> Option<Box<dyn FnOnce() + Send>> {
+        let mut h = self.held.lock();
+        if !h.insert(page) {
+            return None;
+        }
+        let me = self.clone();
+        Some(Box::new(move || {
+            me.held.lock().remove(&page);
+            me.freed.notify_all();
+        }))
+    }
+
     fn acquire(self: &Arc<Self>, page: PageId) -> Box<dyn FnOnce() + Send> {
         let mut h = self.held.lock();
         while h.contains(&page) {
@@ -170,6 +183,8 @@ pub struct CoherentPager {
     /// LSN just past the newest redo record of each page this node changed and has not
     /// written back.
     page_lsn: DashMap<PageId, Lsn>,
+    /// Pages whose global X lock this node holds.
+    held: DashMap<PageId, ()>,
     pub validation: ValidationMode,
     pub lock_mode: LockMode,
     pub stats: CoherenceStats,
@@ -191,6 +206,7 @@ impl CoherentPager {
             latches: Arc::default(),
             rounds: Mutex::new(Round::default()),
             page_lsn: DashMap::new(),
+            held: DashMap::new(),
             validation,
             lock_mode,
             stats: CoherenceStats::default(),
@@ -380,10 +396,21 @@ impl CoherentPager {
     }
 
     /// Writes back and releases some pages this node holds, so frames can be reused.
+    /// The caller may hold a latch, so latches are only tried (waiting here could close
+    /// a cycle with a thread that holds one of these and waits for the caller's).
     fn relieve_pressure(&self) -> Result<(), PagerError> {
-        let held: Vec<PageId> = self.page_lsn.iter().map(|e| *e.key()).take(16).collect();
+        let held: Vec<PageId> = self.held.iter().map(|e| *e.key()).take(64).collect();
+        let mut freed = 0;
         for p in held {
-            self.write_back_page(p, true)?;
+            if let Some(unlatch) = self.latches.try_acquire(p) {
+                let r = self.write_back_latched(p, true);
+                unlatch();
+                r?;
+                freed += 1;
+            }
+        }
+        if freed == 0 {
+            std::thread::yield_now();
         }
         Ok(())
     }
@@ -399,6 +426,7 @@ impl CoherentPager {
         self.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
         self.stats.round_trips.fetch_add(2, Ordering::Relaxed);
         client.lock_exclusive(page).map_err(storage_err)?;
+        self.held.insert(page, ());
         let v = self.tick();
         let img = Arc::new(
             client
@@ -429,13 +457,17 @@ impl CoherentPager {
     fn write_back_latched(&self, page: PageId, release: bool) -> Result<(), PagerError> {
         let client = self.storage.for_page(page)?;
         let Some(pin) = self.pool.pin(page) else {
-            // Not cached: nothing of ours to write; just give the lock up if asked.
-            if release {
-                let _ = client.unlock(page);
+            // Not cached: nothing of ours to write; give the lock up (a waiting reader
+            // is answered by the unlock as well).
+            if self.held.remove(&page).is_some() {
+                client.unlock(page).map_err(storage_err)?;
             }
             return Ok(());
         };
         let flags = self.pool.flags(&pin);
+        // A clean page has nothing to write back: the storage node's image is current.
+        // Release it instead, which answers a waiting reader as well as a writer.
+        let release = release || flags & FrameFlags::DIRTY == 0;
         if flags & FrameFlags::DIRTY != 0 {
             if let Some(lsn) = self.page_lsn.get(&page).map(|l| *l) {
                 client.force_log(lsn).map_err(storage_err)?;
@@ -446,7 +478,8 @@ impl CoherentPager {
             self.pool.clear_flags(&pin, FrameFlags::DIRTY);
             self.page_lsn.remove(&page);
         }
-        if release && flags & FrameFlags::LOCKED != 0 {
+        if release && (flags & FrameFlags::LOCKED != 0 || self.held.contains_key(&page)) {
+            self.held.remove(&page);
             client.unlock(page).map_err(storage_err)?;
             self.pool.clear_flags(&pin, FrameFlags::LOCKED);
             self.pool.mark_stale(&pin);
@@ -463,7 +496,7 @@ impl CoherentPager {
     /// Writes back every dirty page and releases every lock (clean shutdown, eager
     /// mode, checkpoints).
     pub fn release_all(&self) -> Result<(), PagerError> {
-        let held: Vec<PageId> = self.page_lsn.iter().map(|e| *e.key()).collect();
+        let held: Vec<PageId> = self.held.iter().map(|e| *e.key()).collect();
         for p in held {
             self.write_back_page(p, true)?;
         }

@@ -159,7 +159,7 @@ impl Server {
 pub struct ServerHandle {
     pub(crate) endpoint: Endpoint,
     pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) stopper: Option<Box<dyn FnOnce() + Send>>,
+    pub(crate) stopper: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl ServerHandle {
