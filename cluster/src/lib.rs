@@ -97,7 +97,16 @@ impl EmbeddedCluster {
     /// Starts (or restarts, recovering) a cluster whose state lives in `dir`.
     pub fn start_in(dir: &Path, options: ClusterOptions) -> Result<EmbeddedCluster, ClusterError> {
         std::fs::create_dir_all(dir)?;
-        let key = ClusterKey::random();
+        // Processes that join the cluster (compute-node binaries, test probes) read the
+        // key from this file; a restart in the same directory keeps the key.
+        let key_file = dir.join("cluster.key");
+        if !key_file.exists() {
+            let material: String = (0..48)
+                .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
+                .collect();
+            std::fs::write(&key_file, material)?;
+        }
+        let key = ClusterKey::from_file(&key_file).map_err(|e| ClusterError::Gtm(e.to_string()))?;
         let mut storages = Vec::new();
         let mut storage_endpoints = Vec::new();
         for i in 0..options.storage_nodes {
@@ -179,6 +188,11 @@ impl EmbeddedCluster {
 
     pub fn key(&self) -> &ClusterKey {
         &self.key
+    }
+
+    /// The file holding the cluster key (for processes joining the cluster).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("cluster.key")
     }
 
     pub fn gtm_endpoint(&self) -> &Endpoint {
