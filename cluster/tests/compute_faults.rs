@@ -140,7 +140,7 @@ fn invariant_7_kill9_of_a_compute_node_loses_no_acknowledged_commit() {
     while finished
         .iter()
         .zip(0..)
-        .any(|(f, i)| !f && !(i == 1 && victim_killed))
+        .any(|(f, i)| !(*f || (i == 1 && victim_killed)))
     {
         assert!(
             Instant::now() < deadline,
