@@ -493,6 +493,15 @@ impl CoherentPager {
         self.write_back_page(r.page, r.kind == RevocationKind::WriteBackAndRelease)
     }
 
+    /// Drops every cached page this node does not hold locked (benchmarks' cold pool).
+    pub fn evict_unlocked(&self) -> usize {
+        self.pool
+            .snapshot_versions()
+            .into_iter()
+            .filter(|(p, _)| self.pool.evict(*p))
+            .count()
+    }
+
     /// Writes back every dirty page and releases every lock (clean shutdown, eager
     /// mode, checkpoints).
     pub fn release_all(&self) -> Result<(), PagerError> {

@@ -428,10 +428,17 @@ impl Txn {
     }
 
     /// Commits: redo durable on every storage node touched, then the commit record.
+    /// A transaction that wrote nothing has nothing to make durable: it ends at the GTM
+    /// without a commit record (no log force) and returns its snapshot timestamp.
     pub fn commit(mut self) -> Result<Timestamp, TxnError> {
         self.check_open()?;
         self.done = true;
-        if self.wrote {
+        if !self.wrote {
+            self.engine.stats.committed.fetch_add(1, Ordering::Relaxed);
+            self.engine.gtm.abort(self.id)?;
+            return Ok(self.snapshot);
+        }
+        {
             self.engine.gtm.check_lease()?;
             self.view.force_redo()?;
         }
