@@ -40,7 +40,7 @@
 
 use crate::buffer_pool::{BufferPool, FrameFlags};
 use crate::pager::{PageWrite, Pager, PagerError};
-use common::ids::{Lsn, NodeId, PageId};
+use common::ids::{NodeId, PageId};
 use common::storage::client::StorageClient;
 use common::storage::msg::{Revocation, RevocationKind};
 use common::storage::page::Page;
@@ -120,6 +120,64 @@ impl Latches {
     }
 }
 
+/// Redo records waiting to be sent to one storage node: changes append here without a
+/// round trip; a commit (or a write-back, which must follow its redo: WAL) flushes the
+/// buffer with one append-and-force request that carries every record queued so far —
+/// so concurrent committers share one request and one fsync.
+#[derive(Default)]
+struct RedoBuffer {
+    records: Vec<RedoRecord>,
+    /// Sequence number of the last record pushed.
+    pushed: u64,
+    /// Records up to this sequence number are durable on the storage node.
+    durable: u64,
+    flushing: bool,
+}
+
+struct RedoQueue {
+    buf: Mutex<RedoBuffer>,
+    flushed: Condvar,
+}
+
+/// Diff ranges of a body smaller than this are merged across equal gaps.
+const DIFF_GAP: usize = 16;
+/// Above this many changed bytes a full image is logged instead of diffs.
+const DIFF_MAX: usize = 4096;
+
+/// The redo record for `old -> new`: byte-range diffs when the change is small (a row
+/// insert touches the header, a slot and one entry), the full body otherwise.
+fn redo_record(old: &Page, new: &Page) -> RedoRecord {
+    let (a, b) = (old.as_bytes(), new.as_bytes());
+    let mut ranges: Vec<(u16, Vec<u8>)> = Vec::new();
+    let mut total = 0;
+    let mut i = common::storage::page::PAGE_HEADER_LEN;
+    let n = a.len();
+    while i < n {
+        if a[i] == b[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut end = i + 1;
+        let mut j = end;
+        while j < n && j - end < DIFF_GAP {
+            if a[j] != b[j] {
+                end = j + 1;
+            }
+            j += 1;
+        }
+        total += end - start;
+        if total > DIFF_MAX {
+            return RedoRecord::image(new, old.version());
+        }
+        ranges.push((start as u16, b[start..end].to_vec()));
+        i = end;
+    }
+    let mut r = RedoRecord::image(new, old.version());
+    r.body = common::storage::redo::RedoBody::Diffs(ranges);
+    r
+}
+
 /// The storage nodes, each owning a range of page ids.
 pub struct StorageSet {
     nodes: Vec<Arc<StorageClient>>,
@@ -180,9 +238,11 @@ pub struct CoherentPager {
     clock: AtomicU64,
     latches: Arc<Latches>,
     rounds: Mutex<Round>,
-    /// LSN just past the newest redo record of each page this node changed and has not
-    /// written back.
-    page_lsn: DashMap<PageId, Lsn>,
+    /// Per storage node, redo not yet sent.
+    redo: Vec<RedoQueue>,
+    /// Redo sequence number (in its storage node's queue) of the newest change of each
+    /// page this node changed and has not written back.
+    page_redo: DashMap<PageId, u64>,
     /// Pages whose global X lock this node holds.
     held: DashMap<PageId, ()>,
     pub validation: ValidationMode,
@@ -198,6 +258,7 @@ impl CoherentPager {
         validation: ValidationMode,
         lock_mode: LockMode,
     ) -> Arc<CoherentPager> {
+        let redo_queues = storage.len();
         Arc::new(CoherentPager {
             node,
             pool: BufferPool::new(frames),
@@ -205,7 +266,13 @@ impl CoherentPager {
             clock: AtomicU64::new(1),
             latches: Arc::default(),
             rounds: Mutex::new(Round::default()),
-            page_lsn: DashMap::new(),
+            redo: (0..redo_queues)
+                .map(|_| RedoQueue {
+                    buf: Mutex::new(RedoBuffer::default()),
+                    flushed: Condvar::new(),
+                })
+                .collect(),
+            page_redo: DashMap::new(),
             held: DashMap::new(),
             validation,
             lock_mode,
@@ -469,14 +536,14 @@ impl CoherentPager {
         // Release it instead, which answers a waiting reader as well as a writer.
         let release = release || flags & FrameFlags::DIRTY == 0;
         if flags & FrameFlags::DIRTY != 0 {
-            if let Some(lsn) = self.page_lsn.get(&page).map(|l| *l) {
-                client.force_log(lsn).map_err(storage_err)?;
+            if let Some(seq) = self.page_redo.get(&page).map(|l| *l) {
+                self.flush_redo(self.storage.index_of(page)?, seq)?;
             }
             let img = self.pool.get(page).expect("pinned").image;
             client.write_back(&img).map_err(storage_err)?;
             self.stats.write_backs.fetch_add(1, Ordering::Relaxed);
             self.pool.clear_flags(&pin, FrameFlags::DIRTY);
-            self.page_lsn.remove(&page);
+            self.page_redo.remove(&page);
         }
         if release && (flags & FrameFlags::LOCKED != 0 || self.held.contains_key(&page)) {
             self.held.remove(&page);
@@ -512,25 +579,61 @@ impl CoherentPager {
         Ok(())
     }
 
+    /// Makes this node's redo for storage node `i` durable up to sequence `seq`
+    /// (sending everything queued so far in one append-and-force request).
+    fn flush_redo(&self, i: usize, seq: u64) -> Result<(), PagerError> {
+        let q = &self.redo[i];
+        let mut b = q.buf.lock();
+        loop {
+            if b.durable >= seq {
+                return Ok(());
+            }
+            if b.flushing {
+                q.flushed.wait(&mut b);
+                continue;
+            }
+            let mut records = std::mem::take(&mut b.records);
+            let upto = b.pushed;
+            b.flushing = true;
+            drop(b);
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let res = self.storage.node(i).append_and_force(&records);
+            b = q.buf.lock();
+            b.flushing = false;
+            q.flushed.notify_all();
+            match res {
+                Ok(_) => b.durable = b.durable.max(upto),
+                Err(e) => {
+                    // Not durable: put the records back in front (a later flush retries
+                    // them in order); the caller's transaction fails.
+                    records.append(&mut b.records);
+                    b.records = records;
+                    return Err(storage_err(e));
+                }
+            }
+        }
+    }
+
     fn publish(
         &self,
+        old: &Page,
         page: Page,
-        view_touched: &Mutex<HashMap<usize, Lsn>>,
+        view_touched: &Mutex<HashMap<usize, u64>>,
     ) -> Result<(), PagerError> {
         let id = page.id();
         let i = self.storage.index_of(id)?;
-        let client = self.storage.node(i);
-        let before = common::ids::PageVersion(page.version().0 - 1);
-        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
-        let lsn = client
-            .append_redo(&[RedoRecord::image(&page, before)])
-            .map_err(storage_err)?;
+        let seq = {
+            let mut b = self.redo[i].buf.lock();
+            b.records.push(redo_record(old, &page));
+            b.pushed += 1;
+            b.pushed
+        };
         {
             let mut t = view_touched.lock();
-            let e = t.entry(i).or_insert(Lsn(0));
-            *e = (*e).max(lsn);
+            let e = t.entry(i).or_insert(0);
+            *e = (*e).max(seq);
         }
-        self.page_lsn.insert(id, lsn);
+        self.page_redo.insert(id, seq);
         let v = self.tick();
         let pin = loop {
             match self.pool.install(Arc::new(page.clone()), v) {
@@ -553,12 +656,13 @@ impl CoherentPager {
 pub struct TxnView {
     pager: Arc<CoherentPager>,
     tick: u64,
-    touched: Arc<Mutex<HashMap<usize, Lsn>>>,
+    /// Storage node index -> redo sequence number of this transaction's last change.
+    touched: Arc<Mutex<HashMap<usize, u64>>>,
 }
 
 impl TxnView {
-    /// Storage node index -> LSN just past this transaction's last redo there.
-    pub fn touched(&self) -> HashMap<usize, Lsn> {
+    /// Storage node index -> redo sequence number of this transaction's last change.
+    pub fn touched(&self) -> HashMap<usize, u64> {
         self.touched.lock().clone()
     }
 
@@ -571,33 +675,30 @@ impl TxnView {
     pub fn merge_touched(&self, other: &TxnView) {
         let theirs = other.touched();
         let mut mine = self.touched.lock();
-        for (i, lsn) in theirs {
-            let e = mine.entry(i).or_insert(Lsn(0));
-            *e = (*e).max(lsn);
+        for (i, seq) in theirs {
+            let e = mine.entry(i).or_insert(0);
+            *e = (*e).max(seq);
         }
     }
 
-    /// Forces this view's redo on every storage node it touched (one request each, all
-    /// in flight at once). Invariant 3: runs before the commit record is written.
+    /// Makes this view's redo durable on every storage node it touched (one
+    /// append-and-force request each, in parallel when there are several). Invariant 3:
+    /// runs before the commit record is written.
     pub fn force_redo(&self) -> Result<(), PagerError> {
         let touched = self.touched();
         if touched.len() <= 1 {
-            for (i, lsn) in touched {
-                self.pager
-                    .storage
-                    .node(i)
-                    .force_log(lsn)
-                    .map_err(storage_err)?;
+            for (i, seq) in touched {
+                self.pager.flush_redo(i, seq)?;
             }
             return Ok(());
         }
         std::thread::scope(|s| {
             let handles: Vec<_> = touched
                 .into_iter()
-                .map(|(i, lsn)| s.spawn(move || self.pager.storage.node(i).force_log(lsn)))
+                .map(|(i, seq)| s.spawn(move || self.pager.flush_redo(i, seq)))
                 .collect();
             for h in handles {
-                h.join().expect("force thread").map_err(storage_err)?;
+                h.join().expect("flush thread")?;
             }
             Ok(())
         })
@@ -622,7 +723,7 @@ impl Pager for TxnView {
         let touched = self.touched.clone();
         Ok(PageWrite::new(
             (*img).clone(),
-            Box::new(move |page| pager.publish(page, &touched)),
+            Box::new(move |page| pager.publish(&img, page, &touched)),
             unlatch,
         ))
     }
