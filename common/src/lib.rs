@@ -7,6 +7,8 @@
 //! * [`fabric`] — the communication layer of DESIGN.md section 3: registered memory
 //!   regions, batched one-sided ops (READ, WRITE, CAS, FETCH_ADD) and an RPC path with
 //!   adaptive message batching, over three backends (`shm`, `tcp`, `rdma`).
+//! * [`proto`] (feature `grpc`) — protobuf definitions of the client APIs (the compute
+//!   node's gRPC service), generated from `proto/*.proto`.
 //!
 //! Invariants kept here: every frame that enters a process is length-capped and decoded
 //! by a total decoder ([`fabric::wire`]) that returns an error on any malformed input;
@@ -18,5 +20,7 @@ pub mod config;
 pub mod fabric;
 pub mod gtm;
 pub mod ids;
+#[cfg(feature = "grpc")]
+pub mod proto;
 pub mod service;
 pub mod storage;

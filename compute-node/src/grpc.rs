@@ -1,0 +1,1006 @@
+//! The gRPC server: the embedding API ([`crate::node`], [`crate::txn`]) over tonic,
+//! protocol `common/proto/compute.proto` (DESIGN.md §6 "APIs").
+//!
+//! ## Sessions
+//!
+//! A transaction lives on the server between calls: `Begin` starts a [`Txn`] and files
+//! it under its engine id ([`TxnId`], unique in the cluster, so an id from before a
+//! restart is simply unknown); the client names that id in every later call.
+//!
+//! 1. Each session has its own mutex: calls on one transaction run one at a time (a
+//!    second call waits for the first), calls on different transactions in parallel.
+//! 2. `Commit` and `Abort` first unfile the session (a later call sees "unknown"), then
+//!    wait for any call still running on it, then finish the [`Txn`].
+//! 3. After a failed call the transaction stays open, as in the embedding API; the
+//!    client aborts it (a retryable error says: abort and run again). `Commit` always
+//!    ends the session, whatever its outcome.
+//! 4. A reaper aborts sessions idle longer than `idle_timeout` (a session whose mutex is
+//!    held is busy, not idle). Their ids are remembered for a while, so a late call
+//!    hears a retryable ABORTED rather than "unknown".
+//! 5. Shutdown ([`ComputeService::close`]) refuses new `Begin`s and aborts every open
+//!    session after its running call finishes.
+//!
+//! The engine is synchronous and its calls block (storage nodes, the GTM, row-lock
+//! waits), so every engine call runs on tokio's blocking pool (`spawn_blocking`); the
+//! async workers only move bytes. Bad input is answered with INVALID_ARGUMENT and never
+//! reaches a panic; a panic in an engine call is answered with INTERNAL and the server
+//! keeps serving.
+//!
+//! ## Errors
+//!
+//! [`ErrorKind`] is the wire form of [`TxnError`]: a gRPC code a generic client can act
+//! on plus the exact kind in the `dsb-error-kind` trailer, so
+//! [`crate::grpc_client::RemoteNode`] gives back an error with the same
+//! `is_retryable()` answer as the embedding API (table in `compute.proto`).
+
+// tonic's handlers answer `Status` by value (176 bytes); the helpers here do the same
+// rather than box it at every step.
+#![allow(clippy::result_large_err)]
+
+use crate::btree::{MAX_ENTRY_LEN, MAX_KEY_LEN};
+use crate::coherence::{LockMode, ValidationMode};
+use crate::node::ComputeNode;
+use crate::txn::{Isolation, Table, Txn, TxnError};
+use common::ids::TxnId;
+use common::proto::compute as pb;
+use common::proto::compute::compute_server::{Compute, ComputeServer};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+/// Longest table name accepted (the catalog's limit).
+const MAX_TABLE_NAME: usize = 200;
+/// Idle-aborted ids remembered to answer late calls with ABORTED.
+const REMEMBERED_REAPED: usize = 4096;
+
+/// What a failed call means to its caller; travels as the gRPC code plus the
+/// `dsb-error-kind` trailer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Retryable: write-write conflict, wait-die victim, aborted by the GTM or for
+    /// idleness. Abort and run the transaction again.
+    Conflict,
+    /// The node lost its lease and may not write.
+    Fenced,
+    /// The transaction already ended.
+    Finished,
+    NoSuchTable,
+    TableExists,
+    /// Bad input: unknown txn id, empty table name, oversized key, ...
+    BadRequest,
+    TooManySessions,
+    Storage,
+    Gtm,
+    Corrupt,
+    ShuttingDown,
+    /// A bug on the server, or a status without a kind (not from this server).
+    Internal,
+    /// The call did not reach the engine: connection refused or lost, deadline, ...
+    Transport,
+}
+
+impl ErrorKind {
+    pub fn of(e: &TxnError) -> ErrorKind {
+        match e {
+            TxnError::Conflict(_) => ErrorKind::Conflict,
+            TxnError::Fenced(_) => ErrorKind::Fenced,
+            TxnError::NoSuchTable(_) => ErrorKind::NoSuchTable,
+            TxnError::TableExists(_) => ErrorKind::TableExists,
+            TxnError::BadRequest(_) => ErrorKind::BadRequest,
+            TxnError::Finished => ErrorKind::Finished,
+            TxnError::Storage(_) => ErrorKind::Storage,
+            TxnError::Gtm(_) => ErrorKind::Gtm,
+            TxnError::Corrupt(_) => ErrorKind::Corrupt,
+        }
+    }
+
+    /// The same answer as [`TxnError::is_retryable`].
+    pub fn is_retryable(self) -> bool {
+        self == ErrorKind::Conflict
+    }
+
+    pub fn code(self) -> Code {
+        match self {
+            ErrorKind::Conflict => Code::Aborted,
+            ErrorKind::Fenced | ErrorKind::Finished => Code::FailedPrecondition,
+            ErrorKind::NoSuchTable => Code::NotFound,
+            ErrorKind::TableExists => Code::AlreadyExists,
+            ErrorKind::BadRequest => Code::InvalidArgument,
+            ErrorKind::TooManySessions => Code::ResourceExhausted,
+            ErrorKind::Storage | ErrorKind::Gtm | ErrorKind::ShuttingDown => Code::Unavailable,
+            ErrorKind::Transport => Code::Unavailable,
+            ErrorKind::Corrupt => Code::DataLoss,
+            ErrorKind::Internal => Code::Internal,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Fenced => "fenced",
+            ErrorKind::Finished => "finished",
+            ErrorKind::NoSuchTable => "no_such_table",
+            ErrorKind::TableExists => "table_exists",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::TooManySessions => "too_many_sessions",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Gtm => "gtm",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Transport => "transport",
+        }
+    }
+
+    /// The kind a status carries (its `dsb-error-kind` trailer, else a guess from its
+    /// code: `Transport` when the call may not have been delivered).
+    pub fn of_status(s: &Status) -> ErrorKind {
+        const ALL: [ErrorKind; 12] = [
+            ErrorKind::Conflict,
+            ErrorKind::Fenced,
+            ErrorKind::Finished,
+            ErrorKind::NoSuchTable,
+            ErrorKind::TableExists,
+            ErrorKind::BadRequest,
+            ErrorKind::TooManySessions,
+            ErrorKind::Storage,
+            ErrorKind::Gtm,
+            ErrorKind::Corrupt,
+            ErrorKind::ShuttingDown,
+            ErrorKind::Internal,
+        ];
+        let named = s
+            .metadata()
+            .get(pb::ERROR_KIND_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| ALL.into_iter().find(|k| k.as_str() == v));
+        // No kind: not from this server's handlers (tonic itself, a proxy); guess from
+        // the code.
+        named.unwrap_or(match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                ErrorKind::Transport
+            }
+            Code::Aborted => ErrorKind::Conflict,
+            Code::NotFound => ErrorKind::NoSuchTable,
+            Code::AlreadyExists => ErrorKind::TableExists,
+            Code::InvalidArgument | Code::OutOfRange => ErrorKind::BadRequest,
+            Code::ResourceExhausted => ErrorKind::TooManySessions,
+            Code::DataLoss => ErrorKind::Corrupt,
+            _ => ErrorKind::Internal,
+        })
+    }
+
+    /// A status of this kind.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut s = Status::new(self.code(), message);
+        s.metadata_mut().insert(
+            pb::ERROR_KIND_KEY,
+            MetadataValue::from_static(self.as_str()),
+        );
+        s
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status answering an engine error.
+pub fn status_of(e: &TxnError) -> Status {
+    ErrorKind::of(e).status(e.to_string())
+}
+
+fn bad_request(message: impl Into<String>) -> Status {
+    ErrorKind::BadRequest.status(message)
+}
+
+/// Session limits (from the service config).
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// A session idle longer than this is aborted.
+    pub idle_timeout: Duration,
+    /// Open sessions at most.
+    pub max_sessions: usize,
+    /// Rows one Scan answers at most.
+    pub max_scan_rows: u32,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            idle_timeout: Duration::from_secs(60),
+            max_sessions: 10_000,
+            max_scan_rows: 10_000,
+        }
+    }
+}
+
+struct Session {
+    /// `None` once Commit or Abort took it.
+    txn: Option<Txn>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct SessionCounters {
+    begun: AtomicU64,
+    committed: AtomicU64,
+    aborted: AtomicU64,
+    idle_aborted: AtomicU64,
+}
+
+/// Ids of recently idle-aborted sessions (bounded, oldest forgotten first).
+#[derive(Default)]
+struct Reaped {
+    order: VecDeque<TxnId>,
+    set: HashSet<TxnId>,
+}
+
+impl Reaped {
+    fn remember(&mut self, id: TxnId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > REMEMBERED_REAPED {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// The open transactions of this server (see module doc).
+struct Sessions {
+    open: Mutex<HashMap<TxnId, Arc<Mutex<Session>>>>,
+    reaped: Mutex<Reaped>,
+    closed: AtomicBool,
+    opts: SessionOptions,
+    counters: SessionCounters,
+}
+
+impl Sessions {
+    fn parse_id(raw: u64) -> Result<TxnId, Status> {
+        if raw == 0 {
+            return Err(bad_request(
+                "txn_id 0 is not a transaction (call Begin first)",
+            ));
+        }
+        Ok(TxnId(raw))
+    }
+
+    fn unknown(&self, id: TxnId) -> Status {
+        if self.reaped.lock().set.contains(&id) {
+            ErrorKind::Conflict.status(format!(
+                "transaction {id} was aborted after being idle for more than {} ms",
+                self.opts.idle_timeout.as_millis()
+            ))
+        } else if self.closed.load(Ordering::Acquire) {
+            ErrorKind::ShuttingDown.status(format!("transaction {id}: the server is shutting down"))
+        } else {
+            bad_request(format!(
+                "unknown transaction {id} (not begun on this node, or already finished)"
+            ))
+        }
+    }
+
+    fn lookup(&self, id: TxnId) -> Result<Arc<Mutex<Session>>, Status> {
+        self.open
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| self.unknown(id))
+    }
+
+    /// Runs `f` on the open transaction `id` (one call at a time per transaction).
+    fn with_txn<R>(
+        &self,
+        raw_id: u64,
+        f: impl FnOnce(&mut Txn) -> Result<R, TxnError>,
+    ) -> Result<R, Status> {
+        let id = Self::parse_id(raw_id)?;
+        let session = self.lookup(id)?;
+        let mut s = session.lock();
+        let Some(txn) = s.txn.as_mut() else {
+            return Err(self.unknown(id));
+        };
+        let r = f(txn);
+        s.last_used = Instant::now();
+        r.map_err(|e| {
+            tracing::debug!(txn = %id, error = %e, "call failed");
+            status_of(&e)
+        })
+    }
+
+    /// Unfiles `id` and takes its transaction once no call runs on it.
+    fn take(&self, raw_id: u64) -> Result<Txn, Status> {
+        let id = Self::parse_id(raw_id)?;
+        let session = self
+            .open
+            .lock()
+            .remove(&id)
+            .ok_or_else(|| self.unknown(id))?;
+        let txn = session.lock().txn.take();
+        txn.ok_or_else(|| self.unknown(id))
+    }
+
+    fn insert(&self, txn: Txn) -> Result<(), Status> {
+        let mut open = self.open.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ErrorKind::ShuttingDown.status("the server is shutting down"));
+        }
+        if open.len() >= self.opts.max_sessions {
+            return Err(ErrorKind::TooManySessions.status(format!(
+                "{} transactions are open (max_sessions)",
+                open.len()
+            )));
+        }
+        open.insert(
+            txn.id(),
+            Arc::new(Mutex::new(Session {
+                txn: Some(txn),
+                last_used: Instant::now(),
+            })),
+        );
+        Ok(())
+    }
+
+    /// Unfiles the sessions idle longer than the timeout and returns their transactions.
+    fn take_idle(&self, now: Instant) -> Vec<Txn> {
+        let mut out = Vec::new();
+        let mut reaped = Vec::new();
+        self.open
+            .lock()
+            .retain(|id, session| match session.try_lock() {
+                Some(mut s)
+                    if now.saturating_duration_since(s.last_used) > self.opts.idle_timeout =>
+                {
+                    out.extend(s.txn.take());
+                    reaped.push(*id);
+                    false
+                }
+                _ => true,
+            });
+        let mut r = self.reaped.lock();
+        for id in reaped {
+            r.remember(id);
+        }
+        out
+    }
+
+    /// Refuses new sessions and takes every open transaction (waiting for running calls).
+    fn take_all(&self) -> Vec<Txn> {
+        self.closed.store(true, Ordering::Release);
+        let sessions: Vec<_> = self.open.lock().drain().map(|(_, s)| s).collect();
+        sessions
+            .into_iter()
+            .filter_map(|s| s.lock().txn.take())
+            .collect()
+    }
+
+    fn abort_all(&self, txns: Vec<Txn>, why: &str) {
+        for t in txns {
+            let id = t.id();
+            self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = t.abort() {
+                tracing::warn!(txn = %id, error = %e, "aborting a {why} session failed");
+            } else {
+                tracing::debug!(txn = %id, "aborted a {why} session");
+            }
+        }
+    }
+}
+
+struct Inner {
+    node: Arc<ComputeNode>,
+    sessions: Sessions,
+}
+
+impl Inner {
+    fn table(&self, name: &str) -> Result<Table, Status> {
+        check_table_name(name)?;
+        self.node.table(name).map_err(|e| status_of(&e))
+    }
+}
+
+fn check_table_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(bad_request("table name is empty"));
+    }
+    if name.len() > MAX_TABLE_NAME {
+        return Err(bad_request(format!(
+            "table name of {} bytes exceeds {MAX_TABLE_NAME}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(key: &[u8]) -> Result<(), Status> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(bad_request(format!(
+            "key of {} bytes exceeds the {MAX_KEY_LEN}-byte limit",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn bound(b: Option<pb::KeyBound>) -> Result<Bound<Vec<u8>>, Status> {
+    Ok(match b {
+        None => Bound::Unbounded,
+        Some(b) => {
+            check_key(&b.key)?;
+            if b.inclusive {
+                Bound::Included(b.key)
+            } else {
+                Bound::Excluded(b.key)
+            }
+        }
+    })
+}
+
+fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The compute node's gRPC service. Cheap to clone (all clones share the sessions).
+#[derive(Clone)]
+pub struct ComputeService {
+    inner: Arc<Inner>,
+}
+
+impl ComputeService {
+    pub fn new(node: Arc<ComputeNode>, opts: SessionOptions) -> ComputeService {
+        ComputeService {
+            inner: Arc::new(Inner {
+                node,
+                sessions: Sessions {
+                    open: Mutex::new(HashMap::new()),
+                    reaped: Mutex::new(Reaped::default()),
+                    closed: AtomicBool::new(false),
+                    opts,
+                    counters: SessionCounters::default(),
+                },
+            }),
+        }
+    }
+
+    /// The tonic service to add to a `tonic::transport::Server`.
+    pub fn server(&self) -> ComputeServer<ComputeService> {
+        ComputeServer::new(self.clone())
+    }
+
+    /// Transactions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.inner.sessions.open.lock().len()
+    }
+
+    /// Starts the idle-session reaper on the current tokio runtime; it ends after
+    /// [`ComputeService::close`].
+    pub fn spawn_reaper(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        let every = (inner.sessions.opts.idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if inner.sessions.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let idle = inner.sessions.take_idle(Instant::now());
+                if idle.is_empty() {
+                    continue;
+                }
+                let n = idle.len() as u64;
+                tracing::info!(sessions = n, "aborting idle sessions");
+                inner
+                    .sessions
+                    .counters
+                    .idle_aborted
+                    .fetch_add(n, Ordering::Relaxed);
+                let inner = inner.clone();
+                let _ = tokio::task::spawn_blocking(move || inner.sessions.abort_all(idle, "idle"))
+                    .await;
+            }
+        })
+    }
+
+    /// Refuses new transactions and aborts every open one (after its running call);
+    /// returns how many were aborted. Call after the server stopped accepting calls.
+    pub async fn close(&self) -> usize {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let open = inner.sessions.take_all();
+            let n = open.len();
+            inner.sessions.abort_all(open, "open");
+            n
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// A snapshot of the node's state and counters (the ClusterStatus answer).
+    pub fn status(&self) -> pb::ClusterStatusResponse {
+        status_snapshot(&self.inner)
+    }
+
+    /// The status in Prometheus text format (the `metrics_listen` endpoint).
+    pub fn render_metrics(&self) -> String {
+        render_metrics(&self.status())
+    }
+
+    /// Runs `f` on the blocking pool; a panic becomes INTERNAL.
+    async fn blocking<R, F>(&self, f: F) -> Result<R, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner) -> Result<R, Status> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "engine call panicked");
+                Err(ErrorKind::Internal.status(format!("engine call failed: {e}")))
+            }
+        }
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting and
+/// lets running calls finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: &ComputeService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .expect("TcpIncoming::from_listener cannot fail");
+    tonic::transport::Server::builder()
+        .add_service(service.server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+#[tonic::async_trait]
+impl Compute for ComputeService {
+    async fn health(
+        &self,
+        _req: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let node_id = self.inner.node.engine().pager().node.0;
+        let (status, message) = match self.inner.node.engine().gtm().check_lease() {
+            Ok(_) if !self.inner.sessions.closed.load(Ordering::Acquire) => {
+                (pb::health_response::Status::Serving, String::new())
+            }
+            Ok(_) => (
+                pb::health_response::Status::NotServing,
+                "shutting down".into(),
+            ),
+            Err(e) => (pb::health_response::Status::NotServing, e.to_string()),
+        };
+        Ok(Response::new(pb::HealthResponse {
+            status: status as i32,
+            node_id,
+            message,
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn create_table(
+        &self,
+        req: Request<pb::CreateTableRequest>,
+    ) -> Result<Response<pb::CreateTableResponse>, Status> {
+        let req = req.into_inner();
+        check_table_name(&req.name)?;
+        self.blocking(move |inner| {
+            let created = match inner.node.create_table(&req.name) {
+                Ok(t) => return Ok((true, t)),
+                Err(TxnError::TableExists(_)) if req.if_not_exists => false,
+                Err(e) => return Err(status_of(&e)),
+            };
+            let t = inner.node.table(&req.name).map_err(|e| status_of(&e))?;
+            Ok((created, t))
+        })
+        .await
+        .map(|(created, t)| {
+            Response::new(pb::CreateTableResponse {
+                created,
+                meta_page: t.meta.0,
+            })
+        })
+    }
+
+    async fn begin(
+        &self,
+        req: Request<pb::BeginRequest>,
+    ) -> Result<Response<pb::BeginResponse>, Status> {
+        let isolation = match pb::Isolation::try_from(req.into_inner().isolation) {
+            Ok(pb::Isolation::Default) => None,
+            Ok(pb::Isolation::Snapshot) => Some(Isolation::Snapshot),
+            Ok(pb::Isolation::ReadCommitted) => Some(Isolation::ReadCommitted),
+            Err(e) => return Err(bad_request(format!("isolation: {e}"))),
+        };
+        let sessions = &self.inner.sessions;
+        if sessions.closed.load(Ordering::Acquire) {
+            return Err(ErrorKind::ShuttingDown.status("the server is shutting down"));
+        }
+        if sessions.open.lock().len() >= sessions.opts.max_sessions {
+            return Err(ErrorKind::TooManySessions.status("max_sessions transactions are open"));
+        }
+        self.blocking(move |inner| {
+            let txn = match isolation {
+                None => inner.node.begin(),
+                Some(i) => inner.node.begin_with(i),
+            }
+            .map_err(|e| status_of(&e))?;
+            let (id, snapshot) = (txn.id(), txn.snapshot());
+            // A refused insert drops the transaction, which aborts it.
+            inner.sessions.insert(txn)?;
+            inner
+                .sessions
+                .counters
+                .begun
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(txn = %id, snapshot = %snapshot, "begin");
+            Ok(pb::BeginResponse {
+                txn_id: id.0,
+                snapshot: snapshot.0,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = req.into_inner();
+        check_key(&req.key)?;
+        self.blocking(move |inner| {
+            let table = inner.table(&req.table)?;
+            inner
+                .sessions
+                .with_txn(req.txn_id, |t| t.get(&table, &req.key))
+        })
+        .await
+        .map(|value| Response::new(pb::GetResponse { value }))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let req = req.into_inner();
+        check_key(&req.key)?;
+        if req.key.len() + req.value.len() > MAX_ENTRY_LEN {
+            return Err(bad_request(format!(
+                "row of {} + {} bytes (key + value) exceeds the {MAX_ENTRY_LEN}-byte limit",
+                req.key.len(),
+                req.value.len()
+            )));
+        }
+        self.blocking(move |inner| {
+            let table = inner.table(&req.table)?;
+            inner
+                .sessions
+                .with_txn(req.txn_id, |t| t.put(&table, &req.key, &req.value))
+        })
+        .await
+        .map(|()| Response::new(pb::PutResponse {}))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = req.into_inner();
+        check_key(&req.key)?;
+        self.blocking(move |inner| {
+            let table = inner.table(&req.table)?;
+            inner
+                .sessions
+                .with_txn(req.txn_id, |t| t.delete(&table, &req.key))
+        })
+        .await
+        .map(|existed| Response::new(pb::DeleteResponse { existed }))
+    }
+
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let req = req.into_inner();
+        let start = bound(req.start)?;
+        let end = bound(req.end)?;
+        let cap = self.inner.sessions.opts.max_scan_rows as usize;
+        let wanted = match req.limit {
+            0 => None,
+            l => Some(l as usize),
+        };
+        // One row past the cap tells whether the cap cut the answer short.
+        let fetch = wanted.unwrap_or(usize::MAX).min(cap + 1);
+        self.blocking(move |inner| {
+            let table = inner.table(&req.table)?;
+            inner.sessions.with_txn(req.txn_id, |t| {
+                t.scan(
+                    &table,
+                    (as_slice(&start), as_slice(&end)),
+                    req.reverse,
+                    Some(fetch),
+                )
+            })
+        })
+        .await
+        .map(|mut rows| {
+            let truncated = rows.len() > cap;
+            rows.truncate(cap);
+            Response::new(pb::ScanResponse {
+                rows: rows
+                    .into_iter()
+                    .map(|(key, value)| pb::Row { key, value })
+                    .collect(),
+                truncated,
+            })
+        })
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let raw = req.into_inner().txn_id;
+        self.blocking(move |inner| {
+            let txn = inner.sessions.take(raw)?;
+            let id = txn.id();
+            let counters = &inner.sessions.counters;
+            match txn.commit() {
+                Ok(cts) => {
+                    counters.committed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(txn = %id, commit_ts = %cts, "commit");
+                    Ok(pb::CommitResponse { commit_ts: cts.0 })
+                }
+                Err(e) => {
+                    counters.aborted.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(txn = %id, error = %e, "commit failed");
+                    Err(status_of(&e))
+                }
+            }
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn abort(
+        &self,
+        req: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
+        let raw = req.into_inner().txn_id;
+        self.blocking(move |inner| {
+            let txn = inner.sessions.take(raw)?;
+            inner
+                .sessions
+                .counters
+                .aborted
+                .fetch_add(1, Ordering::Relaxed);
+            txn.abort().map_err(|e| status_of(&e))
+        })
+        .await
+        .map(|()| Response::new(pb::AbortResponse {}))
+    }
+
+    // Room for the server-side TPC-C stored procedures (they come with the TPC-C issue;
+    // each runs one whole TPC-C transaction on the blocking pool in one call, retrying
+    // nothing itself and answering a retryable ABORTED like any other call):
+    //   1. NewOrder
+    //   2. Payment
+    //   3. OrderStatus
+    //   4. Delivery
+    //   5. StockLevel
+}
+
+fn status_snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
+    let engine = inner.node.engine();
+    let pager = engine.pager();
+    let gtm = engine.gtm();
+    let reg = gtm.registration();
+    let lease_remaining_ms = gtm.write_deadline().map_or(0, |d| {
+        let now = Instant::now();
+        if d >= now {
+            (d - now).as_millis() as i64
+        } else {
+            -((now - d).as_millis() as i64)
+        }
+    });
+    let storage = (0..pager.storage().len())
+        .map(|i| {
+            let l = pager.storage().node(i).layout();
+            pb::StorageNodeStatus {
+                first_page: l.first_page.0,
+                page_count: l.page_count,
+                frames: l.frames,
+            }
+        })
+        .collect();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let pool = pager.pool();
+    let c = &pager.stats;
+    let e = &engine.stats;
+    let s = &inner.sessions.counters;
+    pb::ClusterStatusResponse {
+        node_id: pager.node.0,
+        epoch: reg.map_or(0, |r| u64::from(r.epoch.0)),
+        lease_ms: reg.map_or(0, |r| r.lease.as_millis() as u64),
+        lease_remaining_ms,
+        // The config spellings.
+        validation: match pager.validation {
+            ValidationMode::Batched => "batched",
+            ValidationMode::EachAccess => "each_access",
+        }
+        .into(),
+        lock_mode: match pager.lock_mode {
+            LockMode::Lazy => "lazy",
+            LockMode::Eager => "eager",
+        }
+        .into(),
+        storage,
+        buffer_pool: Some(pb::BufferPoolStats {
+            capacity: pool.capacity() as u64,
+            hits: load(&pool.stats.hits),
+            misses: load(&pool.stats.misses),
+            evictions: load(&pool.stats.evictions),
+        }),
+        coherence: Some(pb::CoherenceStats {
+            validation_rounds: load(&c.validation_rounds),
+            pages_validated: load(&c.pages_validated),
+            single_validations: load(&c.single_validations),
+            fetches: load(&c.fetches),
+            round_trips: load(&c.round_trips),
+            lock_acquires: load(&c.lock_acquires),
+            write_backs: load(&c.write_backs),
+            revocations: load(&c.revocations),
+        }),
+        engine: Some(pb::EngineStats {
+            begun: load(&e.begun),
+            committed: load(&e.committed),
+            aborted: load(&e.aborted),
+            conflicts: load(&e.conflicts),
+            lock_waits: load(&e.lock_waits),
+        }),
+        sessions: Some(pb::SessionStats {
+            open: inner.sessions.open.lock().len() as u64,
+            begun: load(&s.begun),
+            committed: load(&s.committed),
+            aborted: load(&s.aborted),
+            idle_aborted: load(&s.idle_aborted),
+        }),
+    }
+}
+
+/// Prometheus text exposition of a status snapshot.
+pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
+    const G: &str = "gauge";
+    const C: &str = "counter";
+    let p = st.buffer_pool.unwrap_or_default();
+    let c = st.coherence.unwrap_or_default();
+    let e = st.engine.unwrap_or_default();
+    let s = st.sessions.unwrap_or_default();
+    #[rustfmt::skip]
+    let metrics: [(&str, &str, i128, &str); 25] = [
+        ("node_id", G, st.node_id.into(), "This node's id."),
+        ("epoch", G, st.epoch.into(), "This incarnation's epoch."),
+        ("lease_remaining_ms", G, st.lease_remaining_ms.into(), "Milliseconds until writes must stop."),
+        ("pool_frames", G, p.capacity.into(), "Buffer-pool frames."),
+        ("pool_hits_total", C, p.hits.into(), "Buffer-pool hits."),
+        ("pool_misses_total", C, p.misses.into(), "Buffer-pool misses."),
+        ("pool_evictions_total", C, p.evictions.into(), "Pages evicted."),
+        ("validation_rounds_total", C, c.validation_rounds.into(), "Batched validation rounds."),
+        ("pages_validated_total", C, c.pages_validated.into(), "Pages confirmed by batched validation."),
+        ("single_validations_total", C, c.single_validations.into(), "Pages validated one at a time."),
+        ("page_fetches_total", C, c.fetches.into(), "Pages fetched from storage."),
+        ("round_trips_total", C, c.round_trips.into(), "Round trips to storage nodes."),
+        ("lock_acquires_total", C, c.lock_acquires.into(), "Global X page locks acquired."),
+        ("write_backs_total", C, c.write_backs.into(), "Pages written back."),
+        ("revocations_total", C, c.revocations.into(), "Page-lock revocations handled."),
+        ("txns_begun_total", C, e.begun.into(), "Transactions begun."),
+        ("txns_committed_total", C, e.committed.into(), "Transactions committed."),
+        ("txns_aborted_total", C, e.aborted.into(), "Transactions aborted."),
+        ("txn_conflicts_total", C, e.conflicts.into(), "Write-write conflicts and wait-die victims."),
+        ("lock_waits_total", C, e.lock_waits.into(), "Waits for an older row writer."),
+        ("grpc_sessions_open", G, s.open.into(), "Transactions open over gRPC."),
+        ("grpc_sessions_begun_total", C, s.begun.into(), "gRPC transactions begun."),
+        ("grpc_sessions_committed_total", C, s.committed.into(), "gRPC transactions committed."),
+        ("grpc_sessions_aborted_total", C, s.aborted.into(), "gRPC transactions aborted."),
+        ("grpc_sessions_idle_aborted_total", C, s.idle_aborted.into(), "gRPC transactions aborted for idleness."),
+    ];
+    let mut out = String::new();
+    for (name, kind, v, help) in metrics {
+        out.push_str(&format!(
+            "# HELP compute_{name} {help}\n# TYPE compute_{name} {kind}\ncompute_{name} {v}\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_error_keeps_its_kind_and_retryability() {
+        let errors = [
+            TxnError::Conflict("c".into()),
+            TxnError::Fenced("f".into()),
+            TxnError::NoSuchTable("t".into()),
+            TxnError::TableExists("t".into()),
+            TxnError::BadRequest("b".into()),
+            TxnError::Finished,
+            TxnError::Storage("s".into()),
+            TxnError::Gtm("g".into()),
+            TxnError::Corrupt("x".into()),
+        ];
+        for e in &errors {
+            let s = status_of(e);
+            let k = ErrorKind::of_status(&s);
+            assert_eq!(k, ErrorKind::of(e), "{e}");
+            assert_eq!(k.is_retryable(), e.is_retryable(), "{e}");
+            assert_eq!(s.code(), k.code());
+        }
+        assert_eq!(status_of(&errors[0]).code(), Code::Aborted);
+        assert_eq!(status_of(&errors[1]).code(), Code::FailedPrecondition);
+        assert_eq!(status_of(&errors[2]).code(), Code::NotFound);
+        assert_eq!(status_of(&errors[3]).code(), Code::AlreadyExists);
+        assert_eq!(status_of(&errors[4]).code(), Code::InvalidArgument);
+        assert_eq!(status_of(&errors[6]).code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn statuses_without_a_kind_are_guessed_from_the_code() {
+        assert_eq!(
+            ErrorKind::of_status(&Status::unavailable("connection refused")),
+            ErrorKind::Transport
+        );
+        assert!(ErrorKind::of_status(&Status::aborted("x")).is_retryable());
+        assert_eq!(
+            ErrorKind::of_status(&Status::internal("x")),
+            ErrorKind::Internal
+        );
+    }
+
+    #[test]
+    fn reaped_ids_are_bounded() {
+        let mut r = Reaped::default();
+        for i in 0..(REMEMBERED_REAPED as u64 + 10) {
+            r.remember(TxnId(i + 1));
+        }
+        assert_eq!(r.order.len(), REMEMBERED_REAPED);
+        assert_eq!(r.set.len(), REMEMBERED_REAPED);
+        assert!(!r.set.contains(&TxnId(1)));
+        assert!(r.set.contains(&TxnId(REMEMBERED_REAPED as u64 + 10)));
+    }
+
+    #[test]
+    fn metrics_render_every_counter() {
+        let text = render_metrics(&pb::ClusterStatusResponse {
+            node_id: 3,
+            ..Default::default()
+        });
+        assert!(text.contains("compute_node_id 3\n"));
+        assert!(text.contains("compute_grpc_sessions_open 0\n"));
+        assert!(text.contains("compute_txn_conflicts_total 0\n"));
+    }
+}

@@ -1,0 +1,289 @@
+//! A blocking client of a compute node's gRPC API ([`crate::grpc`]), shaped like the
+//! embedding API: for the TPC-C harness's remote mode, tools and tests.
+//!
+//! [`RemoteNode`] owns a small tokio runtime (one worker) and one HTTP/2 channel; it is
+//! `Send + Sync`, and many threads may call it at once (calls multiplex on the channel).
+//! Its methods block, so it is for synchronous code: calling (or dropping) it inside an
+//! async runtime panics.
+//! A transaction is its [`TxnId`] (from [`RemoteNode::begin`]); errors are
+//! [`RemoteError`]s whose [`RemoteError::is_retryable`] answers as
+//! [`crate::txn::TxnError::is_retryable`] does.
+//!
+//! ```no_run
+//! use compute_node::grpc_client::RemoteNode;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = RemoteNode::connect("127.0.0.1:7500")?;
+//! node.ensure_table("accounts")?;
+//! let txn = node.begin()?;
+//! node.put(txn, "accounts", b"alice", b"100")?;
+//! assert_eq!(node.get(txn, "accounts", b"alice")?, Some(b"100".to_vec()));
+//! node.commit(txn)?;
+//! # Ok(()) }
+//! ```
+
+use crate::grpc::ErrorKind;
+use crate::txn::{Isolation, Row};
+use common::ids::{Timestamp, TxnId};
+use common::proto::compute as pb;
+use common::proto::compute::compute_client::ComputeClient;
+use std::future::Future;
+use std::ops::Bound;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// A failed remote call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind} ({code:?}): {message}")]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub code: tonic::Code,
+    pub message: String,
+}
+
+impl RemoteError {
+    /// Abort and run the transaction again.
+    pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+
+    fn transport(message: String) -> RemoteError {
+        RemoteError {
+            kind: ErrorKind::Transport,
+            code: tonic::Code::Unavailable,
+            message,
+        }
+    }
+}
+
+impl From<tonic::Status> for RemoteError {
+    fn from(s: tonic::Status) -> Self {
+        RemoteError {
+            kind: ErrorKind::of_status(&s),
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+/// Largest answer accepted (a Scan of many long rows).
+const MAX_ANSWER: usize = 256 << 20;
+
+/// A connection to one compute node's gRPC server.
+pub struct RemoteNode {
+    client: ComputeClient<Channel>,
+    // Declared after the channel: dropped last, so the channel's tasks stop with it.
+    rt: tokio::runtime::Runtime,
+}
+
+impl RemoteNode {
+    /// Connects to `addr` (`host:port` or `http://host:port`).
+    pub fn connect(addr: &str) -> Result<RemoteNode, RemoteError> {
+        RemoteNode::connect_timeout(addr, Duration::from_secs(5))
+    }
+
+    pub fn connect_timeout(addr: &str, timeout: Duration) -> Result<RemoteNode, RemoteError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("compute-client")
+            .enable_all()
+            .build()
+            .map_err(|e| RemoteError::transport(format!("starting the client runtime: {e}")))?;
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| RemoteError {
+                kind: ErrorKind::BadRequest,
+                code: tonic::Code::InvalidArgument,
+                message: format!("bad address {addr:?}: {e}"),
+            })?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = rt
+            .block_on(endpoint.connect())
+            .map_err(|e| RemoteError::transport(format!("connecting to {addr}: {e}")))?;
+        let client = ComputeClient::new(channel).max_decoding_message_size(MAX_ANSWER);
+        Ok(RemoteNode { client, rt })
+    }
+
+    /// Runs `f` with a client on this node's runtime (for calls this wrapper does not
+    /// cover, e.g. raw requests in tests).
+    pub fn call<F, R>(&self, f: impl FnOnce(ComputeClient<Channel>) -> F) -> R
+    where
+        F: Future<Output = R>,
+    {
+        self.rt.block_on(f(self.client.clone()))
+    }
+
+    pub fn health(&self) -> Result<pb::HealthResponse, RemoteError> {
+        self.call(|mut c| async move { c.health(pb::HealthRequest {}).await })
+            .map(|r| r.into_inner())
+            .map_err(Into::into)
+    }
+
+    pub fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, RemoteError> {
+        self.call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+            .map(|r| r.into_inner())
+            .map_err(Into::into)
+    }
+
+    /// Creates a table (ALREADY_EXISTS if it exists).
+    pub fn create_table(&self, name: &str) -> Result<(), RemoteError> {
+        self.create(name, false).map(|_| ())
+    }
+
+    /// Creates the table unless it exists; returns whether it was created.
+    pub fn ensure_table(&self, name: &str) -> Result<bool, RemoteError> {
+        self.create(name, true)
+    }
+
+    fn create(&self, name: &str, if_not_exists: bool) -> Result<bool, RemoteError> {
+        let req = pb::CreateTableRequest {
+            name: name.to_string(),
+            if_not_exists,
+        };
+        self.call(|mut c| async move { c.create_table(req).await })
+            .map(|r| r.into_inner().created)
+            .map_err(Into::into)
+    }
+
+    /// Begins a transaction with the node's default isolation.
+    pub fn begin(&self) -> Result<TxnId, RemoteError> {
+        self.begin_isolation(pb::Isolation::Default)
+    }
+
+    pub fn begin_with(&self, isolation: Isolation) -> Result<TxnId, RemoteError> {
+        self.begin_isolation(match isolation {
+            Isolation::Snapshot => pb::Isolation::Snapshot,
+            Isolation::ReadCommitted => pb::Isolation::ReadCommitted,
+        })
+    }
+
+    fn begin_isolation(&self, isolation: pb::Isolation) -> Result<TxnId, RemoteError> {
+        let req = pb::BeginRequest {
+            isolation: isolation as i32,
+        };
+        self.call(|mut c| async move { c.begin(req).await })
+            .map(|r| TxnId(r.into_inner().txn_id))
+            .map_err(Into::into)
+    }
+
+    pub fn get(&self, txn: TxnId, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RemoteError> {
+        let req = pb::GetRequest {
+            txn_id: txn.0,
+            table: table.to_string(),
+            key: key.to_vec(),
+        };
+        self.call(|mut c| async move { c.get(req).await })
+            .map(|r| r.into_inner().value)
+            .map_err(Into::into)
+    }
+
+    pub fn put(
+        &self,
+        txn: TxnId,
+        table: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), RemoteError> {
+        let req = pb::PutRequest {
+            txn_id: txn.0,
+            table: table.to_string(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        self.call(|mut c| async move { c.put(req).await })
+            .map(|_| ())
+            .map_err(Into::into)
+    }
+
+    /// Deletes the row; returns whether a visible row was there.
+    pub fn delete(&self, txn: TxnId, table: &str, key: &[u8]) -> Result<bool, RemoteError> {
+        let req = pb::DeleteRequest {
+            txn_id: txn.0,
+            table: table.to_string(),
+            key: key.to_vec(),
+        };
+        self.call(|mut c| async move { c.delete(req).await })
+            .map(|r| r.into_inner().existed)
+            .map_err(Into::into)
+    }
+
+    /// Rows with keys in `range`, ascending (or descending with `reverse`), at most
+    /// `limit` of them — as [`crate::txn::Txn::scan`]. Answers the server cut short
+    /// (`max_scan_rows`) are continued from the last key.
+    pub fn scan(
+        &self,
+        txn: TxnId,
+        table: &str,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Row>, RemoteError> {
+        let to_pb = |b: Bound<&[u8]>| match b {
+            Bound::Included(k) => Some(pb::KeyBound {
+                key: k.to_vec(),
+                inclusive: true,
+            }),
+            Bound::Excluded(k) => Some(pb::KeyBound {
+                key: k.to_vec(),
+                inclusive: false,
+            }),
+            Bound::Unbounded => None,
+        };
+        let (mut start, mut end) = (to_pb(range.0), to_pb(range.1));
+        let mut out: Vec<Row> = Vec::new();
+        loop {
+            let left = limit.map(|l| l - out.len());
+            if left == Some(0) {
+                return Ok(out);
+            }
+            let req = pb::ScanRequest {
+                txn_id: txn.0,
+                table: table.to_string(),
+                start: start.clone(),
+                end: end.clone(),
+                reverse,
+                // A limit above u32::MAX is as good as none: the server caps anyway.
+                limit: left.map_or(0, |l| u32::try_from(l).unwrap_or(0)),
+            };
+            let answer = self
+                .call(|mut c| async move { c.scan(req).await })?
+                .into_inner();
+            out.extend(answer.rows.into_iter().map(|r| (r.key, r.value)));
+            let Some((last, _)) = out.last() else {
+                return Ok(out);
+            };
+            if !answer.truncated {
+                return Ok(out);
+            }
+            let rest = Some(pb::KeyBound {
+                key: last.clone(),
+                inclusive: false,
+            });
+            if reverse {
+                end = rest;
+            } else {
+                start = rest;
+            }
+        }
+    }
+
+    /// Commits; the session ends whatever the outcome.
+    pub fn commit(&self, txn: TxnId) -> Result<Timestamp, RemoteError> {
+        let req = pb::CommitRequest { txn_id: txn.0 };
+        self.call(|mut c| async move { c.commit(req).await })
+            .map(|r| Timestamp(r.into_inner().commit_ts))
+            .map_err(Into::into)
+    }
+
+    pub fn abort(&self, txn: TxnId) -> Result<(), RemoteError> {
+        let req = pb::AbortRequest { txn_id: txn.0 };
+        self.call(|mut c| async move { c.abort(req).await })
+            .map(|_| ())
+            .map_err(Into::into)
+    }
+}

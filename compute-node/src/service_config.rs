@@ -1,0 +1,248 @@
+//! The `compute-node` service configuration: one TOML file, every key optional, CLI flags
+//! override. The gRPC server's keys sit at the top level; the engine's
+//! ([`ComputeConfig`]) under `[node]`. See [`EXAMPLE`] (checked against the defaults by a
+//! test).
+
+use crate::grpc::SessionOptions;
+use crate::node::ComputeConfig;
+use common::config::ConfigError;
+use common::fabric::Endpoint;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `host:port` the gRPC server listens on (port 0: any free port; the bound address
+    /// is printed in the `READY` line).
+    pub listen: String,
+    /// `host:port` of the Prometheus metrics endpoint; empty: none.
+    pub metrics_listen: String,
+    /// Milliseconds a transaction may sit idle between calls before the server aborts it.
+    pub session_idle_timeout_ms: u64,
+    /// Transactions open at once over gRPC, at most (`Begin` beyond: RESOURCE_EXHAUSTED).
+    pub max_sessions: usize,
+    /// Rows one `Scan` answers at most (more: `truncated`, continue from the last key).
+    pub max_scan_rows: u32,
+    /// Async worker threads (gRPC I/O only; engine calls run on the blocking pool).
+    pub worker_threads: usize,
+    /// Threads running engine calls at once; they block on storage nodes, the GTM and
+    /// row-lock waits, so more than cores, but bounded.
+    pub max_blocking_threads: usize,
+    /// The engine: cluster endpoints, buffer pool, isolation, ... (`[node]` table).
+    pub node: ComputeConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            listen: "127.0.0.1:7500".into(),
+            metrics_listen: String::new(),
+            session_idle_timeout_ms: 60_000,
+            max_sessions: 10_000,
+            max_scan_rows: 10_000,
+            worker_threads: 2,
+            max_blocking_threads: 64,
+            node: ComputeConfig::default(),
+        }
+    }
+}
+
+/// A commented example configuration with the default values.
+pub const EXAMPLE: &str = r#"# compute-node configuration (all keys optional; values shown are the defaults)
+
+# host:port the gRPC server listens on (port 0: any free port, printed in the READY line)
+listen = "127.0.0.1:7500"
+# host:port of the Prometheus metrics endpoint; empty: none
+metrics_listen = ""
+# Milliseconds a transaction may sit idle between calls before the server aborts it
+session_idle_timeout_ms = 60000
+# Transactions open at once over gRPC, at most (Begin beyond: RESOURCE_EXHAUSTED)
+max_sessions = 10000
+# Rows one Scan answers at most (more: the answer is marked truncated)
+max_scan_rows = 10000
+# Async worker threads (gRPC I/O only)
+worker_threads = 2
+# Threads running engine calls at once (they block on storage, the GTM, lock waits)
+max_blocking_threads = 64
+
+[node]
+# This node's id (unique in the cluster, > 0)
+node_id = 1
+# GTM endpoint: tcp://host:port or shm:///path/to/gtm.sock
+gtm = "tcp://127.0.0.1:7000"
+# Storage-node endpoints; each owns a page-id range (learned when connecting)
+storage = ["tcp://127.0.0.1:7100"]
+# File holding the cluster key (at least 16 bytes)
+key_file = "cluster.key"
+# Buffer-pool frames (8 KiB each)
+buffer_frames = 16384
+# batched (confirm cached pages in one read per transaction start) or each_access
+validation = "batched"
+# lazy (keep page locks until another node asks) or eager
+lock_mode = "lazy"
+# Default isolation: snapshot or read_committed
+isolation = "snapshot"
+# Writers meeting an uncommitted version: wait_die or no_wait
+wait_policy = "wait_die"
+# Milliseconds between lease heartbeats (keep well below the GTM's lease)
+heartbeat_ms = 300
+# Seconds a call to a storage node or the GTM may take (lock waits included)
+rpc_timeout_s = 30
+"#;
+
+impl ServiceConfig {
+    /// Loads `path` (or the defaults when `None`); errors name the file and the key.
+    pub fn load(path: Option<&Path>) -> Result<ServiceConfig, ConfigError> {
+        common::config::load(path)
+    }
+
+    /// Checks values the types cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if let Err(e) = self.listen_addr() {
+            return bad("listen", e);
+        }
+        if !self.metrics_listen.is_empty() {
+            if let Err(e) = resolve(&self.metrics_listen) {
+                return bad("metrics_listen", e);
+            }
+        }
+        if !(100..=86_400_000).contains(&self.session_idle_timeout_ms) {
+            return bad(
+                "session_idle_timeout_ms",
+                format!("{} is outside 100..=86400000", self.session_idle_timeout_ms),
+            );
+        }
+        if self.max_sessions == 0 {
+            return bad("max_sessions", "must be at least 1".into());
+        }
+        if self.max_scan_rows == 0 {
+            return bad("max_scan_rows", "must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.worker_threads) {
+            return bad(
+                "worker_threads",
+                format!("{} is outside 1..=64", self.worker_threads),
+            );
+        }
+        if !(1..=4096).contains(&self.max_blocking_threads) {
+            return bad(
+                "max_blocking_threads",
+                format!("{} is outside 1..=4096", self.max_blocking_threads),
+            );
+        }
+        let n = &self.node;
+        if n.node_id == 0 {
+            return bad("node.node_id", "must be > 0".into());
+        }
+        if let Err(e) = n.gtm.parse::<Endpoint>() {
+            return bad("node.gtm", e);
+        }
+        if n.storage.is_empty() {
+            return bad("node.storage", "at least one endpoint is needed".into());
+        }
+        for s in &n.storage {
+            if let Err(e) = s.parse::<Endpoint>() {
+                return bad("node.storage", e);
+            }
+        }
+        if n.key_file.as_os_str().is_empty() {
+            return bad("node.key_file", "must not be empty".into());
+        }
+        if n.buffer_frames < 16 {
+            return bad(
+                "node.buffer_frames",
+                format!("{} is below the minimum of 16", n.buffer_frames),
+            );
+        }
+        if n.heartbeat_ms == 0 {
+            return bad("node.heartbeat_ms", "must be at least 1".into());
+        }
+        if n.rpc_timeout_s == 0 {
+            return bad("node.rpc_timeout_s", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The gRPC listen address, resolved.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        resolve(&self.listen)
+    }
+
+    /// The gRPC server's session settings.
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            idle_timeout: Duration::from_millis(self.session_idle_timeout_ms),
+            max_sessions: self.max_sessions,
+            max_scan_rows: self.max_scan_rows,
+        }
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("{addr:?} is not a host:port address ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_is_the_defaults() {
+        let c: ServiceConfig = common::config::parse(EXAMPLE, Path::new("example.toml")).unwrap();
+        assert_eq!(
+            toml::to_string(&c).unwrap(),
+            toml::to_string(&ServiceConfig::default()).unwrap()
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn every_key_is_in_the_example() {
+        let defaults = toml::to_string(&ServiceConfig::default()).unwrap();
+        for line in defaults.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    EXAMPLE.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                    "key {key} is missing from EXAMPLE"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let e = common::config::parse::<ServiceConfig>("lisen = \"x\"", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen") && e.contains("c.toml"), "{e}");
+        let e =
+            common::config::parse::<ServiceConfig>("[node]\nbuffer_frame = 3", Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("buffer_frame"), "{e}");
+        let c: ServiceConfig =
+            common::config::parse("[node]\nnode_id = 0", Path::new("c.toml")).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node.node_id"));
+        let c: ServiceConfig =
+            common::config::parse("listen = \"nowhere\"", Path::new("c.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("listen"));
+        let c: ServiceConfig =
+            common::config::parse("[node]\nstorage = [\"udp://x\"]", Path::new("c.toml")).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("node.storage"));
+    }
+}

@@ -1,0 +1,592 @@
+//! The `compute-node` binary over gRPC: a real process joined (over tcp) to an embedded
+//! storage node + GTM, driven through `RemoteNode`.
+
+use cluster::{ClusterOptions, EmbeddedCluster};
+use common::fabric::Transport;
+use common::proto::compute as pb;
+use compute_node::grpc::ErrorKind;
+use compute_node::grpc_client::{RemoteError, RemoteNode};
+use std::io::{BufRead, BufReader};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_compute-node");
+
+fn cluster() -> EmbeddedCluster {
+    EmbeddedCluster::start(ClusterOptions {
+        compute_nodes: 0,
+        transport: Transport::Tcp,
+        pages_per_storage_node: 1 << 16,
+        storage_memory: 64 << 20,
+        ..ClusterOptions::default()
+    })
+    .expect("start storage + GTM")
+}
+
+/// A config joining `c` as node `node_id`, plus `extra` top-level keys.
+fn write_config(c: &EmbeddedCluster, node_id: u32, extra: &str) -> PathBuf {
+    let storage: Vec<String> = c
+        .storage_endpoints()
+        .iter()
+        .map(|e| format!("{:?}", e.to_string()))
+        .collect();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{extra}\n\n[node]\nnode_id = {node_id}\ngtm = {:?}\nstorage = [{}]\nkey_file = {:?}\nbuffer_frames = 1024\nheartbeat_ms = 100\n",
+        c.gtm_endpoint().to_string(),
+        storage.join(", "),
+        c.key_file().display().to_string(),
+    );
+    let path = c.dir().join(format!("compute-{node_id}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `compute-node` process.
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(config: &Path) -> Server {
+        let log = config.with_extension("log");
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn compute-node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addr) = line.strip_prefix("READY ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "compute-node did not print READY; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn connect(&self) -> RemoteNode {
+        RemoteNode::connect(&self.addr).expect("connect to compute-node")
+    }
+
+    fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("compute-node did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn expect_kind<T: std::fmt::Debug>(r: Result<T, RemoteError>, kind: ErrorKind) -> RemoteError {
+    let e = r.expect_err("call should fail");
+    assert_eq!(e.kind, kind, "{e}");
+    assert_eq!(e.code, kind.code(), "{e}");
+    e
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn keys(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {
+    rows.iter()
+        .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn tables_and_transactions_over_grpc() {
+    let c = cluster();
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = Server::start(&write_config(
+        &c,
+        1,
+        &format!("max_scan_rows = 5\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
+    ));
+    let node = server.connect();
+
+    let health = node.health().unwrap();
+    assert_eq!(health.status(), pb::health_response::Status::Serving);
+    assert_eq!(health.node_id, 1);
+
+    node.create_table("accounts").unwrap();
+    assert!(!node.ensure_table("accounts").unwrap());
+    assert!(node.ensure_table("other").unwrap());
+    expect_kind(node.create_table("accounts"), ErrorKind::TableExists);
+
+    let t = node.begin().unwrap();
+    for i in 0..23u32 {
+        node.put(
+            t,
+            "accounts",
+            format!("k{i:02}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        node.get(t, "accounts", b"k07").unwrap(),
+        Some(b"v7".to_vec())
+    );
+    assert_eq!(node.get(t, "accounts", b"nope").unwrap(), None);
+    let cts = node.commit(t).unwrap();
+    assert!(cts.0 > 0);
+    // The session is gone after commit.
+    expect_kind(node.get(t, "accounts", b"k07"), ErrorKind::BadRequest);
+
+    let t = node.begin().unwrap();
+    let all = node.scan(
+        t,
+        "accounts",
+        (Bound::Unbounded, Bound::Unbounded),
+        false,
+        None,
+    );
+    let all = all.unwrap();
+    assert_eq!(
+        all.len(),
+        23,
+        "the client continues scans the server cut at 5 rows"
+    );
+    assert_eq!(all[22], (b"k22".to_vec(), b"v22".to_vec()));
+    let range = node
+        .scan(
+            t,
+            "accounts",
+            (Bound::Excluded(b"k03"), Bound::Included(b"k06")),
+            false,
+            None,
+        )
+        .unwrap();
+    assert_eq!(keys(&range), ["k04", "k05", "k06"]);
+    let rev = node
+        .scan(
+            t,
+            "accounts",
+            (Bound::Unbounded, Bound::Excluded(b"k20")),
+            true,
+            Some(7),
+        )
+        .unwrap();
+    assert_eq!(
+        keys(&rev),
+        ["k19", "k18", "k17", "k16", "k15", "k14", "k13"]
+    );
+    // One raw call shows the server's cap.
+    let raw = node
+        .call(|mut cl| async move {
+            cl.scan(pb::ScanRequest {
+                txn_id: t.0,
+                table: "accounts".into(),
+                ..Default::default()
+            })
+            .await
+        })
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw.rows.len(), 5);
+    assert!(raw.truncated);
+
+    assert!(node.delete(t, "accounts", b"k00").unwrap());
+    assert!(!node.delete(t, "accounts", b"k00").unwrap());
+    node.put(t, "accounts", b"k01", b"changed").unwrap();
+    node.commit(t).unwrap();
+
+    let t = node.begin().unwrap();
+    assert_eq!(node.get(t, "accounts", b"k00").unwrap(), None);
+    assert_eq!(
+        node.get(t, "accounts", b"k01").unwrap(),
+        Some(b"changed".to_vec())
+    );
+    node.put(t, "accounts", b"k02", b"never").unwrap();
+    node.abort(t).unwrap();
+    let t = node
+        .begin_with(compute_node::txn::Isolation::ReadCommitted)
+        .unwrap();
+    assert_eq!(
+        node.get(t, "accounts", b"k02").unwrap(),
+        Some(b"v2".to_vec())
+    );
+    node.commit(t).unwrap();
+
+    let st = node.cluster_status().unwrap();
+    assert_eq!(st.node_id, 1);
+    assert!(st.epoch > 0);
+    assert!(st.lease_ms > 0 && st.lease_remaining_ms > 0, "{st:?}");
+    assert_eq!(st.validation, "batched");
+    assert_eq!(st.lock_mode, "lazy");
+    assert_eq!(st.storage.len(), 1);
+    assert_eq!(st.buffer_pool.unwrap().capacity, 1024);
+    let engine = st.engine.unwrap();
+    assert!(engine.committed >= 3, "{engine:?}");
+    let sessions = st.sessions.unwrap();
+    assert_eq!(sessions.open, 0);
+    assert_eq!(sessions.begun, 4);
+    assert_eq!(sessions.committed, 3);
+    assert_eq!(sessions.aborted, 1);
+    assert!(st.coherence.unwrap().round_trips > 0);
+
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        metrics.contains("compute_grpc_sessions_committed_total 3\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("compute_pool_frames 1024\n"), "{metrics}");
+}
+
+#[test]
+fn conflicts_are_retryable() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let node = server.connect();
+    node.create_table("t").unwrap();
+
+    // Wait-die: the younger writer of a row an older one holds dies.
+    let older = node.begin().unwrap();
+    let younger = node.begin().unwrap();
+    node.put(older, "t", b"row", b"older").unwrap();
+    let e = expect_kind(
+        node.put(younger, "t", b"row", b"younger"),
+        ErrorKind::Conflict,
+    );
+    assert!(e.is_retryable());
+    assert_eq!(e.code, tonic::Code::Aborted);
+    // The failed transaction stays open until the client aborts it.
+    assert_eq!(node.get(younger, "t", b"row").unwrap(), None);
+    node.abort(younger).unwrap();
+    node.commit(older).unwrap();
+
+    // First updater wins: a write to a row committed after the snapshot conflicts.
+    let stale = node.begin().unwrap();
+    let fresh = node.begin().unwrap();
+    node.put(fresh, "t", b"row", b"fresh").unwrap();
+    node.commit(fresh).unwrap();
+    let e = expect_kind(node.put(stale, "t", b"row", b"stale"), ErrorKind::Conflict);
+    assert!(e.is_retryable());
+    node.abort(stale).unwrap();
+
+    // Clients that retry on retryable errors serialize: concurrent increments add up.
+    let node = Arc::new(node);
+    let t = node.begin().unwrap();
+    node.put(t, "t", b"counter", b"0").unwrap();
+    node.commit(t).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let mut retries = 0;
+                for _ in 0..10 {
+                    loop {
+                        let t = node.begin().unwrap();
+                        let r = (|| {
+                            let v = node.get(t, "t", b"counter")?.unwrap();
+                            let n: u64 = String::from_utf8(v).unwrap().parse().unwrap();
+                            node.put(t, "t", b"counter", (n + 1).to_string().as_bytes())?;
+                            node.commit(t)
+                        })();
+                        match r {
+                            Ok(_) => break,
+                            Err(e) if e.is_retryable() => {
+                                retries += 1;
+                                let _ = node.abort(t);
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                retries
+            })
+        })
+        .collect();
+    let retries: u32 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!("{retries} retries");
+    let t = node.begin().unwrap();
+    assert_eq!(node.get(t, "t", b"counter").unwrap(), Some(b"40".to_vec()));
+    node.commit(t).unwrap();
+    let st = node.cluster_status().unwrap();
+    assert!(st.engine.unwrap().conflicts >= 2);
+    assert_eq!(st.sessions.unwrap().open, 0);
+}
+
+#[test]
+fn bad_input_is_invalid_argument_and_the_server_keeps_serving() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let node = server.connect();
+    node.create_table("t").unwrap();
+    let unknown = common::ids::TxnId(0xdead_beef_0000);
+    let zero = common::ids::TxnId(0);
+    // The kind travels in a trailer, beside the code.
+    let raw = node
+        .call(|mut cl| async move {
+            cl.get(pb::GetRequest {
+                txn_id: unknown.0,
+                table: "t".into(),
+                key: b"k".to_vec(),
+            })
+            .await
+        })
+        .unwrap_err();
+    assert_eq!(raw.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        raw.metadata()
+            .get(pb::ERROR_KIND_KEY)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "bad_request"
+    );
+    assert!(raw.message().contains("unknown transaction"), "{raw:?}");
+    expect_kind(node.get(unknown, "t", b"k"), ErrorKind::BadRequest);
+    expect_kind(node.put(zero, "t", b"k", b"v"), ErrorKind::BadRequest);
+    expect_kind(node.delete(unknown, "t", b"k"), ErrorKind::BadRequest);
+    expect_kind(
+        node.scan(
+            unknown,
+            "t",
+            (Bound::Unbounded, Bound::Unbounded),
+            false,
+            None,
+        ),
+        ErrorKind::BadRequest,
+    );
+    expect_kind(node.commit(unknown), ErrorKind::BadRequest);
+    expect_kind(node.abort(zero), ErrorKind::BadRequest);
+    expect_kind(node.create_table(""), ErrorKind::BadRequest);
+    expect_kind(node.create_table(&"x".repeat(300)), ErrorKind::BadRequest);
+    let bad_isolation = node
+        .call(|mut cl| async move { cl.begin(pb::BeginRequest { isolation: 99 }).await })
+        .map_err(RemoteError::from);
+    expect_kind(bad_isolation, ErrorKind::BadRequest);
+
+    let t = node.begin().unwrap();
+    expect_kind(node.get(t, "", b"k"), ErrorKind::BadRequest);
+    expect_kind(node.get(t, "missing", b"k"), ErrorKind::NoSuchTable);
+    expect_kind(node.put(t, "t", &[7u8; 5000], b"v"), ErrorKind::BadRequest);
+    expect_kind(
+        node.put(t, "t", b"k", &[7u8; 100_000]),
+        ErrorKind::BadRequest,
+    );
+    expect_kind(
+        node.scan(
+            t,
+            "t",
+            (Bound::Included(&[1u8; 5000][..]), Bound::Unbounded),
+            false,
+            None,
+        ),
+        ErrorKind::BadRequest,
+    );
+    // None of that hurt the transaction or the server.
+    node.put(t, "t", b"k", b"v").unwrap();
+    node.commit(t).unwrap();
+    expect_kind(node.commit(t), ErrorKind::BadRequest);
+    expect_kind(node.abort(t), ErrorKind::BadRequest);
+
+    // Garbage bytes on the gRPC port do not take the server down either.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+        let _ = s.write_all(b"\x00\x01garbage that is not HTTP/2\r\n\r\n");
+    }
+    let node2 = server.connect();
+    let t = node2.begin().unwrap();
+    assert_eq!(node2.get(t, "t", b"k").unwrap(), Some(b"v".to_vec()));
+    node2.commit(t).unwrap();
+    assert_eq!(
+        node2.health().unwrap().status(),
+        pb::health_response::Status::Serving
+    );
+}
+
+#[test]
+fn idle_sessions_are_aborted() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, "session_idle_timeout_ms = 300"));
+    let node = server.connect();
+    node.create_table("t").unwrap();
+    let idle = node.begin().unwrap();
+    node.put(idle, "t", b"row", b"idle").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let e = expect_kind(node.get(idle, "t", b"row"), ErrorKind::Conflict);
+    assert!(e.is_retryable() && e.message.contains("idle"), "{e}");
+    // Its write intent no longer blocks anyone (an open older writer would make this
+    // younger one die).
+    let t = node.begin().unwrap();
+    assert_eq!(node.get(t, "t", b"row").unwrap(), None);
+    node.put(t, "t", b"row", b"busy").unwrap();
+    node.commit(t).unwrap();
+    let st = node.cluster_status().unwrap().sessions.unwrap();
+    assert_eq!(st.idle_aborted, 1);
+    assert_eq!(st.open, 0);
+}
+
+#[test]
+fn sigterm_aborts_open_sessions_and_exits_zero() {
+    let c = cluster();
+    let config = write_config(&c, 1, "");
+    let mut server = Server::start(&config);
+    let node = server.connect();
+    node.create_table("t").unwrap();
+    let t = node.begin().unwrap();
+    node.put(t, "t", b"committed", b"yes").unwrap();
+    node.commit(t).unwrap();
+    let open = node.begin().unwrap();
+    node.put(open, "t", b"open", b"never committed").unwrap();
+
+    server.sigterm();
+    let status = server.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}; log:\n{}", server.log_text());
+    let log = strip_ansi(&server.log_text());
+    assert!(log.contains("open transactions aborted aborted=1"), "{log}");
+    assert!(log.contains("clean shutdown"), "{log}");
+    // Calls after the shutdown fail as transport errors, not hangs.
+    expect_kind(node.get(open, "t", b"open"), ErrorKind::Transport);
+    drop(node);
+
+    // A new incarnation of the node sees the committed row and not the aborted one, and
+    // may write that row (wait-die would kill this younger writer if the old one were
+    // still in progress).
+    let server = Server::start(&config);
+    let node = server.connect();
+    let t = node.begin().unwrap();
+    assert_eq!(
+        node.get(t, "t", b"committed").unwrap(),
+        Some(b"yes".to_vec())
+    );
+    assert_eq!(node.get(t, "t", b"open").unwrap(), None);
+    node.put(t, "t", b"open", b"now").unwrap();
+    node.commit(t).unwrap();
+}
+
+#[test]
+fn bad_config_exits_nonzero_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        let path = dir.path().join("compute.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+            path,
+        )
+    };
+    let (st, err, path) = run("listen = \"127.0.0.1:0\"\nbogus_key = 1\n");
+    assert!(!st.success());
+    assert!(err.contains("bogus_key"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+
+    let (st, err, _) = run("[node]\nbuffer_framez = 16\n");
+    assert!(!st.success());
+    assert!(err.contains("buffer_framez"), "{err}");
+
+    let (st, err, path) = run("[node]\nnode_id = 0\n");
+    assert!(!st.success());
+    assert!(
+        err.contains("node.node_id") && err.contains(&path.display().to_string()),
+        "{err}"
+    );
+
+    let (st, err, _) = run("session_idle_timeout_ms = \"soon\"\n");
+    assert!(!st.success());
+    assert!(err.contains("session_idle_timeout_ms"), "{err}");
+
+    // The example config is what the binary prints, and it loads.
+    let out = Command::new(BIN)
+        .arg("--print-example-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, compute_node::service_config::EXAMPLE);
+    let cfg: compute_node::service_config::ServiceConfig =
+        common::config::parse(&text, Path::new("example.toml")).unwrap();
+    cfg.validate().unwrap();
+
+    // A cluster that is not there: a clear error, non-zero exit.
+    let (st, err, _) = run(&format!(
+        "listen = \"127.0.0.1:0\"\n[node]\ngtm = \"tcp://127.0.0.1:1\"\nkey_file = {:?}\n",
+        dir.path().join("missing.key").display().to_string()
+    ));
+    assert!(!st.success());
+    assert!(err.contains("missing.key"), "{err}");
+}
