@@ -15,6 +15,8 @@
 //!   batched validation, lazy X page locks with revocation (invariants 1, 2).
 //! * [`buffer_pool`] — frames, page table, pins, CLOCK, epoch-based reclamation.
 //! * [`pager`] — the page interface trees are written against.
+//! * [`grpc`], [`grpc_client`], [`service_config`] — the `compute-node` service: the same
+//!   operations over gRPC with server-side sessions, its blocking client, its config.
 
 pub mod btree;
 pub mod buffer_pool;

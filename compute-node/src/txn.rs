@@ -94,6 +94,9 @@ impl From<BTreeError> for TxnError {
     fn from(e: BTreeError) -> Self {
         match e {
             BTreeError::Pager(p) => p.into(),
+            e @ (BTreeError::KeyTooLarge { .. } | BTreeError::EntryTooLarge { .. }) => {
+                TxnError::BadRequest(e.to_string())
+            }
             other => TxnError::Corrupt(other.to_string()),
         }
     }
