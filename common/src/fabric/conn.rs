@@ -474,28 +474,41 @@ enum Reply {
     OneSided(Vec<OpResult>),
 }
 
-/// Where one caller waits for its answer (parked, woken by the reader).
+/// Where one caller waits for its answer. A condition variable rather than thread
+/// park/unpark: an unpark that races a caller which already saw its answer would leave a
+/// token behind and make the caller's next, unrelated `park` return at once.
 struct Slot {
     value: Mutex<Option<Option<Reply>>>,
-    waiter: std::thread::Thread,
+    ready: Condvar,
 }
 
 impl Slot {
-    fn for_current_thread() -> Slot {
+    fn new() -> Slot {
         Slot {
             value: Mutex::new(None),
-            waiter: std::thread::current(),
+            ready: Condvar::new(),
         }
     }
 
     /// `None` means the connection died before the answer came.
     fn fill(&self, v: Option<Reply>) {
         *self.value.lock() = Some(v);
-        self.waiter.unpark();
+        self.ready.notify_one();
     }
 
     fn take(&self) -> Option<Option<Reply>> {
         self.value.lock().take()
+    }
+
+    /// Waits until filled or `deadline`; the answer, or `None` on timeout.
+    fn wait_until(&self, deadline: Instant) -> Option<Option<Reply>> {
+        let mut v = self.value.lock();
+        while v.is_none() {
+            if self.ready.wait_until(&mut v, deadline).timed_out() {
+                break;
+            }
+        }
+        v.take()
     }
 }
 
@@ -595,7 +608,7 @@ impl ClientCore {
             return Err(FabricError::Disconnected);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot::for_current_thread());
+        let slot = Arc::new(Slot::new());
         self.pending.insert(id, slot.clone());
         if self.outbox.push(item(id)).is_err() {
             self.pending.remove(id);
@@ -613,20 +626,14 @@ impl ClientCore {
             std::thread::yield_now();
         }
         let deadline = start + self.timeout;
-        loop {
-            if let Some(v) = slot.take() {
-                return v.ok_or(FabricError::Disconnected);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.pending.remove(id);
-                // The answer may have landed between the check and the removal.
-                return match slot.take() {
-                    Some(v) => v.ok_or(FabricError::Disconnected),
-                    None => Err(FabricError::Timeout(self.timeout)),
-                };
-            }
-            std::thread::park_timeout(deadline - now);
+        if let Some(v) = slot.wait_until(deadline) {
+            return v.ok_or(FabricError::Disconnected);
+        }
+        self.pending.remove(id);
+        // The answer may have landed between the timeout and the removal.
+        match slot.take() {
+            Some(v) => v.ok_or(FabricError::Disconnected),
+            None => Err(FabricError::Timeout(self.timeout)),
         }
     }
 

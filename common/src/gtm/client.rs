@@ -276,7 +276,16 @@ impl GtmClient {
                         }
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
                     }
-                    std::thread::park_timeout(every);
+                    // Sleep the full interval: park may return early (spurious wake-ups),
+                    // and only `stop` should cut the wait short.
+                    let next = Instant::now() + every;
+                    while !stop2.load(Ordering::Acquire) {
+                        let now = Instant::now();
+                        if now >= next {
+                            break;
+                        }
+                        std::thread::park_timeout(next - now);
+                    }
                 }
             })
             .expect("spawn heartbeat thread");
