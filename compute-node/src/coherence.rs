@@ -356,11 +356,18 @@ impl CoherentPager {
         for (i, pages) in by_node {
             let ids: Vec<PageId> = pages.iter().map(|(p, _)| *p).collect();
             self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
-            let entries = self
-                .storage
-                .node(i)
-                .read_dir_entries(&ids)
-                .map_err(storage_err)?;
+            let client = self.storage.node(i);
+            let lo = ids.iter().min().copied().expect("non-empty");
+            let hi = ids.iter().max().copied().expect("non-empty");
+            let span = hi.0 - lo.0 + 1;
+            // Dense enough: one sequential read of the directory range beats one small
+            // read per page.
+            let entries = if span <= 8 * ids.len() as u64 {
+                let range = client.read_dir_range(lo, span).map_err(storage_err)?;
+                ids.iter().map(|p| range[(p.0 - lo.0) as usize]).collect()
+            } else {
+                client.read_dir_entries(&ids).map_err(storage_err)?
+            };
             for ((page, ver), e) in pages.into_iter().zip(entries) {
                 let Some(pin) = self.pool.pin(page) else {
                     continue;
