@@ -188,3 +188,50 @@ fn concurrent_inserts_splitting_the_same_tree_lose_no_key() {
         tx.commit().unwrap();
     }
 }
+
+#[test]
+fn eager_locks_and_per_access_validation_give_the_same_results() {
+    common::service::init_tracing("warn");
+    let mut compute = compute_node::node::ComputeConfig::default();
+    compute.lock_mode = compute_node::coherence::LockMode::Eager;
+    compute.validation = compute_node::coherence::ValidationMode::EachAccess;
+    let c = Arc::new(
+        EmbeddedCluster::start(ClusterOptions {
+            compute_nodes: 2,
+            storage_memory: 32 << 20,
+            pages_per_storage_node: 1 << 16,
+            buffer_frames: 2048,
+            compute,
+            ..ClusterOptions::default()
+        })
+        .unwrap(),
+    );
+    let t = c.nodes[0].create_table("eager").unwrap();
+    let threads: Vec<_> = (0..4usize)
+        .map(|i| {
+            let (c, t) = (c.clone(), t.clone());
+            std::thread::spawn(move || {
+                for j in 0..40u64 {
+                    let key = format!("c{}", j % 3);
+                    retry(&c.nodes[i % 2], |tx| {
+                        let v = get_u64(tx, &t, key.as_bytes())?;
+                        tx.put(&t, key.as_bytes(), &(v + 1).to_le_bytes())
+                    });
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    let total: u64 = retry(&c.nodes[1], |tx| {
+        (0..3)
+            .map(|k| get_u64(tx, &t, format!("c{k}").as_bytes()))
+            .sum()
+    });
+    assert_eq!(total, 160);
+    // Eager mode keeps no page locks between transactions.
+    for n in &c.nodes {
+        assert_eq!(n.engine().pager().held_locks(), 0);
+    }
+}

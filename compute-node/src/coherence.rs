@@ -567,6 +567,11 @@ impl CoherentPager {
         self.write_back_page(r.page, r.kind == RevocationKind::WriteBackAndRelease)
     }
 
+    /// Number of pages whose global X lock this node holds right now.
+    pub fn held_locks(&self) -> usize {
+        self.held.len()
+    }
+
     /// Drops every cached page this node does not hold locked (benchmarks' cold pool).
     pub fn evict_unlocked(&self) -> usize {
         self.pool
