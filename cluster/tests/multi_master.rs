@@ -192,9 +192,11 @@ fn concurrent_inserts_splitting_the_same_tree_lose_no_key() {
 #[test]
 fn eager_locks_and_per_access_validation_give_the_same_results() {
     common::service::init_tracing("warn");
-    let mut compute = compute_node::node::ComputeConfig::default();
-    compute.lock_mode = compute_node::coherence::LockMode::Eager;
-    compute.validation = compute_node::coherence::ValidationMode::EachAccess;
+    let compute = compute_node::node::ComputeConfig {
+        lock_mode: compute_node::coherence::LockMode::Eager,
+        validation: compute_node::coherence::ValidationMode::EachAccess,
+        ..Default::default()
+    };
     let c = Arc::new(
         EmbeddedCluster::start(ClusterOptions {
             compute_nodes: 2,
