@@ -5,21 +5,46 @@
 //! transaction engine, installs the revocation handlers (lazy lock release), starts
 //! lease heartbeats, and opens (or bootstraps) the catalog.
 //!
+//! Joining a running cluster (the endpoints and key file of its GTM and storage nodes):
+//!
 //! ```no_run
 //! use compute_node::node::{ComputeConfig, ComputeNode};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cfg = ComputeConfig {
 //!     node_id: 1,
-//!     gtm: "tcp://127.0.0.1:7000".into(),
+//!     gtm: "tcp://127.0.0.1:7400".into(),
 //!     storage: vec!["tcp://127.0.0.1:7100".into()],
 //!     key_file: "cluster.key".into(),
 //!     ..ComputeConfig::default()
 //! };
 //! let node = ComputeNode::start(&cfg)?;
-//! let accounts = node.create_table("accounts")?;
-//! let mut txn = node.begin()?;
+//! # Ok(()) }
+//! ```
+//!
+//! A runnable example on an embedded cluster (storage node + GTM in this process, from
+//! the `cluster` crate), with two compute nodes writing and reading the same table:
+//!
+//! ```
+//! use cluster::{ClusterOptions, EmbeddedCluster};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = EmbeddedCluster::start(ClusterOptions {
+//!     compute_nodes: 2,
+//!     storage_memory: 16 << 20,
+//!     pages_per_storage_node: 4096,
+//!     buffer_frames: 256,
+//!     ..ClusterOptions::default()
+//! })?;
+//! let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+//! let accounts = a.create_table("accounts")?;
+//!
+//! let mut txn = a.begin()?;
 //! txn.put(&accounts, b"alice", b"100")?;
 //! assert_eq!(txn.get(&accounts, b"alice")?, Some(b"100".to_vec()));
+//! txn.commit()?; // redo forced on the storage node, then the commit record at the GTM
+//!
+//! // The other node sees the committed row (its pages are validated after its snapshot).
+//! let mut txn = b.begin()?;
+//! assert_eq!(txn.get(&b.table("accounts")?, b"alice")?, Some(b"100".to_vec()));
 //! txn.commit()?;
 //! # Ok(()) }
 //! ```
