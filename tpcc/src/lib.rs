@@ -1,0 +1,27 @@
+//! # tpcc
+//!
+//! The TPC-C harness (TPC-C standard specification, revision 5.11) for the
+//! disaggregated shared-buffer engine: it starts an embedded cluster, loads the nine
+//! tables with the spec's cardinalities and data rules, drives the five transactions
+//! from logical terminals, reports tpmC, latency percentiles, abort and retry rates and
+//! the input-variability figures, and checks the twelve consistency conditions.
+//!
+//! * [`random`] — NURand (clause 2.1.6) with per-run C constants, last names, strings.
+//! * [`schema`] — tables, secondary indexes, order-preserving keys, row codecs.
+//! * [`load`] — the initial population (clause 4.3.3.1), in parallel batches.
+//! * [`transactions`] — New-Order, Payment, Order-Status, Delivery, Stock-Level
+//!   (clauses 2.4-2.8): input generation and transaction profiles.
+//! * [`driver`] — terminals, the mix deck, retries, warm-up and measurement windows.
+//! * [`metrics`] — histograms and counters; [`report`] — table and JSON.
+//! * [`check`] — consistency conditions 1-12 (clause 3.3.2).
+//! * [`bench`] — one run end to end (what the binary calls).
+
+pub mod bench;
+pub mod check;
+pub mod driver;
+pub mod load;
+pub mod metrics;
+pub mod random;
+pub mod report;
+pub mod schema;
+pub mod transactions;

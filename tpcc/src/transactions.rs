@@ -1,0 +1,565 @@
+//! The five TPC-C transactions, clauses 2.4 to 2.8: input generation (the terminal's
+//! side of each clause's "input data" section) apart from execution (the
+//! "transaction profile"), so a retried attempt runs with the same inputs.
+//!
+//! Execution functions take an open transaction and leave commit or abort to the
+//! caller ([`crate::driver`]); New-Order returns [`Outcome::RolledBack`] for its
+//! unused-item case, which the caller aborts as a business rollback.
+
+use crate::random::{self, NuRandConstants};
+use crate::schema::*;
+use compute_node::txn::{Row, Table, Txn, TxnError};
+use rand::Rng;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Transaction types, in mix order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TxnKind {
+    NewOrder,
+    Payment,
+    OrderStatus,
+    Delivery,
+    StockLevel,
+}
+
+impl TxnKind {
+    pub const ALL: [TxnKind; 5] = [
+        TxnKind::NewOrder,
+        TxnKind::Payment,
+        TxnKind::OrderStatus,
+        TxnKind::Delivery,
+        TxnKind::StockLevel,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            TxnKind::NewOrder => "new_order",
+            TxnKind::Payment => "payment",
+            TxnKind::OrderStatus => "order_status",
+            TxnKind::Delivery => "delivery",
+            TxnKind::StockLevel => "stock_level",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    /// Keying time and mean think time in seconds (clause 5.2.5.7).
+    pub fn keying_think_s(self) -> (f64, f64) {
+        match self {
+            TxnKind::NewOrder => (18.0, 12.0),
+            TxnKind::Payment => (3.0, 12.0),
+            TxnKind::OrderStatus => (2.0, 10.0),
+            TxnKind::Delivery => (2.0, 5.0),
+            TxnKind::StockLevel => (2.0, 5.0),
+        }
+    }
+}
+
+impl fmt::Display for TxnKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a terminal's inputs depend on.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    pub warehouses: u32,
+    pub items: u32,
+    pub c_run: NuRandConstants,
+}
+
+/// How a customer is selected (clauses 2.5.1.2, 2.6.1.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CustomerSel {
+    Id(u32),
+    LastName(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct OrderLineInput {
+    pub i_id: u32,
+    pub supply_w_id: u32,
+    pub quantity: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewOrderInput {
+    pub w: u32,
+    pub d: u32,
+    pub c: u32,
+    pub lines: Vec<OrderLineInput>,
+    /// The last line names an unused item: the transaction must roll back.
+    pub rollback: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct PaymentInput {
+    pub w: u32,
+    pub d: u32,
+    pub c_w: u32,
+    pub c_d: u32,
+    pub customer: CustomerSel,
+    /// Cents.
+    pub amount: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct OrderStatusInput {
+    pub w: u32,
+    pub d: u32,
+    pub customer: CustomerSel,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeliveryInput {
+    pub w: u32,
+    pub carrier: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct StockLevelInput {
+    pub w: u32,
+    pub d: u32,
+    pub threshold: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    NewOrder(NewOrderInput),
+    Payment(PaymentInput),
+    OrderStatus(OrderStatusInput),
+    Delivery(DeliveryInput),
+    StockLevel(StockLevelInput),
+}
+
+impl Input {
+    pub fn kind(&self) -> TxnKind {
+        match self {
+            Input::NewOrder(_) => TxnKind::NewOrder,
+            Input::Payment(_) => TxnKind::Payment,
+            Input::OrderStatus(_) => TxnKind::OrderStatus,
+            Input::Delivery(_) => TxnKind::Delivery,
+            Input::StockLevel(_) => TxnKind::StockLevel,
+        }
+    }
+}
+
+/// How an execution ended (before commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Commit it.
+    Done,
+    /// New-Order's unused item: abort it (a business rollback, clause 2.4.2.3).
+    RolledBack,
+    /// Delivery: commit it; `skipped` districts had no undelivered order.
+    Delivered { skipped: u32 },
+}
+
+fn other_warehouse<R: Rng>(rng: &mut R, w: u32, warehouses: u32) -> u32 {
+    let o = rng.gen_range(1..warehouses);
+    if o >= w {
+        o + 1
+    } else {
+        o
+    }
+}
+
+fn customer_sel<R: Rng>(rng: &mut R, wl: &Workload) -> CustomerSel {
+    if rng.gen_range(1..=100) <= 60 {
+        let n = random::nurand(rng, random::A_C_LAST, wl.c_run.c_last, 0, 999);
+        CustomerSel::LastName(random::last_name(n))
+    } else {
+        CustomerSel::Id(random::nurand(
+            rng,
+            random::A_C_ID,
+            wl.c_run.c_id,
+            1,
+            CUSTOMERS_PER_DISTRICT,
+        ))
+    }
+}
+
+/// Clause 2.4.1.
+pub fn gen_new_order<R: Rng>(rng: &mut R, wl: &Workload, w: u32) -> NewOrderInput {
+    let d = rng.gen_range(1..=DISTRICTS_PER_WAREHOUSE);
+    let c = random::nurand(
+        rng,
+        random::A_C_ID,
+        wl.c_run.c_id,
+        1,
+        CUSTOMERS_PER_DISTRICT,
+    );
+    let ol_cnt = rng.gen_range(5..=15);
+    let rollback = rng.gen_range(1..=100) == 1;
+    let lines = (1..=ol_cnt)
+        .map(|n| {
+            let i_id = if rollback && n == ol_cnt {
+                wl.items + 1
+            } else {
+                random::nurand(rng, random::A_OL_I_ID, wl.c_run.ol_i_id, 1, wl.items)
+            };
+            let supply_w_id = if wl.warehouses > 1 && rng.gen_range(1..=100) == 1 {
+                other_warehouse(rng, w, wl.warehouses)
+            } else {
+                w
+            };
+            OrderLineInput {
+                i_id,
+                supply_w_id,
+                quantity: rng.gen_range(1..=10),
+            }
+        })
+        .collect();
+    NewOrderInput {
+        w,
+        d,
+        c,
+        lines,
+        rollback,
+    }
+}
+
+/// Clause 2.5.1.
+pub fn gen_payment<R: Rng>(rng: &mut R, wl: &Workload, w: u32) -> PaymentInput {
+    let d = rng.gen_range(1..=DISTRICTS_PER_WAREHOUSE);
+    let (c_w, c_d) = if wl.warehouses == 1 || rng.gen_range(1..=100) <= 85 {
+        (w, d)
+    } else {
+        (
+            other_warehouse(rng, w, wl.warehouses),
+            rng.gen_range(1..=DISTRICTS_PER_WAREHOUSE),
+        )
+    };
+    PaymentInput {
+        w,
+        d,
+        c_w,
+        c_d,
+        customer: customer_sel(rng, wl),
+        amount: rng.gen_range(100..=500_000),
+    }
+}
+
+/// Clause 2.6.1.
+pub fn gen_order_status<R: Rng>(rng: &mut R, wl: &Workload, w: u32) -> OrderStatusInput {
+    OrderStatusInput {
+        w,
+        d: rng.gen_range(1..=DISTRICTS_PER_WAREHOUSE),
+        customer: customer_sel(rng, wl),
+    }
+}
+
+/// Clause 2.7.1.
+pub fn gen_delivery<R: Rng>(rng: &mut R, w: u32) -> DeliveryInput {
+    DeliveryInput {
+        w,
+        carrier: rng.gen_range(1..=10),
+    }
+}
+
+/// Clause 2.8.1: the terminal's own (w, d), threshold in [10, 20].
+pub fn gen_stock_level<R: Rng>(rng: &mut R, w: u32, d: u32) -> StockLevelInput {
+    StockLevelInput {
+        w,
+        d,
+        threshold: rng.gen_range(10..=20),
+    }
+}
+
+fn corrupt(what: &str, e: impl fmt::Display) -> TxnError {
+    TxnError::Corrupt(format!("{what}: {e}"))
+}
+
+fn read<R: RowCodec>(txn: &mut Txn, t: &Table, k: &[u8], what: &str) -> Result<R, TxnError> {
+    let v = txn
+        .get(t, k)?
+        .ok_or_else(|| TxnError::Corrupt(format!("missing {what} row (key {k:02x?})")))?;
+    R::decode(&v).map_err(|e| corrupt(what, e))
+}
+
+fn write<R: RowCodec>(txn: &mut Txn, t: &Table, k: &[u8], row: &R) -> Result<(), TxnError> {
+    txn.put(t, k, &row.encode())
+}
+
+/// All keys with a u32 prefix, ascending or descending, at most `limit`.
+fn scan_prefix(
+    txn: &mut Txn,
+    t: &Table,
+    prefix: &[u8],
+    reverse: bool,
+    limit: Option<usize>,
+) -> Result<Vec<Row>, TxnError> {
+    let succ = prefix_successor(prefix);
+    let b = prefix_bounds(prefix, &succ);
+    txn.scan(t, as_ref(&b), reverse, limit)
+}
+
+/// Resolves a customer selection to (c_id, row): by last name, the customer at
+/// position ceil(n/2) of those with that name sorted by C_FIRST (clause 2.5.2.2).
+fn select_customer(
+    txn: &mut Txn,
+    t: &Tables,
+    w: u32,
+    d: u32,
+    sel: &CustomerSel,
+) -> Result<(u32, Customer), TxnError> {
+    let c = match sel {
+        CustomerSel::Id(c) => *c,
+        CustomerSel::LastName(last) => {
+            let p = key::customer_name_prefix(w, d, last);
+            let rows = scan_prefix(txn, &t.customer_by_name, &p, false, None)?;
+            if rows.is_empty() {
+                return Err(TxnError::Corrupt(format!(
+                    "no customer named {last} in warehouse {w} district {d}"
+                )));
+            }
+            let (k, _) = &rows[(rows.len() - 1) / 2];
+            key::customer_by_name_id(k).map_err(|e| corrupt("customer_by_name key", e))?
+        }
+    };
+    let row = read(txn, &t.customer, &key::customer(w, d, c), "customer")?;
+    Ok((c, row))
+}
+
+/// Clause 2.4.2.
+pub fn new_order(
+    txn: &mut Txn,
+    t: &Tables,
+    inp: &NewOrderInput,
+    now: u64,
+) -> Result<Outcome, TxnError> {
+    let (w, d) = (inp.w, inp.d);
+    let wh: Warehouse = read(txn, &t.warehouse, &key::warehouse(w), "warehouse")?;
+    let dk = key::district(w, d);
+    let mut dist: District = read(txn, &t.district, &dk, "district")?;
+    let o = dist.next_o_id;
+    dist.next_o_id += 1;
+    write(txn, &t.district, &dk, &dist)?;
+    let cust: Customer = read(txn, &t.customer, &key::customer(w, d, inp.c), "customer")?;
+    let all_local = inp.lines.iter().all(|l| l.supply_w_id == w);
+    let order = Order {
+        c_id: inp.c,
+        entry_d: now,
+        carrier_id: 0,
+        ol_cnt: inp.lines.len() as u32,
+        all_local: all_local as u8,
+    };
+    write(txn, &t.orders, &key::order(w, d, o), &order)?;
+    txn.put(&t.new_order, &key::order(w, d, o), &[])?;
+    txn.put(
+        &t.orders_by_customer,
+        &key::order_by_customer(w, d, inp.c, o),
+        &[],
+    )?;
+    let mut total = 0i64;
+    for (n, line) in inp.lines.iter().enumerate() {
+        let Some(iv) = txn.get(&t.item, &key::item(line.i_id))? else {
+            // "Item number is not valid": the whole transaction rolls back.
+            return Ok(Outcome::RolledBack);
+        };
+        let item = Item::decode(&iv).map_err(|e| corrupt("item", e))?;
+        let sk = key::stock(line.supply_w_id, line.i_id);
+        let mut st: Stock = read(txn, &t.stock, &sk, "stock")?;
+        st.quantity = if st.quantity >= line.quantity + 10 {
+            st.quantity - line.quantity
+        } else {
+            st.quantity + 91 - line.quantity
+        };
+        st.ytd += line.quantity as u64;
+        st.order_cnt += 1;
+        if line.supply_w_id != w {
+            st.remote_cnt += 1;
+        }
+        write(txn, &t.stock, &sk, &st)?;
+        let amount = line.quantity as i64 * item.price;
+        total += amount;
+        // Brand/generic (displayed, not stored): 'B' when both carry "ORIGINAL".
+        let _brand = item.data.contains("ORIGINAL") && st.data.contains("ORIGINAL");
+        let ol = OrderLine {
+            i_id: line.i_id,
+            supply_w_id: line.supply_w_id,
+            delivery_d: 0,
+            quantity: line.quantity,
+            amount,
+            dist_info: st.dist(d).to_string(),
+        };
+        write(
+            txn,
+            &t.order_line,
+            &key::order_line(w, d, o, n as u32 + 1),
+            &ol,
+        )?;
+    }
+    // Displayed total: sum * (1 - C_DISCOUNT) * (1 + W_TAX + D_TAX).
+    let _total = total as f64
+        * (1.0 - cust.discount as f64 / 1e4)
+        * (1.0 + (wh.tax + dist.tax) as f64 / 1e4);
+    Ok(Outcome::Done)
+}
+
+/// Clause 2.5.2. `history_key` makes the HISTORY row's key unique.
+pub fn payment(
+    txn: &mut Txn,
+    t: &Tables,
+    inp: &PaymentInput,
+    now: u64,
+    history_key: (u32, u64),
+) -> Result<Outcome, TxnError> {
+    let (w, d) = (inp.w, inp.d);
+    let wk = key::warehouse(w);
+    let mut wh: Warehouse = read(txn, &t.warehouse, &wk, "warehouse")?;
+    wh.ytd += inp.amount;
+    write(txn, &t.warehouse, &wk, &wh)?;
+    let dk = key::district(w, d);
+    let mut dist: District = read(txn, &t.district, &dk, "district")?;
+    dist.ytd += inp.amount;
+    write(txn, &t.district, &dk, &dist)?;
+    let (c, mut cust) = select_customer(txn, t, inp.c_w, inp.c_d, &inp.customer)?;
+    cust.balance -= inp.amount;
+    cust.ytd_payment += inp.amount;
+    cust.payment_cnt += 1;
+    if cust.credit == "BC" {
+        let mut data = format!(
+            "{c} {} {} {d} {w} {}.{:02}|",
+            inp.c_d,
+            inp.c_w,
+            inp.amount / 100,
+            inp.amount % 100
+        );
+        data.push_str(&cust.data);
+        data.truncate(500);
+        cust.data = data;
+    }
+    write(txn, &t.customer, &key::customer(inp.c_w, inp.c_d, c), &cust)?;
+    let h = History {
+        c_id: c,
+        c_d_id: inp.c_d,
+        c_w_id: inp.c_w,
+        d_id: d,
+        w_id: w,
+        date: now,
+        amount: inp.amount,
+        data: format!("{}    {}", wh.name, dist.name),
+    };
+    write(
+        txn,
+        &t.history,
+        &key::history(w, d, history_key.0, history_key.1),
+        &h,
+    )?;
+    Ok(Outcome::Done)
+}
+
+/// Clause 2.6.2 (read-only).
+pub fn order_status(
+    txn: &mut Txn,
+    t: &Tables,
+    inp: &OrderStatusInput,
+) -> Result<Outcome, TxnError> {
+    let (w, d) = (inp.w, inp.d);
+    let (c, _cust) = select_customer(txn, t, w, d, &inp.customer)?;
+    let latest = scan_prefix(
+        txn,
+        &t.orders_by_customer,
+        &key::prefix(&[w, d, c]),
+        true,
+        Some(1),
+    )?;
+    let Some((k, _)) = latest.first() else {
+        // Every customer has an order from the load; none means a broken index.
+        return Err(TxnError::Corrupt(format!(
+            "customer {w}/{d}/{c} has no order"
+        )));
+    };
+    let o = key::u32_at(k, 3);
+    let order: Order = read(txn, &t.orders, &key::order(w, d, o), "orders")?;
+    let lines = scan_prefix(txn, &t.order_line, &key::prefix(&[w, d, o]), false, None)?;
+    if lines.len() != order.ol_cnt as usize {
+        return Err(TxnError::Corrupt(format!(
+            "order {w}/{d}/{o} has {} lines, O_OL_CNT {}",
+            lines.len(),
+            order.ol_cnt
+        )));
+    }
+    for (_, v) in &lines {
+        OrderLine::decode(v).map_err(|e| corrupt("order_line", e))?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// Clause 2.7.4: one transaction over the warehouse's ten districts.
+pub fn delivery(
+    txn: &mut Txn,
+    t: &Tables,
+    inp: &DeliveryInput,
+    now: u64,
+) -> Result<Outcome, TxnError> {
+    let w = inp.w;
+    let mut skipped = 0;
+    for d in 1..=DISTRICTS_PER_WAREHOUSE {
+        let oldest = scan_prefix(txn, &t.new_order, &key::prefix(&[w, d]), false, Some(1))?;
+        let Some((nk, _)) = oldest.first() else {
+            skipped += 1;
+            continue;
+        };
+        let o = key::u32_at(nk, 2);
+        txn.delete(&t.new_order, nk)?;
+        let ok = key::order(w, d, o);
+        let mut order: Order = read(txn, &t.orders, &ok, "orders")?;
+        order.carrier_id = inp.carrier;
+        write(txn, &t.orders, &ok, &order)?;
+        let mut sum = 0i64;
+        for (lk, lv) in scan_prefix(txn, &t.order_line, &key::prefix(&[w, d, o]), false, None)? {
+            let mut ol = OrderLine::decode(&lv).map_err(|e| corrupt("order_line", e))?;
+            sum += ol.amount;
+            ol.delivery_d = now;
+            write(txn, &t.order_line, &lk, &ol)?;
+        }
+        let ck = key::customer(w, d, order.c_id);
+        let mut cust: Customer = read(txn, &t.customer, &ck, "customer")?;
+        cust.balance += sum;
+        cust.delivery_cnt += 1;
+        write(txn, &t.customer, &ck, &cust)?;
+    }
+    Ok(Outcome::Delivered { skipped })
+}
+
+/// Clause 2.8.2 (read-only): distinct items of the district's last 20 orders whose
+/// stock at the home warehouse is below the threshold.
+pub fn stock_level(
+    txn: &mut Txn,
+    t: &Tables,
+    inp: &StockLevelInput,
+) -> Result<(Outcome, u32), TxnError> {
+    let (w, d) = (inp.w, inp.d);
+    let dist: District = read(txn, &t.district, &key::district(w, d), "district")?;
+    let next = dist.next_o_id;
+    let lo = key::prefix(&[w, d, next.saturating_sub(20)]);
+    let hi = key::prefix(&[w, d, next]);
+    let lines = txn.scan(
+        &t.order_line,
+        (
+            std::ops::Bound::Included(lo.as_slice()),
+            std::ops::Bound::Excluded(hi.as_slice()),
+        ),
+        false,
+        None,
+    )?;
+    let mut items = BTreeSet::new();
+    for (_, v) in &lines {
+        items.insert(
+            OrderLine::decode(v)
+                .map_err(|e| corrupt("order_line", e))?
+                .i_id,
+        );
+    }
+    let mut low = 0;
+    for i in items {
+        let st: Stock = read(txn, &t.stock, &key::stock(w, i), "stock")?;
+        if st.quantity < inp.threshold {
+            low += 1;
+        }
+    }
+    Ok((Outcome::Done, low))
+}
