@@ -19,10 +19,17 @@
 //! committed versions with `cts < gc_watermark`, only the newest is kept: no snapshot
 //! at or above the watermark can see an older one.
 //!
+//! A chain must fit one B-tree entry. When a hot row's chain would outgrow it (the GC
+//! watermark lags behind a burst of updates), the oldest committed versions are dropped
+//! ([`Chain::fit`]) and the chain is marked *truncated*: a snapshot that finds no
+//! version old enough for it gets [`MvccError::SnapshotTooOld`], a retryable error
+//! (Oracle's ORA-01555), instead of a wrong answer. The mark is cleared once the oldest
+//! kept version is below the watermark (no snapshot that old can still run).
+//!
 //! ## Encoding (little-endian)
 //!
 //! ```text
-//! count u16, then per version (newest first):
+//! count u16 (bit 15: truncated; bits 0..=14: number of versions), then per version (newest first):
 //!   writer txn u64 | cts u64 (0 = not stamped yet) | flags u8 (bit 0: tombstone) |
 //!   len u32 | len bytes of row
 //! ```
@@ -68,6 +75,13 @@ pub enum MvccError {
     Corrupt(&'static str),
     #[error("status lookup failed: {0}")]
     Status(String),
+    /// The versions this snapshot needs were dropped to keep the row's chain in bounds;
+    /// retry with a newer snapshot.
+    #[error("snapshot too old: the row's older versions were dropped")]
+    SnapshotTooOld,
+    /// Even the newest versions alone do not fit one entry.
+    #[error("row too large: {0} bytes of versions do not fit {1}")]
+    RowTooLarge(usize, usize),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +97,11 @@ pub struct Version {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Chain {
     pub versions: Vec<Version>,
+    /// Older versions were dropped by [`Chain::fit`].
+    pub truncated: bool,
 }
+
+const TRUNCATED: u16 = 1 << 15;
 
 impl Chain {
     pub fn decode(mut b: &[u8]) -> Result<Chain, MvccError> {
@@ -95,7 +113,9 @@ impl Chain {
             *b = t;
             Ok(h)
         }
-        let count = u16::from_le_bytes(take(&mut b, 2)?.try_into().expect("2"));
+        let word = u16::from_le_bytes(take(&mut b, 2)?.try_into().expect("2"));
+        let truncated = word & TRUNCATED != 0;
+        let count = word & !TRUNCATED;
         let mut versions = Vec::with_capacity((count as usize).min(b.len() / 21));
         for _ in 0..count {
             let writer = TxnId(u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8")));
@@ -122,18 +142,40 @@ impl Chain {
         if !b.is_empty() {
             return Err(MvccError::Corrupt("trailing bytes"));
         }
-        Ok(Chain { versions })
+        Ok(Chain {
+            versions,
+            truncated,
+        })
+    }
+
+    /// Bytes of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        2 + self
+            .versions
+            .iter()
+            .map(|v| 21 + v.row.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+    }
+
+    /// Drops the oldest committed versions until the encoding fits `max` bytes, keeping
+    /// the newest version and the newest committed one; marks the chain truncated.
+    pub fn fit(&mut self, max: usize) -> Result<(), MvccError> {
+        while self.encoded_len() > max {
+            let newest_committed = self.versions.iter().position(|v| v.cts.is_some());
+            let keep = newest_committed.map_or(1, |i| i + 1).max(1);
+            if self.versions.len() <= keep {
+                return Err(MvccError::RowTooLarge(self.encoded_len(), max));
+            }
+            self.versions.pop();
+            self.truncated = true;
+        }
+        Ok(())
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(
-            2 + self
-                .versions
-                .iter()
-                .map(|v| 21 + v.row.as_ref().map_or(0, Vec::len))
-                .sum::<usize>(),
-        );
-        o.extend_from_slice(&(self.versions.len() as u16).to_le_bytes());
+        let mut o = Vec::with_capacity(self.encoded_len());
+        let word = self.versions.len() as u16 | if self.truncated { TRUNCATED } else { 0 };
+        o.extend_from_slice(&word.to_le_bytes());
         for v in &self.versions {
             o.extend_from_slice(&v.writer.0.to_le_bytes());
             o.extend_from_slice(&v.cts.map_or(0, |t| t.0).to_le_bytes());
@@ -168,6 +210,9 @@ impl Chain {
                     return Ok(v.row.as_deref());
                 }
             }
+        }
+        if self.truncated {
+            return Err(MvccError::SnapshotTooOld);
         }
         Ok(None)
     }
@@ -246,6 +291,9 @@ impl Chain {
             .position(|v| v.cts.is_some_and(|c| c < gc_watermark))
         {
             self.versions.truncate(i + 1);
+            // The oldest kept version is below the watermark: no snapshot that could
+            // have needed a dropped one is still running.
+            self.truncated = false;
         }
     }
 
@@ -351,6 +399,47 @@ mod tests {
         assert_eq!(c.versions.len(), 2, "aborted version dropped");
     }
 
+    #[test]
+    fn overgrown_chains_are_trimmed_and_old_snapshots_told_so() {
+        let st = Table(HashMap::new());
+        let mut c = Chain::default();
+        for i in 1..=20u64 {
+            c.versions.insert(
+                0,
+                Version {
+                    writer: TxnId(i),
+                    cts: Some(Timestamp(10 * i)),
+                    row: Some(vec![0; 100]),
+                },
+            );
+        }
+        c.fit(600).unwrap();
+        assert!(c.encoded_len() <= 600 && c.truncated);
+        assert_eq!(c.versions[0].cts, Some(Timestamp(200)), "the newest stays");
+        assert_eq!(
+            c.visible(TxnId(99), Timestamp(1000), &st)
+                .unwrap()
+                .map(<[u8]>::len),
+            Some(100)
+        );
+        assert_eq!(
+            c.visible(TxnId(99), Timestamp(15), &st),
+            Err(MvccError::SnapshotTooOld)
+        );
+        let back = Chain::decode(&c.encode()).unwrap();
+        assert_eq!(back, c);
+        // Once the watermark passes the oldest kept version the mark goes.
+        c.prune(Timestamp(1000));
+        assert!(!c.truncated);
+        let mut big = Chain::default();
+        big.versions.push(Version {
+            writer: TxnId(1),
+            cts: None,
+            row: Some(vec![0; 900]),
+        });
+        assert!(matches!(big.fit(500), Err(MvccError::RowTooLarge(..))));
+    }
+
     fn arb_chain() -> impl Strategy<Value = Chain> {
         proptest::collection::vec(
             (
@@ -361,6 +450,7 @@ mod tests {
             0..6,
         )
         .prop_map(|vs| Chain {
+            truncated: vs.len() % 2 == 1,
             versions: vs
                 .into_iter()
                 .map(|(w, c, r)| Version {
@@ -383,6 +473,24 @@ mod tests {
             let _ = Chain::decode(&b);
         }
 
+        /// A valid chain with one byte changed or cut short: an error or a chain that
+        /// re-encodes to exactly those bytes, never a panic.
+        #[test]
+        fn damaged_chains_never_panic(
+            c in arb_chain(),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut b = c.encode();
+            prop_assert!(Chain::decode(&b[..cut.index(b.len())]).is_err());
+            let i = at.index(b.len());
+            b[i] ^= x;
+            if let Ok(d) = Chain::decode(&b) {
+                prop_assert_eq!(d.encode(), b);
+            }
+        }
+
         /// Pruning below the watermark never changes what a snapshot at or above the
         /// watermark sees.
         #[test]
@@ -395,7 +503,7 @@ mod tests {
             sorted.sort_unstable();
             sorted.dedup();
             let st = Table(HashMap::new());
-            let full = Chain { versions: sorted.iter().rev().enumerate().map(|(i, c)| Version {
+            let full = Chain { truncated: false, versions: sorted.iter().rev().enumerate().map(|(i, c)| Version {
                 writer: TxnId(100 + i as u64), cts: Some(Timestamp(*c)), row: Some(vec![i as u8]) }).collect() };
             let mut pruned = full.clone();
             pruned.prune(Timestamp(wm));

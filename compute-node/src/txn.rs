@@ -351,6 +351,9 @@ impl Txn {
                 chain
                     .write(me, snapshot, row, watermark, policy, oracle)
                     .map_err(UpsertFail::Mvcc)?;
+                chain
+                    .fit(crate::btree::MAX_ENTRY_LEN.saturating_sub(key.len()))
+                    .map_err(UpsertFail::Mvcc)?;
                 Ok::<_, UpsertFail>(Some(chain.encode()))
             });
             match res {
@@ -483,7 +486,8 @@ fn mvcc_err(e: MvccError) -> TxnError {
         MvccError::Locked { holder, .. } => TxnError::Conflict(format!(
             "row is being written by transaction {holder} (wait-die)"
         )),
-        MvccError::WriteConflict => TxnError::Conflict(e.to_string()),
+        MvccError::WriteConflict | MvccError::SnapshotTooOld => TxnError::Conflict(e.to_string()),
+        MvccError::RowTooLarge(..) => TxnError::BadRequest(e.to_string()),
         MvccError::Corrupt(m) => TxnError::Corrupt(m.to_string()),
         MvccError::Status(m) => TxnError::Gtm(m),
     }

@@ -399,12 +399,13 @@ fn worker(
     Ok(stats)
 }
 
-/// The engine refuses a row whose version chain outgrew a B-tree entry (a hot row
-/// updated many times while the GC watermark lags). Nothing was written and the chain
-/// shrinks once the watermark passes, so the harness treats it like a conflict: abort,
-/// wait, run again (counted in `aborts` and, apart, in `chain_full`).
+/// A hot row's version chain outgrew a B-tree entry while the GC watermark lagged, so
+/// the engine dropped its oldest versions and this snapshot needed one of them
+/// ("snapshot too old", a retryable conflict). Retrying at once would likely hit it
+/// again, so the harness waits for the watermark to move (counted in `aborts` and,
+/// apart, in `chain_full`).
 pub fn is_chain_full(e: &TxnError) -> bool {
-    matches!(e, TxnError::Corrupt(m) | TxnError::BadRequest(m) if m.contains("(key + value) exceeds the"))
+    matches!(e, TxnError::Conflict(m) if m.contains("snapshot too old"))
 }
 
 /// One attempt: begin, run the profile, commit (or abort a business rollback).
