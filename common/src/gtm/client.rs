@@ -50,6 +50,8 @@ pub struct GtmClient {
     /// With batching on, concurrent `timestamps` callers are combined into one request
     /// (as TiDB PD's TSO client does): one RPC, one range, split among the callers.
     combiner: Option<Combiner>,
+    /// Set by [`GtmClient::leave`]: the end of the lease is expected, not an alarm.
+    left: AtomicBool,
 }
 
 /// Combines concurrent timestamp requests: the first caller leads, sends one request for
@@ -118,6 +120,7 @@ impl GtmClient {
             margin: Mutex::new(Duration::ZERO),
             timeout: opts.timeout,
             combiner: opts.batching.then(Combiner::default),
+            left: AtomicBool::new(false),
         })
     }
 
@@ -271,7 +274,11 @@ impl GtmClient {
                     match client.heartbeat() {
                         Ok(_) => {}
                         Err(e @ (GtmError::Fenced(_) | GtmError::NotRegistered)) => {
-                            tracing::warn!(error = %e, "lease lost; heartbeats stop");
+                            if client.left.load(Ordering::Acquire) {
+                                tracing::debug!("left the cluster; heartbeats stop");
+                            } else {
+                                tracing::warn!(error = %e, "lease lost; heartbeats stop");
+                            }
                             return;
                         }
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
@@ -462,6 +469,7 @@ impl GtmClient {
     /// locks now instead of at lease expiry.
     pub fn leave(&self) -> Result<(), GtmError> {
         let m = (*self.member.lock()).ok_or(GtmError::NotRegistered)?;
+        self.left.store(true, Ordering::Release);
         self.mark_fenced();
         match self.rpc(&Request::Leave {
             node: m.reg.node,
