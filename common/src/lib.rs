@@ -20,6 +20,7 @@ pub mod config;
 pub mod fabric;
 pub mod gtm;
 pub mod ids;
+pub mod metrics;
 #[cfg(feature = "grpc")]
 pub mod proto;
 pub mod service;

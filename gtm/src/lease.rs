@@ -312,6 +312,7 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn epochs_are_never_reused_across_restarts() {
@@ -364,5 +365,39 @@ mod tests {
             t0,
         );
         assert_eq!(m4.live_count(), 0, "a fenced epoch is never revived");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any `epochs` file: a store or an error naming the file, never a panic; a
+        /// saved store with one byte changed or cut short is an error.
+        #[test]
+        fn epoch_file_of_any_content_never_panics(
+            b in proptest::collection::vec(any::<u8>(), 0..64),
+            nodes in proptest::collection::btree_set(any::<u32>(), 1..4),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("epochs");
+            std::fs::write(&path, &b).unwrap();
+            let _ = EpochStore::open(&path);
+            std::fs::remove_file(&path).unwrap();
+            let mut s = EpochStore::open(&path).unwrap();
+            for n in &nodes {
+                s.next_epoch(NodeId(*n)).unwrap();
+            }
+            let again = EpochStore::open(&path).unwrap();
+            prop_assert_eq!(&again.last, &s.last);
+            let good = std::fs::read(&path).unwrap();
+            let mut bad = good.clone();
+            bad[at.index(good.len())] ^= x;
+            std::fs::write(&path, &bad).unwrap();
+            prop_assert!(EpochStore::open(&path).is_err());
+            std::fs::write(&path, &good[..cut.index(good.len())]).unwrap();
+            prop_assert!(EpochStore::open(&path).is_err());
+        }
     }
 }

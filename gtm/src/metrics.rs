@@ -1,10 +1,7 @@
 //! The GTM's metrics, exported in Prometheus text format (`metrics_listen`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 macro_rules! counters {
     ($($name:ident: $help:literal,)*) => {
@@ -67,42 +64,17 @@ counters! {
     outcome_lookups: "Transactions looked up by Outcomes requests.",
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr` until `stop` is set.
+/// Serves `GET /metrics` (any path, in fact) on `addr` until `stop` is set; see
+/// [`common::metrics::serve_http`].
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let h = std::thread::Builder::new()
-        .name("gtm-metrics".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut line = String::new();
-                        let _ = BufReader::new(&s).read_line(&mut line);
-                        let body = metrics.render();
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                            body.len(),
-                            body
-                        );
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics listener failed");
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                }
-            }
-        })?;
-    Ok((local, h))
+    common::metrics::serve_http(
+        addr,
+        "gtm-metrics",
+        Arc::new(move || metrics.render()),
+        stop,
+    )
 }

@@ -219,6 +219,7 @@ pub fn sync_dir(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn timestamps_strictly_increase_across_restarts() {
@@ -265,5 +266,30 @@ mod tests {
         s.stop();
         h.join().unwrap();
         assert!(read_mark(&dir.path().join("t.hwm")).unwrap().unwrap() > prev);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any file content: the value written, or an error naming the file; never a
+        /// panic. A valid mark with one byte changed is an error.
+        #[test]
+        fn read_mark_of_any_file_never_panics(
+            b in proptest::collection::vec(any::<u8>(), 0..32),
+            value in any::<u64>(),
+            at in 0usize..16,
+            x in 1u8..=255,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("mark");
+            std::fs::write(&path, &b).unwrap();
+            let _ = read_mark(&path);
+            write_mark(&path, value).unwrap();
+            prop_assert_eq!(read_mark(&path).unwrap(), Some(value));
+            let mut good = std::fs::read(&path).unwrap();
+            good[at] ^= x;
+            std::fs::write(&path, &good).unwrap();
+            prop_assert!(read_mark(&path).is_err());
+        }
     }
 }

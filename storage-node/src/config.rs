@@ -6,6 +6,7 @@ use common::fabric::{Endpoint, Transport};
 use common::ids::PageId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 
 /// A size in bytes: an integer, or a string with a unit (`"512KiB"`, `"64MiB"`, `"1GiB"`).
@@ -112,6 +113,9 @@ pub struct StorageConfig {
     /// Size at which a redo segment is sealed and a new one started; whole sealed
     /// segments are deleted once every page they describe is checkpointed.
     pub redo_segment: ByteSize,
+    /// `host:port` of the Prometheus metrics endpoint (port 0 picks a free port; the
+    /// bound address is logged); empty: none.
+    pub metrics_listen: String,
 }
 
 impl Default for StorageConfig {
@@ -126,6 +130,7 @@ impl Default for StorageConfig {
             key_file: PathBuf::new(),
             checkpoint_interval_ms: 500,
             redo_segment: ByteSize(64 << 20),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -141,6 +146,7 @@ pub const KEYS: &[&str] = &[
     "key_file",
     "checkpoint_interval_ms",
     "redo_segment",
+    "metrics_listen",
 ];
 
 impl StorageConfig {
@@ -170,7 +176,9 @@ impl StorageConfig {
              # milliseconds between checkpoints\n\
              checkpoint_interval_ms = {}\n\
              # redo segment size\n\
-             redo_segment = \"{}\"\n",
+             redo_segment = \"{}\"\n\
+             # host:port of the Prometheus metrics endpoint; empty: none\n\
+             metrics_listen = \"{}\"\n",
             d.transport,
             d.listen,
             d.data_dir.display(),
@@ -179,6 +187,7 @@ impl StorageConfig {
             d.page_count,
             d.checkpoint_interval_ms,
             d.redo_segment,
+            d.metrics_listen,
         )
     }
 
@@ -227,6 +236,14 @@ impl StorageConfig {
         }
         if self.checkpoint_interval_ms == 0 {
             return bad("checkpoint_interval_ms must be positive".into());
+        }
+        if !self.metrics_listen.is_empty() {
+            if let Err(e) = self.metrics_listen.to_socket_addrs() {
+                return bad(format!(
+                    "metrics_listen = {:?}: not a host:port address ({e})",
+                    self.metrics_listen
+                ));
+            }
         }
         self.endpoint().map(|_| ())
     }
@@ -312,6 +329,22 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("transport"));
+        let c = StorageConfig {
+            key_file: "k".into(),
+            metrics_listen: "no-port".into(),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("metrics_listen"));
+        let c = StorageConfig {
+            key_file: "k".into(),
+            metrics_listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        };
+        c.validate().unwrap();
         assert_eq!(ByteSize::parse("64MiB").unwrap(), ByteSize(64 << 20));
         assert_eq!(ByteSize::parse("4096").unwrap(), ByteSize(4096));
     }

@@ -275,3 +275,38 @@ pub fn recover(
         records_scanned,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// `meta` and `fences` of any content: values or an error, never a panic; what
+        /// is written is read back.
+        #[test]
+        fn metadata_files_of_any_content_never_panic(
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+            text in "[a-z_ 0-9\n-]{0,64}",
+            first in any::<u64>(),
+            allocated in any::<u64>(),
+            fenced in proptest::collection::hash_map(any::<u32>(), any::<u32>(), 0..4),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            for content in [&junk[..], text.as_bytes()] {
+                std::fs::write(dir.path().join("meta"), content).unwrap();
+                std::fs::write(dir.path().join("fences"), content).unwrap();
+                let _ = read_meta(dir.path());
+                let _ = read_fences(dir.path());
+            }
+            write_meta(dir.path(), PageId(first), allocated).unwrap();
+            prop_assert_eq!(read_meta(dir.path()).unwrap(), Some((PageId(first), allocated)));
+            let fenced: HashMap<NodeId, Epoch> =
+                fenced.into_iter().map(|(n, e)| (NodeId(n), Epoch(e))).collect();
+            write_fences(dir.path(), &fenced).unwrap();
+            prop_assert_eq!(read_fences(dir.path()).unwrap(), fenced);
+        }
+    }
+}

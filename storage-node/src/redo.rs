@@ -102,7 +102,8 @@ pub fn scan_streams(redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
             let mut at = 0usize;
             while at < bytes.len() {
                 match RedoRecord::decode(&bytes[at..]) {
-                    Ok((rec, n)) if rec.lsn.0 == start.0 + (at + n) as u64 => {
+                    // Checked: a segment named near u64::MAX must not overflow.
+                    Ok((rec, n)) if start.0.checked_add((at + n) as u64) == Some(rec.lsn.0) => {
                         at += n;
                         records.push(rec);
                     }
@@ -321,6 +322,7 @@ impl Stream {
 mod tests {
     use super::*;
     use common::storage::redo::RedoBody;
+    use proptest::prelude::*;
 
     fn rec(page: u64, before: u64) -> RedoRecord {
         RedoRecord {
@@ -379,5 +381,67 @@ mod tests {
         assert!(!recs
             .iter()
             .any(|r| r.page == PageId(2) && r.before == PageVersion(9)));
+    }
+
+    /// Writes segment `start` of node 1's stream under `redo_dir`: `records` (their LSNs
+    /// set as the storage node sets them), then `tail`.
+    fn write_segment(
+        redo_dir: &Path,
+        start: u64,
+        records: &mut [RedoRecord],
+        tail: &[u8],
+    ) -> Vec<u8> {
+        let dir = redo_dir.join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Vec::new();
+        for r in records.iter_mut() {
+            r.lsn = Lsn(start.wrapping_add((b.len() + r.encoded_len()) as u64));
+            r.encode(&mut b);
+        }
+        let valid = b.clone();
+        b.extend_from_slice(tail);
+        std::fs::write(segment_path(&dir, Lsn(start)), &b).unwrap();
+        valid
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A segment of whole records followed by any bytes (a torn or garbage tail):
+        /// the scan keeps exactly the records, cuts the file after them and never
+        /// panics.
+        #[test]
+        fn scan_keeps_the_valid_prefix_of_any_segment(
+            start in prop_oneof![Just(0u64), 0..u64::MAX / 2],
+            n in 0u64..5,
+            tail in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut recs: Vec<_> = (0..n).map(|v| rec(3, v)).collect();
+            let valid = write_segment(dir.path(), start, &mut recs, &tail);
+            let scanned = scan_streams(dir.path()).unwrap();
+            prop_assert_eq!(scanned.len(), 1);
+            prop_assert_eq!(&scanned[0].records, &recs);
+            prop_assert_eq!(scanned[0].end, Lsn(start + valid.len() as u64));
+            let seg = segment_path(&dir.path().join("1"), Lsn(start));
+            prop_assert_eq!(std::fs::read(&seg).unwrap(), valid);
+        }
+
+        /// Hostile names and contents: any bytes in a segment whose name is any u64
+        /// (records included, so LSN arithmetic runs at the top of the range).
+        #[test]
+        fn scan_of_hostile_segments_never_panics(
+            start in prop_oneof![Just(u64::MAX), u64::MAX - 2000.., any::<u64>()],
+            n in 0u64..3,
+            tail in proptest::collection::vec(any::<u8>(), 0..100),
+            stray in "[0-9a-z][0-9a-z.]{0,23}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut recs: Vec<_> = (0..n).map(|v| rec(3, v)).collect();
+            write_segment(dir.path(), start, &mut recs, &tail);
+            std::fs::write(dir.path().join("1").join(stray), &tail).unwrap();
+            std::fs::create_dir_all(dir.path().join("not-a-node")).unwrap();
+            let _ = scan_streams(dir.path());
+        }
     }
 }

@@ -382,6 +382,13 @@ impl Store {
         }
     }
 
+    /// The text the `Metrics` RPC returns (every counter plus the gauges), for the
+    /// `metrics_listen` endpoint.
+    pub fn render_metrics(&self) -> String {
+        let gauges = self.gauges(&self.core.lock());
+        self.metrics.render(&gauges)
+    }
+
     fn gauges(&self, core: &Core) -> Vec<(&'static str, &'static str, u64)> {
         vec![
             (

@@ -119,3 +119,85 @@ fn sigterm_flushes_and_exits_cleanly() {
     let c = client(&node.endpoint, 1, 2);
     assert_same(&c.read_pages(&[p]).unwrap()[0], &next);
 }
+
+/// One HTTP GET of `addr`, the whole response as text.
+fn http_get(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `name` in Prometheus text `text`.
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_listen_serves_the_metrics_rpc_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key_file(dir.path());
+    let data = dir.path().join("data");
+    // A port free a moment ago (the node logs, but does not print, a port-0 address).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let node = NodeProc::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--metrics-listen",
+        &addr,
+    ]);
+    let c = client(&node.endpoint, 1, 1);
+    c.allocate_pages(3).unwrap();
+    let r = http_get(&addr);
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(
+        r.contains("Content-Type: text/plain; version=0.0.4\r\n"),
+        "{r}"
+    );
+    let body = r.split_once("\r\n\r\n").unwrap().1;
+    // Counters and the gauges of the Metrics RPC, with live values.
+    assert!(
+        body.contains("# TYPE storage_rpc_requests counter\n"),
+        "{body}"
+    );
+    assert!(sample(body, "storage_rpc_requests").unwrap() >= 1, "{body}");
+    assert_eq!(sample(body, "storage_pages_allocated"), Some(3), "{body}");
+    assert!(sample(body, "storage_frames").unwrap() > 0, "{body}");
+    drop(c);
+    assert!(node.sigterm().success());
+    // The endpoint went away with the node.
+    assert!(std::net::TcpStream::connect(&addr).is_err());
+}
+
+#[test]
+fn metrics_listen_that_is_not_an_address_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key_file(dir.path());
+    let (code, text) = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+        "--metrics-listen",
+        "no-port-here",
+    ]);
+    assert_eq!(code, 2);
+    assert!(text.contains("metrics_listen"), "{text}");
+}

@@ -1965,6 +1965,89 @@ mod tests {
         assert_eq!((atomic.compare_add, atomic.swap, atomic.rkey), (1, 2, 5));
     }
 
+    fn qp_strategy() -> impl Strategy<Value = QpInfo> {
+        (
+            0u32..1 << 24,
+            0u32..1 << 24,
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            1u8..=5,
+            any::<u8>(),
+        )
+            .prop_map(|(qpn, psn, lid, gid, mtu, rd_atomic)| QpInfo {
+                qpn,
+                psn,
+                lid,
+                gid,
+                mtu,
+                rd_atomic,
+            })
+    }
+
+    fn accept_strategy() -> impl Strategy<Value = Accept> {
+        (
+            qp_strategy(),
+            any::<u8>(),
+            proptest::collection::vec(
+                (
+                    any::<u32>().prop_map(RegionId),
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<u32>(),
+                ),
+                0..4,
+            ),
+        )
+            .prop_map(|(qp, atomic_cap, regions)| Accept {
+                qp,
+                atomic_cap,
+                regions,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// The side-channel decoders are total: random bodies (behind either kind byte
+        /// or none) give a message or an error, never a panic.
+        #[test]
+        fn rdma_side_channel_decoders_never_panic(
+            kind in prop_oneof![Just(KIND_RDMA_CONNECT), Just(KIND_RDMA_ACCEPT), Just(KIND_REFUSED), any::<u8>()],
+            rest in proptest::collection::vec(any::<u8>(), 0..2 * (QP_INFO_LEN + 5 + 2 * ACCEPT_REGION_LEN)),
+        ) {
+            let _ = decode_connect(&rest);
+            let _ = decode_accept(&rest);
+            let mut body = vec![kind];
+            body.extend_from_slice(&rest);
+            let _ = decode_connect(&body);
+            let _ = decode_accept(&body);
+        }
+
+        /// Both messages round-trip; one changed byte or a cut gives an error or a
+        /// message, never a panic.
+        #[test]
+        fn rdma_side_channel_messages_survive_damage(
+            qp in qp_strategy(),
+            accept in accept_strategy(),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let c = encode_connect(&qp)[4..].to_vec();
+            prop_assert_eq!(decode_connect(&c).unwrap(), qp);
+            let a = encode_accept(&accept)[4..].to_vec();
+            prop_assert_eq!(decode_accept(&a).unwrap(), accept);
+            for mut body in [c, a] {
+                prop_assert!(decode_connect(&body[..cut.index(body.len())]).is_err());
+                prop_assert!(decode_accept(&body[..cut.index(body.len())]).is_err());
+                let i = at.index(body.len());
+                body[i] ^= x;
+                let _ = decode_connect(&body);
+                let _ = decode_accept(&body);
+            }
+        }
+    }
+
     fn op_strategy() -> impl Strategy<Value = Op> {
         let region = (0u32..4).prop_map(RegionId);
         let offset = prop_oneof![0u64..80, Just(u64::MAX - 3)];

@@ -628,4 +628,153 @@ mod tests {
             let _ = Frame::decode(&body);
         }
     }
+
+    fn any_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    fn any_op() -> impl Strategy<Value = Op> {
+        let at = (any::<u32>().prop_map(RegionId), any::<u64>());
+        prop_oneof![
+            (at.clone(), any::<u32>()).prop_map(|((region, offset), len)| Op::Read {
+                region,
+                offset,
+                len
+            }),
+            (at.clone(), any_bytes(24)).prop_map(|((region, offset), data)| Op::Write {
+                region,
+                offset,
+                data
+            }),
+            (at.clone(), any::<u64>(), any::<u64>()).prop_map(
+                |((region, offset), expected, new)| {
+                    Op::Cas {
+                        region,
+                        offset,
+                        expected,
+                        new,
+                    }
+                }
+            ),
+            (at, any::<u64>()).prop_map(|((region, offset), add)| Op::FetchAdd {
+                region,
+                offset,
+                add
+            }),
+        ]
+    }
+
+    fn any_result() -> impl Strategy<Value = OpResult> {
+        prop_oneof![
+            any_bytes(24).prop_map(|b| Ok(OpOutput::Read(b))),
+            Just(Ok(OpOutput::Written)),
+            any::<u64>().prop_map(|previous| Ok(OpOutput::Cas { previous })),
+            any::<u64>().prop_map(|previous| Ok(OpOutput::FetchAdd { previous })),
+            Just(Err(OpError::NoSuchRegion)),
+            Just(Err(OpError::OutOfBounds)),
+            Just(Err(OpError::AccessDenied)),
+            Just(Err(OpError::Misaligned)),
+        ]
+    }
+
+    /// Every kind of frame, with the field values the encoder can produce.
+    fn any_frame() -> impl Strategy<Value = Frame> {
+        let nonce = any::<[u8; 32]>();
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>(), any::<bool>(), nonce).prop_map(
+                |(magic, version, batching, client_nonce)| Frame::Hello {
+                    magic,
+                    version,
+                    batching,
+                    client_nonce
+                }
+            ),
+            (any::<u16>(), nonce, nonce).prop_map(|(version, server_nonce, server_mac)| {
+                Frame::Challenge {
+                    version,
+                    server_nonce,
+                    server_mac,
+                }
+            }),
+            nonce.prop_map(|client_mac| Frame::Auth { client_mac }),
+            (
+                any::<u64>(),
+                proptest::collection::vec((any::<u32>(), any::<u64>(), 0u8..8), 0..4)
+            )
+                .prop_map(|(conn_id, rs)| Frame::Welcome {
+                    conn_id,
+                    regions: rs
+                        .into_iter()
+                        .map(|(id, len, a)| RegionDesc {
+                            id: RegionId(id),
+                            len,
+                            access: Access::from_bits(a).expect("3 bits"),
+                        })
+                        .collect(),
+                }),
+            ".{0,16}".prop_map(|reason| Frame::Refused { reason }),
+            (any::<u64>(), proptest::collection::vec(any_op(), 0..5))
+                .prop_map(|(batch_id, ops)| Frame::OneSidedReq { batch_id, ops }),
+            (any::<u64>(), proptest::collection::vec(any_result(), 0..5))
+                .prop_map(|(batch_id, results)| Frame::OneSidedResp { batch_id, results }),
+            (
+                any::<u64>(),
+                proptest::collection::vec((any::<u64>(), any_bytes(16)), 0..4)
+            )
+                .prop_map(|(msg_id, calls)| Frame::RpcReq { msg_id, calls }),
+            proptest::collection::vec(
+                (
+                    any::<u64>(),
+                    prop_oneof![any_bytes(16).prop_map(Ok), ".{0,8}".prop_map(Err)]
+                ),
+                0..4
+            )
+            .prop_map(|replies| Frame::RpcResp { replies }),
+            any::<u64>().prop_map(|msg_id| Frame::RpcAck { msg_id }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn any_frame_round_trips(f in any_frame()) {
+            let bytes = f.to_bytes();
+            prop_assert_eq!(bytes.len() - 4, u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize);
+            prop_assert_eq!(Frame::decode(&bytes[4..]), Ok(f));
+        }
+
+        /// A valid frame with one byte changed, or cut short, or extended: an error or
+        /// a frame that re-encodes to exactly those bytes (the encoding is canonical).
+        #[test]
+        fn damaged_frames_never_panic(
+            f in any_frame(),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+            extra in any::<u8>(),
+        ) {
+            let bytes = f.to_bytes();
+            let body = &bytes[4..];
+            let mut flipped = body.to_vec();
+            flipped[at.index(body.len())] ^= x;
+            if let Ok(g) = Frame::decode(&flipped) {
+                prop_assert_eq!(&g.to_bytes()[4..], &flipped[..]);
+            }
+            prop_assert!(Frame::decode(&body[..cut.index(body.len())]).is_err());
+            let mut longer = body.to_vec();
+            longer.push(extra);
+            prop_assert!(Frame::decode(&longer).is_err());
+        }
+
+        /// The stream reader, fed any bytes: a body no longer than the cap, a clean
+        /// end, or an error.
+        #[test]
+        fn read_frame_never_panics(stream in any_bytes(64), max in 0usize..32) {
+            let mut r = &stream[..];
+            while let Ok(Some(body)) = read_frame(&mut r, max) {
+                prop_assert!(body.len() <= max);
+            }
+        }
+    }
 }

@@ -149,6 +149,7 @@ pub fn encode_entry(seq: u64, entry: Entry) -> [u8; ENTRY_LEN as usize] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn state_words_round_trip() {
@@ -173,5 +174,54 @@ mod tests {
         img[24] = 4;
         assert_eq!(decode_entry(&img), None);
         assert_eq!(decode_entry(&img[..31]), None);
+    }
+
+    fn any_state() -> impl Strategy<Value = EntryState> {
+        prop_oneof![
+            Just(EntryState::InProgress),
+            (0..=MAX_TIMESTAMP).prop_map(EntryState::Committing),
+            (0..=MAX_TIMESTAMP).prop_map(EntryState::Committed),
+            Just(EntryState::Aborted),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any bytes a one-sided READ may return: an entry (32 bytes, head == tail) or
+        /// `None`, never a panic; any state word decodes.
+        #[test]
+        fn decode_of_random_bytes_never_panics(
+            b in proptest::collection::vec(any::<u8>(), 0..64),
+            word in any::<u64>(),
+        ) {
+            if decode_entry(&b).is_some() {
+                prop_assert_eq!(b.len(), ENTRY_LEN as usize);
+                prop_assert_eq!(&b[0..8], &b[24..32]);
+            }
+            let _ = EntryState::decode(word);
+        }
+
+        /// What the writer stores is what a reader decodes; a torn copy (head or tail
+        /// from another write) is refused, a changed middle byte is not a panic.
+        #[test]
+        fn entries_round_trip_and_torn_ones_are_refused(
+            seq in any::<u64>(),
+            txn in any::<u64>(),
+            state in any_state(),
+            at in 0..ENTRY_LEN as usize,
+            x in 1u8..=255,
+        ) {
+            let e = Entry { txn, state };
+            prop_assert_eq!(EntryState::decode(state.encode()), state);
+            let mut img = encode_entry(seq, e);
+            prop_assert_eq!(decode_entry(&img), Some(e));
+            img[at] ^= x;
+            let d = decode_entry(&img);
+            if !(8..24).contains(&at) {
+                prop_assert_eq!(d, None);
+            }
+            prop_assert_eq!(decode_entry(&img[..at]), None);
+        }
     }
 }

@@ -655,6 +655,29 @@ mod tests {
             prop_assert_eq!(Response::decode(&r.encode()), Ok(r));
         }
 
+        /// A valid message with one byte changed: an error or a message that re-encodes
+        /// to exactly those bytes (the encoding is canonical).
+        #[test]
+        fn messages_with_a_changed_byte_never_panic(
+            q in any_request(),
+            r in any_response(),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+        ) {
+            let mut b = q.encode();
+            let i = at.index(b.len());
+            b[i] ^= x;
+            if let Ok(d) = Request::decode(&b) {
+                prop_assert_eq!(d.encode(), b);
+            }
+            let mut b = r.encode();
+            let i = at.index(b.len());
+            b[i] ^= x;
+            if let Ok(d) = Response::decode(&b) {
+                prop_assert_eq!(d.encode(), b);
+            }
+        }
+
         #[test]
         fn truncated_or_extended_messages_are_rejected(r in any_request(), extra in any::<u8>()) {
             let mut b = r.encode();

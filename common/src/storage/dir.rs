@@ -116,6 +116,7 @@ impl DirEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn words_round_trip() {
@@ -141,5 +142,49 @@ mod tests {
         assert_eq!(e.holder, Some(h));
         assert_eq!(e.frame, Some(5));
         assert!(DirEntry::decode(&b[..31]).is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any bytes (a torn or hostile read): an entry iff exactly 32 bytes, never a
+        /// panic; a decoded entry's words re-encode to the same entry.
+        #[test]
+        fn decode_of_random_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            match DirEntry::decode(&b) {
+                Some(e) => {
+                    prop_assert_eq!(b.len(), DIR_ENTRY_SIZE);
+                    let mut again = Vec::new();
+                    again.extend_from_slice(&version_word(e.version, e.busy).to_le_bytes());
+                    again.extend_from_slice(&lock_word(e.holder).to_le_bytes());
+                    again.extend_from_slice(&frame_word(e.frame).to_le_bytes());
+                    again.extend_from_slice(&[0; 8]);
+                    prop_assert_eq!(DirEntry::decode(&again), Some(e));
+                }
+                None => prop_assert_ne!(b.len(), DIR_ENTRY_SIZE),
+            }
+        }
+
+        /// Entries the storage node writes decode to what it meant (frame indexes stay
+        /// below u32::MAX: at most u32::MAX - 1 frames, see the storage config).
+        #[test]
+        fn entries_round_trip(
+            version in 0..(1u64 << 63),
+            busy in any::<bool>(),
+            holder in proptest::option::of((any::<u32>(), 0..=MAX_EPOCH)),
+            frame in proptest::option::of(0..u32::MAX),
+            reserved in any::<u64>(),
+        ) {
+            let holder = holder.map(|(n, e)| LockHolder { node: NodeId(n), epoch: Epoch(e) });
+            let mut b = Vec::new();
+            b.extend_from_slice(&version_word(PageVersion(version), busy).to_le_bytes());
+            b.extend_from_slice(&lock_word(holder).to_le_bytes());
+            b.extend_from_slice(&frame_word(frame).to_le_bytes());
+            b.extend_from_slice(&reserved.to_le_bytes());
+            prop_assert_eq!(
+                DirEntry::decode(&b),
+                Some(DirEntry { version: PageVersion(version), busy, holder, frame })
+            );
+        }
     }
 }

@@ -550,11 +550,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn requests_round_trip() {
+    /// One request of every kind.
+    fn sample_requests() -> Vec<Request> {
         let mut page = Page::empty(PageId(12));
         page.stamp(PageVersion(4), Lsn(100));
-        let reqs = vec![
+        vec![
             Request::Describe,
             Request::Allocate { count: 7 },
             Request::Lock { page: PageId(1) },
@@ -586,7 +586,12 @@ mod tests {
             Request::AppendForce {
                 records: vec![RedoRecord::image(&page, PageVersion(3))],
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = sample_requests();
         for r in reqs {
             let e = env(r);
             let b = e.encode();
@@ -597,10 +602,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn responses_round_trip() {
+    /// One response of every kind and one error of every kind.
+    fn sample_responses() -> Vec<Result<Response, StorageError>> {
         let page = Page::empty(PageId(1));
-        let rs: Vec<Result<Response, StorageError>> = vec![
+        vec![
             Ok(Response::Layout(Layout {
                 first_page: PageId(100),
                 page_count: 5,
@@ -646,7 +651,12 @@ mod tests {
             Err(StorageError::Io("z".into())),
             Err(StorageError::Busy("w".into())),
             Err(StorageError::ShuttingDown),
-        ];
+        ]
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let rs = sample_responses();
         for r in rs {
             let b = encode_response(&r);
             let back = decode_response(&b).unwrap();
@@ -670,6 +680,36 @@ mod tests {
             let mut b = vec![op, 1, 0, 0, 0, 2, 0, 0, 0];
             b.extend_from_slice(&tail);
             let _ = Envelope::decode(&b);
+        }
+
+        /// A valid request or response with one byte changed or cut short: an error or a
+        /// message that survives its own round trip, never a panic.
+        #[test]
+        fn damaged_messages_never_panic(
+            which in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let reqs = sample_requests();
+            let e = env(reqs[which.index(reqs.len())].clone());
+            let mut b = e.encode();
+            let cut_at = cut.index(b.len());
+            prop_assert!(Envelope::decode(&b[..cut_at]).is_err());
+            let i = at.index(b.len());
+            b[i] ^= x;
+            if let Ok(d) = Envelope::decode(&b) {
+                prop_assert_eq!(Envelope::decode(&d.encode()).ok(), Some(d));
+            }
+            let rs = sample_responses();
+            let mut b = encode_response(&rs[which.index(rs.len())]);
+            let _ = decode_response(&b[..cut.index(b.len())]);
+            let i = at.index(b.len());
+            b[i] ^= x;
+            if let Ok(d) = decode_response(&b) {
+                let again = decode_response(&encode_response(&d)).unwrap();
+                prop_assert_eq!(format!("{again:?}"), format!("{d:?}"));
+            }
         }
     }
 }

@@ -331,6 +331,24 @@ mod tests {
             prop_assert_eq!(decode_tuple(&eb, &SCHEMA).unwrap(), b);
         }
 
+        /// A valid key with one byte changed or cut short: an error or a tuple that
+        /// round-trips, never a panic.
+        #[test]
+        fn damaged_keys_never_panic(
+            t in tuple(),
+            at in any::<prop::sample::Index>(),
+            x in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut k = encode_tuple(&t);
+            prop_assert!(decode_tuple(&k[..cut.index(k.len())], &SCHEMA).is_err());
+            let i = at.index(k.len());
+            k[i] ^= x;
+            if let Ok(d) = decode_tuple(&k, &SCHEMA) {
+                prop_assert_eq!(decode_tuple(&encode_tuple(&d), &SCHEMA).unwrap(), d);
+            }
+        }
+
         #[test]
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
             let _ = decode_tuple(&bytes, &SCHEMA);

@@ -7,6 +7,8 @@ use common::fabric::Transport;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use storage_node::config::{ByteSize, StorageConfig};
 use storage_node::StorageNode;
 
@@ -20,7 +22,7 @@ use storage_node::StorageNode;
 #[command(name = "storage-node", version)]
 struct Args {
     /// TOML config file. Keys: transport, listen, data_dir, memory, first_page,
-    /// page_count, key_file, checkpoint_interval_ms, redo_segment.
+    /// page_count, key_file, checkpoint_interval_ms, redo_segment, metrics_listen.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print an example config file with every key and its default, then exit.
@@ -56,6 +58,10 @@ struct Args {
     /// [key: redo_segment] redo segment size, e.g. 64MiB (default 64MiB, min 64KiB).
     #[arg(long, value_name = "SIZE")]
     redo_segment: Option<ByteSize>,
+    /// [key: metrics_listen] host:port of the Prometheus metrics endpoint (port 0 = any
+    /// free port, logged; default "" = none).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 impl Args {
@@ -86,6 +92,9 @@ impl Args {
         }
         if let Some(v) = self.redo_segment {
             c.redo_segment = v;
+        }
+        if let Some(v) = &self.metrics_listen {
+            c.metrics_listen = v.clone();
         }
     }
 }
@@ -131,6 +140,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let stop_metrics = Arc::new(AtomicBool::new(false));
+    let metrics_thread = if cfg.metrics_listen.is_empty() {
+        None
+    } else {
+        let store = node.store.clone();
+        match common::metrics::serve_http(
+            &cfg.metrics_listen,
+            "storage-metrics",
+            Arc::new(move || store.render_metrics()),
+            stop_metrics.clone(),
+        ) {
+            Ok((addr, h)) => {
+                tracing::info!(%addr, "metrics endpoint");
+                Some(h)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, metrics_listen = %cfg.metrics_listen, "cannot serve metrics");
+                eprintln!("storage-node: metrics_listen {}: {e}", cfg.metrics_listen);
+                let _ = node.shutdown();
+                return ExitCode::from(1);
+            }
+        }
+    };
     println!("READY {}", node.endpoint());
     let _ = std::io::stdout().flush();
     let sig = signals.recv().unwrap_or("channel closed");
@@ -138,8 +170,13 @@ fn main() -> ExitCode {
         signal = sig,
         "shutting down: flushing redo and checkpointing"
     );
-    let text = node.store.metrics.render(&[]);
-    match node.shutdown() {
+    let text = node.store.render_metrics();
+    let r = node.shutdown();
+    stop_metrics.store(true, Ordering::Release);
+    if let Some(h) = metrics_thread {
+        let _ = h.join();
+    }
+    match r {
         Ok(()) => {
             tracing::debug!(metrics = %text, "final metrics");
             tracing::info!("clean shutdown");
