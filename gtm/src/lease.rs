@@ -162,7 +162,13 @@ impl EpochStore {
     /// Persists and returns the next epoch of `node` (live).
     pub fn next_epoch(&mut self, node: NodeId) -> std::io::Result<Epoch> {
         let prev = self.last.get(&node).copied();
-        let e = Epoch(prev.map_or(1, |(e, _)| e.0 + 1));
+        let next = match prev {
+            None => 1,
+            Some((e, _)) => e.0.checked_add(1).ok_or_else(|| {
+                std::io::Error::other(format!("node {node}: epochs exhausted (at {e})"))
+            })?,
+        };
+        let e = Epoch(next);
         self.last.insert(node, (e, true));
         if let Err(err) = self.save() {
             match prev {

@@ -90,6 +90,12 @@ impl GtmClient {
             GtmError::Protocol(format!("{endpoint} offers no status-table region"))
         })?;
         let header = read_one(&conn, STATUS_REGION, 0, layout::HEADER_LEN as u32)?;
+        if header.len() != layout::HEADER_LEN as usize {
+            return Err(GtmError::Protocol(format!(
+                "{endpoint}: status-table header read returned {} bytes",
+                header.len()
+            )));
+        }
         let word = |off: u64| {
             let o = off as usize;
             u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"))
@@ -107,7 +113,11 @@ impl GtmClient {
             )));
         }
         let capacity = word(layout::OFF_CAPACITY);
-        if capacity == 0 || layout::region_len(capacity) > desc.len {
+        let fits = capacity
+            .checked_mul(layout::ENTRY_LEN)
+            .and_then(|b| b.checked_add(layout::HEADER_LEN))
+            .is_some_and(|len| len <= desc.len);
+        if capacity == 0 || !fits {
             return Err(GtmError::Protocol(format!(
                 "{endpoint}: status table of {capacity} entries does not fit its region"
             )));
