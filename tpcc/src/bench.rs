@@ -17,6 +17,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockModeArg {
+    Lazy,
+    Eager,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClusterMode {
     /// Storage node, GTM and compute nodes in this process over shared memory.
     Embedded,
@@ -85,6 +91,10 @@ pub struct Options {
     /// Storage-node frame memory in MiB (default scales with warehouses).
     #[arg(long)]
     pub storage_memory_mb: Option<u64>,
+    /// Page locks: `lazy` (kept until another node asks) or `eager` (written back and
+    /// released after every change: the baseline).
+    #[arg(long, value_enum, default_value_t = LockModeArg::Lazy)]
+    pub lock_mode: LockModeArg,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -165,6 +175,13 @@ pub fn run(o: &Options) -> Result<Outcome> {
             .buffer_frames
             .unwrap_or((16_384 + 24_576 * w as usize).min(1 << 20)),
         storage_memory: o.storage_memory_mb.unwrap_or(512 + 384 * w) << 20,
+        compute: compute_node::node::ComputeConfig {
+            lock_mode: match o.lock_mode {
+                LockModeArg::Lazy => compute_node::coherence::LockMode::Lazy,
+                LockModeArg::Eager => compute_node::coherence::LockMode::Eager,
+            },
+            ..compute_node::node::ComputeConfig::default()
+        },
         ..ClusterOptions::default()
     };
     let t0 = Instant::now();
