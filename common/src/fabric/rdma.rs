@@ -123,7 +123,7 @@ use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::raw::c_int;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1653,54 +1653,12 @@ pub(crate) fn serve(
     for region in shared.regions.all() {
         rdma.expose(&region)?;
     }
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
-    {
-        let stop = stop.clone();
-        let live = live.clone();
-        std::thread::Builder::new()
-            .name(format!("fabric-rdma-accept-{}", local.port()))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let stream = match stream {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            std::thread::sleep(Duration::from_millis(10));
-                            continue;
-                        }
-                    };
-                    let shared = shared.clone();
-                    let rdma = rdma.clone();
-                    let service = service.clone();
-                    let live = live.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("fabric-rdma-conn".into())
-                        .spawn(move || serve_conn(stream, shared, rdma, service, live));
-                }
-            })?;
-    }
-    let stopper = {
-        let stop = stop.clone();
-        Box::new(move || {
-            stop.store(true, Ordering::Release);
-            // Wake the acceptor so it sees the flag.
-            let _ = TcpStream::connect_timeout(&local, Duration::from_millis(200));
-            for (_, s) in live.lock().drain() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        })
-    };
-    Ok(ServerHandle {
-        endpoint: Endpoint::Rdma(local.to_string()),
-        stop,
-        stopper: Some(stopper),
-    })
+    super::tcp::listen(
+        addr,
+        "rdma",
+        move |stream, live| serve_conn(stream, shared.clone(), rdma.clone(), service.clone(), live),
+        |local| Endpoint::Rdma(local.to_string()),
+    )
 }
 
 fn serve_conn(
@@ -1708,7 +1666,7 @@ fn serve_conn(
     shared: Arc<ServerShared>,
     rdma: Arc<RdmaServer>,
     service: Arc<dyn RpcService>,
-    live: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    live: super::tcp::LiveStreams,
 ) {
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let peer = PeerInfo {

@@ -93,15 +93,36 @@ pub(crate) fn serve(
     addr: &str,
     service: Arc<dyn RpcService>,
 ) -> Result<ServerHandle, FabricError> {
+    listen(
+        addr,
+        "tcp",
+        move |stream, live| serve_conn(stream, shared.clone(), service.clone(), live),
+        |local| Endpoint::Tcp(local.to_string()),
+    )
+}
+
+/// Open connections, so shutdown can close them.
+pub(crate) type LiveStreams = Arc<Mutex<HashMap<u64, TcpStream>>>;
+
+/// Accepts TCP connections on `addr` and runs `on_conn` for each on a thread of its own;
+/// the returned handle stops accepting and shuts every live connection down. Shared by
+/// the `tcp` backend and the `rdma` side channel.
+pub(crate) fn listen(
+    addr: &str,
+    kind: &'static str,
+    on_conn: impl Fn(TcpStream, LiveStreams) + Send + Sync + 'static,
+    endpoint: impl FnOnce(std::net::SocketAddr) -> Endpoint,
+) -> Result<ServerHandle, FabricError> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let live: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
+    let live: LiveStreams = Arc::default();
+    let on_conn = Arc::new(on_conn);
     {
         let stop = stop.clone();
         let live = live.clone();
         std::thread::Builder::new()
-            .name(format!("fabric-tcp-accept-{}", local.port()))
+            .name(format!("fabric-{kind}-accept-{}", local.port()))
             .spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::Acquire) {
@@ -115,12 +136,11 @@ pub(crate) fn serve(
                             continue;
                         }
                     };
-                    let shared = shared.clone();
-                    let service = service.clone();
+                    let on_conn = on_conn.clone();
                     let live = live.clone();
                     let _ = std::thread::Builder::new()
-                        .name("fabric-tcp-conn".into())
-                        .spawn(move || serve_conn(stream, shared, service, live));
+                        .name(format!("fabric-{kind}-conn"))
+                        .spawn(move || on_conn(stream, live));
                 }
             })?;
     }
@@ -136,7 +156,7 @@ pub(crate) fn serve(
         })
     };
     Ok(ServerHandle {
-        endpoint: Endpoint::Tcp(local.to_string()),
+        endpoint: endpoint(local),
         stop,
         stopper: Some(stopper),
     })
@@ -146,7 +166,7 @@ fn serve_conn(
     mut stream: TcpStream,
     shared: Arc<ServerShared>,
     service: Arc<dyn RpcService>,
-    live: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    live: LiveStreams,
 ) {
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let peer = PeerInfo {
