@@ -62,6 +62,42 @@ fn invariant_5_concurrent_timestamps_are_unique_and_a_batch_is_one_grant() {
     );
 }
 
+/// A combined timestamp is granted after its caller asked: one drawn after a commit
+/// returned is above that commit's timestamp, while many threads keep the client's
+/// combiner busy (so the call joins a batch while another request is in flight).
+#[test]
+fn invariant_5_a_combined_timestamp_is_above_every_commit_that_returned_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gtm, ep) = start(dir.path(), 4096);
+    let client = Arc::new(GtmClient::connect(&ep, &opts()).unwrap());
+    client.register(NodeId(1)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    c.timestamp().unwrap();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..300 {
+        let (txn, _) = client.begin().unwrap();
+        let cts = client.commit(txn).unwrap();
+        let ts = client.timestamp().unwrap();
+        assert!(ts > cts, "timestamp {ts} drawn after commit {cts} returned");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in busy {
+        h.join().unwrap();
+    }
+    assert!(
+        client.timestamp_callers_per_request() > 1.0,
+        "calls were never combined"
+    );
+}
+
 #[test]
 fn invariant_4_commit_racing_abort_has_exactly_one_winner() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,11 @@
 //!
 //! Every call is one RPC over a shared fabric [`Connection`]; concurrent callers on many
 //! threads share messages through the fabric's adaptive batching, and the GTM handles
-//! each message's requests as one batch (one timestamp grant, one fsync).
+//! each message's requests as one batch (one timestamp grant, one fsync). With batching
+//! on, concurrent `timestamp(s)` calls are also combined into one request per round trip
+//! (see [`combiner`](super::combiner)).
 
+use super::combiner::{Combiner, CombinerStats};
 use super::layout::{self, EntryState};
 use super::proto::{
     ErrorKind, Request, Response, MAX_OUTCOMES_PER_REQUEST, MAX_TIMESTAMPS_PER_REQUEST,
@@ -54,34 +57,6 @@ pub struct GtmClient {
     left: AtomicBool,
 }
 
-/// Combines concurrent timestamp requests: the first caller leads, sends one request for
-/// everybody waiting, hands out the sub-ranges, and passes leadership to a waiter.
-#[derive(Default)]
-struct Combiner {
-    state: Mutex<CombinerState>,
-    /// Combined requests sent, and the callers they served.
-    requests: std::sync::atomic::AtomicU64,
-    callers: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-struct CombinerState {
-    waiting: Vec<Arc<TsSlot>>,
-    leading: bool,
-}
-
-enum SlotState {
-    Waiting,
-    Lead,
-    Done(Result<Timestamp, String>),
-}
-
-struct TsSlot {
-    count: u32,
-    state: Mutex<SlotState>,
-    thread: std::thread::Thread,
-}
-
 impl GtmClient {
     /// Connects and reads the status table's header (checking its magic and version).
     pub fn connect(endpoint: &Endpoint, opts: &ClientOptions) -> Result<GtmClient, GtmError> {
@@ -129,7 +104,9 @@ impl GtmClient {
             member: Mutex::new(None),
             margin: Mutex::new(Duration::ZERO),
             timeout: opts.timeout,
-            combiner: opts.batching.then(Combiner::default),
+            combiner: opts
+                .batching
+                .then(|| Combiner::new(MAX_TIMESTAMPS_PER_REQUEST)),
             left: AtomicBool::new(false),
         })
     }
@@ -337,100 +314,29 @@ impl GtmClient {
                 "{count} timestamps: 1..={MAX_TIMESTAMPS_PER_REQUEST} per call"
             )));
         }
-        let Some(comb) = &self.combiner else {
-            return self.timestamps_rpc(count);
-        };
-        let slot = Arc::new(TsSlot {
-            count,
-            state: Mutex::new(SlotState::Waiting),
-            thread: std::thread::current(),
-        });
-        {
-            let mut st = comb.state.lock();
-            st.waiting.push(slot.clone());
-            if !st.leading {
-                st.leading = true;
-                *slot.state.lock() = SlotState::Lead;
+        match &self.combiner {
+            None => self.timestamps_rpc(count),
+            Some(comb) => {
+                let first = comb.timestamps(count, self.timeout, |n| {
+                    self.timestamps_rpc(n).map(|(first, _)| first)
+                })?;
+                Ok((first, count))
             }
-        }
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let lead = match &*slot.state.lock() {
-                SlotState::Done(r) => {
-                    return match r {
-                        Ok(first) => Ok((*first, count)),
-                        Err(e) => Err(GtmError::Internal(e.clone())),
-                    }
-                }
-                SlotState::Lead => true,
-                SlotState::Waiting => false,
-            };
-            if lead {
-                self.lead_timestamps(comb);
-                continue;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                // Leave the queue if still in it; a leader that took us will fill the
-                // slot, which nobody reads any more.
-                comb.state.lock().waiting.retain(|s| !Arc::ptr_eq(s, &slot));
-                return Err(GtmError::Timeout("combined timestamp request".into()));
-            }
-            std::thread::park_timeout(deadline - now);
-        }
-    }
-
-    /// One round as the combining leader: everything queued (up to the per-request cap)
-    /// in one RPC; then leadership passes to the first waiter, if any.
-    fn lead_timestamps(&self, comb: &Combiner) {
-        let group: Vec<Arc<TsSlot>> = {
-            let mut st = comb.state.lock();
-            let mut total = 0u64;
-            let n = st
-                .waiting
-                .iter()
-                .take_while(|s| {
-                    total += s.count as u64;
-                    total <= MAX_TIMESTAMPS_PER_REQUEST as u64
-                })
-                .count()
-                .max(1);
-            st.waiting.drain(..n).collect()
-        };
-        let total: u32 = group.iter().map(|s| s.count).sum();
-        comb.requests.fetch_add(1, Ordering::Relaxed);
-        comb.callers
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        let r = self.timestamps_rpc(total);
-        let me = std::thread::current().id();
-        let mut next = 0u64;
-        for s in &group {
-            let v = match &r {
-                Ok((first, _)) => Ok(Timestamp(first.0 + next)),
-                Err(e) => Err(e.to_string()),
-            };
-            next += s.count as u64;
-            *s.state.lock() = SlotState::Done(v);
-            if s.thread.id() != me {
-                s.thread.unpark();
-            }
-        }
-        let mut st = comb.state.lock();
-        match st.waiting.first() {
-            Some(s) => {
-                *s.state.lock() = SlotState::Lead;
-                s.thread.unpark();
-            }
-            None => st.leading = false,
         }
     }
 
     /// Timestamp callers served per combined request so far (1.0 without batching).
     pub fn timestamp_callers_per_request(&self) -> f64 {
         self.combiner.as_ref().map_or(1.0, |c| {
-            c.callers.load(Ordering::Relaxed) as f64
-                / c.requests.load(Ordering::Relaxed).max(1) as f64
+            let s = c.stats();
+            s.callers as f64 / s.requests.max(1) as f64
         })
+    }
+
+    /// Counters of the timestamp combiner (`None` without batching): requests, callers
+    /// served, and how often a caller had to park and be woken.
+    pub fn timestamp_combining(&self) -> Option<CombinerStats> {
+        self.combiner.as_ref().map(Combiner::stats)
     }
 
     fn timestamps_rpc(&self, count: u32) -> Result<(Timestamp, u32), GtmError> {

@@ -11,7 +11,9 @@
 //!   `Committing`, asking the GTM for transactions whose slot was recycled), GC
 //!   watermark, and the **local fence**: the client knows the latest
 //!   moment its lease can still be valid and refuses to start a commit (or tell its
-//!   caller that writes are allowed) after it.
+//!   caller that writes are allowed) after it;
+//! * [`combiner`] — how concurrent `timestamp` calls of one client share one request per
+//!   round trip, and how their callers wait for it without a wake-up each.
 //!
 //! ## Protocol in one paragraph
 //!
@@ -31,6 +33,7 @@
 //! before its lease can have run out at the GTM.
 
 pub mod client;
+pub mod combiner;
 pub mod layout;
 pub mod proto;
 
@@ -38,6 +41,7 @@ pub mod proto;
 compile_error!("the status-table region is read with native-endian words: little-endian only");
 
 pub use client::{GtmClient, HeartbeatThread, Registration};
+pub use combiner::CombinerStats;
 
 use crate::fabric::FabricError;
 use crate::ids::{RegionId, Timestamp};

@@ -10,8 +10,10 @@
 //! is one case: `op` (`timestamp`: one fresh timestamp per call; `commit`: begin +
 //! commit per iteration, latency of the commit call, which includes the group fsync),
 //! `transport`, `threads`, `batching`, `ops_per_s`, `p50_us`, `p99_us`,
-//! `requests_per_message` (the batch size the fabric's batcher achieved) and
-//! `callers_per_request` (timestamp callers the client combined into one request).
+//! `requests_per_message` (the batch size the fabric's batcher achieved),
+//! `callers_per_request` (timestamp callers the client combined into one request) and
+//! `parks_per_call` (how often a combined timestamp caller parked and had to be woken,
+//! rather than finding its answer while yielding).
 //! "Batching" is both layers: the fabric's message batching and the client's
 //! combining of concurrent timestamp calls (as TiDB PD's TSO client does); off is one
 //! request per call, one call per message.
@@ -314,6 +316,11 @@ fn bench(args: &Args) -> Result<()> {
                             v["callers_per_request"] = serde_json::json!(
                                 (client.timestamp_callers_per_request() * 100.0).round() / 100.0
                             );
+                            if let Some(c) = client.timestamp_combining() {
+                                let parks = c.parks as f64 / c.callers.max(1) as f64;
+                                v["parks_per_call"] =
+                                    serde_json::json!((parks * 1000.0).round() / 1000.0);
+                            }
                         }
                         println!("{v}");
                     } else {
