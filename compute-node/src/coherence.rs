@@ -375,7 +375,7 @@ impl CoherentPager {
                 if self.pool.flags(&pin) & FrameFlags::LOCKED != 0 {
                     continue;
                 }
-                let held_elsewhere = e.holder.is_some_and(|h| h.node != self.node);
+                let held_elsewhere = self.held_elsewhere(e.holder);
                 if e.version == ver && !e.busy && !held_elsewhere {
                     self.pool.mark_validated(&pin, v);
                     self.stats.pages_validated.fetch_add(1, Ordering::Relaxed);
@@ -408,7 +408,7 @@ impl CoherentPager {
                 .map_err(storage_err)?
                 .pop()
                 .expect("one entry");
-            let held_elsewhere = e.holder.is_some_and(|h| h.node != self.node);
+            let held_elsewhere = self.held_elsewhere(e.holder);
             if e.version == c.image.version() && !e.busy && !held_elsewhere {
                 if let Some(pin) = self.pool.pin(page) {
                     self.pool.mark_validated(&pin, v);
@@ -417,6 +417,15 @@ impl CoherentPager {
             }
         }
         self.fetch(page)
+    }
+
+    /// Whether a directory entry's X holder is someone else: another node, or an
+    /// earlier incarnation (epoch) of this one — after a rejoin its locks and dirty
+    /// pages belong to the dead incarnation until the storage node has fenced it and
+    /// rebuilt them from its redo, so its images must be asked for like anyone's.
+    fn held_elsewhere(&self, holder: Option<common::storage::dir::LockHolder>) -> bool {
+        let epoch = self.storage.node(0).epoch();
+        holder.is_some_and(|h| h.node != self.node || h.epoch != epoch)
     }
 
     /// Reads the newest image of `page` from its storage node (asking a remote X holder
@@ -431,7 +440,7 @@ impl CoherentPager {
                 .map_err(storage_err)?
                 .pop()
                 .expect("one entry");
-            if e.holder.is_some_and(|h| h.node != self.node) {
+            if self.held_elsewhere(e.holder) {
                 self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
                 client.request_write_back(page).map_err(storage_err)?;
             }

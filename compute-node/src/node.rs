@@ -55,11 +55,13 @@ use crate::mvcc::WaitPolicy;
 use crate::txn::{Engine, EngineConfig, Isolation, Table, Txn, TxnError};
 use common::fabric::{ClientOptions, ClusterKey, Endpoint};
 use common::gtm::client::HeartbeatThread;
-use common::gtm::GtmClient;
+use common::gtm::{GtmClient, GtmError};
 use common::ids::NodeId;
 use common::storage::client::StorageClient;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,36 +131,25 @@ pub enum StartError {
     Txn(#[from] TxnError),
 }
 
-/// A running compute node.
-pub struct ComputeNode {
+/// One incarnation of the node: its registration (epoch), connections, buffer pool,
+/// engine and catalog. A rejoin replaces it as a whole.
+struct Incarnation {
     engine: Arc<Engine>,
     catalog: Catalog,
     _heartbeats: HeartbeatThread,
+    generation: u64,
 }
 
-impl ComputeNode {
-    /// Connects with the key in `cfg.key_file`.
-    pub fn start(cfg: &ComputeConfig) -> Result<ComputeNode, StartError> {
-        let key = ClusterKey::from_file(&cfg.key_file).map_err(StartError::Config)?;
-        ComputeNode::start_with_key(cfg, key)
-    }
-
-    /// Connects with a key in hand (embedded clusters).
-    pub fn start_with_key(cfg: &ComputeConfig, key: ClusterKey) -> Result<ComputeNode, StartError> {
-        if cfg.node_id == 0 {
-            return Err(StartError::Config("node_id must be > 0".into()));
-        }
-        if cfg.storage.is_empty() {
-            return Err(StartError::Config(
-                "at least one storage endpoint is needed".into(),
-            ));
-        }
-        if cfg.buffer_frames < 16 {
-            return Err(StartError::Config(
-                "buffer_frames must be at least 16".into(),
-            ));
-        }
-        let opts = ClientOptions::new(key).timeout(Duration::from_secs(cfg.rpc_timeout_s.max(1)));
+impl Incarnation {
+    /// Registers with the GTM (a fresh epoch), connects to every storage node, builds
+    /// the pager, the engine and the catalog.
+    fn start(
+        cfg: &ComputeConfig,
+        key: &ClusterKey,
+        generation: u64,
+    ) -> Result<Incarnation, StartError> {
+        let opts =
+            ClientOptions::new(key.clone()).timeout(Duration::from_secs(cfg.rpc_timeout_s.max(1)));
         let gtm_ep: Endpoint = cfg
             .gtm
             .parse()
@@ -205,40 +196,171 @@ impl ComputeNode {
             },
         );
         let catalog = Catalog::open_or_bootstrap(pager)?;
-        tracing::info!(node = %reg.node, epoch = %reg.epoch, "compute node ready");
-        Ok(ComputeNode {
+        tracing::info!(node = %reg.node, epoch = %reg.epoch, generation, "compute node ready");
+        Ok(Incarnation {
             engine,
             catalog,
             _heartbeats: heartbeats,
+            generation,
         })
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    /// Why this incarnation can no longer serve, if it cannot: its lease is lost
+    /// (fenced: the GTM aborted its transactions and freed its locks), or a connection
+    /// to the GTM or a storage node ended (the service restarted: its lock table and
+    /// this node's view of it are gone).
+    fn broken(&self) -> Option<String> {
+        let gtm = self.engine.gtm();
+        if gtm.connection().is_closed() {
+            return Some("the GTM connection ended".into());
+        }
+        let storage = self.engine.pager().storage();
+        for i in 0..storage.len() {
+            if storage.node(i).connection().is_closed() {
+                return Some(format!(
+                    "the connection to storage node {} ended",
+                    storage.node(i).layout().first_page
+                ));
+            }
+        }
+        match gtm.check_lease() {
+            Err(e @ (GtmError::Fenced(_) | GtmError::NotRegistered)) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Ends this incarnation's connections: its threads stop, its open transactions
+    /// fail.
+    fn close(&self) {
+        self.engine.gtm().connection().close();
+        let storage = self.engine.pager().storage();
+        for i in 0..storage.len() {
+            storage.node(i).connection().close();
+        }
+    }
+}
+
+/// A running compute node.
+///
+/// ## Rejoining
+///
+/// A node that lost its lease (it was paused or cut off past it: the GTM aborted its
+/// transactions and had the storage nodes free its locks and rebuild its pages from its
+/// redo), or whose connection to the GTM or a storage node ended (the service was
+/// restarted), cannot go on with what it holds: its page locks and cached pages
+/// describe a state the cluster no longer has. [`ComputeNode::rejoin`] drops the whole
+/// incarnation — buffer pool, held locks, connections — and starts a new one with a
+/// fresh registration and epoch, exactly as a restarted process would; registering
+/// again supersedes the old epoch at the GTM, which aborts whatever it still had open.
+/// Transactions of the old incarnation fail (their errors are `Fenced`, `Storage` or
+/// `Gtm`); tables stay valid (the catalog lives in the storage nodes). The
+/// `compute-node` service runs a watchdog that rejoins when [`ComputeNode::broken`]
+/// says so.
+pub struct ComputeNode {
+    current: RwLock<Arc<Incarnation>>,
+    cfg: ComputeConfig,
+    key: ClusterKey,
+    rejoin_lock: Mutex<()>,
+    rejoins: AtomicU64,
+}
+
+impl ComputeNode {
+    /// Connects with the key in `cfg.key_file`.
+    pub fn start(cfg: &ComputeConfig) -> Result<ComputeNode, StartError> {
+        let key = ClusterKey::from_file(&cfg.key_file).map_err(StartError::Config)?;
+        ComputeNode::start_with_key(cfg, key)
+    }
+
+    /// Connects with a key in hand (embedded clusters).
+    pub fn start_with_key(cfg: &ComputeConfig, key: ClusterKey) -> Result<ComputeNode, StartError> {
+        if cfg.node_id == 0 {
+            return Err(StartError::Config("node_id must be > 0".into()));
+        }
+        if cfg.storage.is_empty() {
+            return Err(StartError::Config(
+                "at least one storage endpoint is needed".into(),
+            ));
+        }
+        if cfg.buffer_frames < 16 {
+            return Err(StartError::Config(
+                "buffer_frames must be at least 16".into(),
+            ));
+        }
+        let first = Incarnation::start(cfg, &key, 0)?;
+        Ok(ComputeNode {
+            current: RwLock::new(Arc::new(first)),
+            cfg: cfg.clone(),
+            key,
+            rejoin_lock: Mutex::new(()),
+            rejoins: AtomicU64::new(0),
+        })
+    }
+
+    fn current(&self) -> Arc<Incarnation> {
+        self.current.read().clone()
+    }
+
+    /// The current incarnation's engine (a rejoin replaces it).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.current().engine.clone()
+    }
+
+    /// Why the node cannot serve until it rejoins (lease lost, a service connection
+    /// ended), or `None`.
+    pub fn broken(&self) -> Option<String> {
+        self.current().broken()
+    }
+
+    /// How many times this node rejoined.
+    pub fn rejoins(&self) -> u64 {
+        self.rejoins.load(Ordering::Relaxed)
+    }
+
+    /// Drops the current incarnation and joins again with a new epoch (see the type's
+    /// docs). Concurrent callers share one rejoin. On error the old (broken)
+    /// incarnation stays; call again later.
+    pub fn rejoin(&self, why: &str) -> Result<(), StartError> {
+        let seen = self.current().generation;
+        let _one = self.rejoin_lock.lock();
+        let old = self.current();
+        if old.generation != seen {
+            return Ok(()); // someone else rejoined meanwhile
+        }
+        tracing::warn!(
+            node = self.cfg.node_id,
+            why,
+            "rejoining the cluster with a new epoch"
+        );
+        old.close();
+        let next = Incarnation::start(&self.cfg, &self.key, seen + 1)?;
+        *self.current.write() = Arc::new(next);
+        self.rejoins.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn begin(&self) -> Result<Txn, TxnError> {
-        self.engine.begin()
+        self.current().engine.begin()
     }
 
     pub fn begin_with(&self, isolation: Isolation) -> Result<Txn, TxnError> {
-        self.engine.begin_with(isolation)
+        self.current().engine.begin_with(isolation)
     }
 
     pub fn create_table(&self, name: &str) -> Result<Table, TxnError> {
-        self.catalog.create_table(name)
+        self.current().catalog.create_table(name)
     }
 
     pub fn table(&self, name: &str) -> Result<Table, TxnError> {
-        self.catalog.table(name)
+        self.current().catalog.table(name)
     }
 
     /// Creates the table unless it exists; returns it either way.
     pub fn ensure_table(&self, name: &str) -> Result<Table, TxnError> {
-        match self.catalog.table(name) {
+        let cur = self.current();
+        match cur.catalog.table(name) {
             Ok(t) => Ok(t),
-            Err(TxnError::NoSuchTable(_)) => match self.catalog.create_table(name) {
-                Err(TxnError::TableExists(_)) => self.catalog.table(name),
+            Err(TxnError::NoSuchTable(_)) => match cur.catalog.create_table(name) {
+                Err(TxnError::TableExists(_)) => cur.catalog.table(name),
                 other => other,
             },
             Err(e) => Err(e),
@@ -247,8 +369,9 @@ impl ComputeNode {
 
     /// Writes back every change and releases every page lock (clean shutdown).
     pub fn shutdown(&self) -> Result<(), TxnError> {
-        self.engine.pager().release_all()?;
-        let _ = self.engine.gtm().leave();
+        let cur = self.current();
+        cur.engine.pager().release_all()?;
+        let _ = cur.engine.gtm().leave();
         Ok(())
     }
 }

@@ -700,6 +700,11 @@ impl ClientCore {
         Ok(())
     }
 
+    /// Whether the connection ended (closed here, or the peer went away).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     pub(crate) fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;

@@ -428,6 +428,17 @@ impl Connection {
         }
     }
 
+    /// Whether the connection ended: closed here, or the peer closed it or died (its
+    /// calls fail with `Disconnected`; a new connection is needed).
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            Inner::Tcp(c) => c.is_closed(),
+            Inner::Shm(c) => c.is_closed(),
+            #[cfg(feature = "rdma")]
+            Inner::Rdma(c) => c.is_closed(),
+        }
+    }
+
     /// Closes the connection; pending and later calls fail with `Disconnected`.
     pub fn close(&self) {
         match &self.inner {

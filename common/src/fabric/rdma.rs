@@ -1495,6 +1495,10 @@ impl RdmaClient {
 
     /// Stops new batches and closes the side channel; a waiting batch notices within
     /// [`WAIT_SLICE`]. Verbs resources are released when the client is dropped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.core.close();

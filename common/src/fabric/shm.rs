@@ -131,6 +131,10 @@ impl ShmClient {
         s
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
     pub(crate) fn close(&self) {
         self.core.close();
     }

@@ -83,6 +83,10 @@ impl TcpClient {
         Ok(TcpClient { core })
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
     pub(crate) fn close(&self) {
         self.core.close();
     }

@@ -172,6 +172,10 @@ fn run(
         let _in_runtime = rt.enter();
         service.spawn_reaper()
     };
+    let watchdog = {
+        let _in_runtime = rt.enter();
+        service.spawn_watchdog(Duration::from_millis(100))
+    };
     let metrics = metrics_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
             tracing::info!(addr = %a, "metrics endpoint");
@@ -215,6 +219,7 @@ fn run(
         let aborted = service.close().await;
         tracing::info!(aborted, "open transactions aborted");
         let _ = reaper.await;
+        let _ = watchdog.await;
         if let Some(m) = metrics {
             let _ = m.await;
         }
