@@ -39,7 +39,9 @@
 
 use crate::btree::{MAX_ENTRY_LEN, MAX_KEY_LEN};
 use crate::coherence::{LockMode, ValidationMode};
+use crate::grpc_tpcc;
 use crate::node::ComputeNode;
+use crate::tpcc::{self, schema::Tables};
 use crate::txn::{Isolation, Table, Txn, TxnError};
 use common::ids::TxnId;
 use common::proto::compute as pb;
@@ -202,6 +204,15 @@ fn bad_request(message: impl Into<String>) -> Status {
     ErrorKind::BadRequest.status(message)
 }
 
+/// The status for a failed loader or check run: the engine error's own kind when
+/// there is one.
+fn anyhow_status(what: &str, e: &anyhow::Error) -> Status {
+    match e.chain().find_map(|c| c.downcast_ref::<TxnError>()) {
+        Some(t) => ErrorKind::of(t).status(format!("{what}: {e:#}")),
+        None => ErrorKind::Internal.status(format!("{what}: {e:#}")),
+    }
+}
+
 /// Session limits (from the service config).
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -235,6 +246,8 @@ struct SessionCounters {
     committed: AtomicU64,
     aborted: AtomicU64,
     idle_aborted: AtomicU64,
+    /// TPC-C stored-procedure calls that committed (or rolled back as the spec asks).
+    procedures: AtomicU64,
 }
 
 /// Ids of recently idle-aborted sessions (bounded, oldest forgotten first).
@@ -401,9 +414,45 @@ impl Sessions {
 struct Inner {
     node: Arc<ComputeNode>,
     sessions: Sessions,
+    /// The TPC-C tables, opened on first use by a stored procedure.
+    tpcc: Mutex<Option<Arc<Tables>>>,
 }
 
 impl Inner {
+    /// The TPC-C tables (NOT_FOUND until TpccCreateSchema made them).
+    fn tpcc_tables(&self) -> Result<Arc<Tables>, Status> {
+        let mut t = self.tpcc.lock();
+        if let Some(t) = &*t {
+            return Ok(t.clone());
+        }
+        let opened = Arc::new(Tables::open(&self.node).map_err(|e| match e {
+            TxnError::NoSuchTable(n) => ErrorKind::NoSuchTable.status(format!(
+                "no TPC-C table {n}: call TpccCreateSchema (and TpccLoad) first"
+            )),
+            e => status_of(&e),
+        })?);
+        *t = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// One attempt of a TPC-C transaction (a stored procedure call).
+    fn tpcc_run(&self, call: grpc_tpcc::Call) -> Result<pb::TpccResponse, Status> {
+        let t = self.tpcc_tables()?;
+        let o = tpcc::transactions::run_once(
+            &self.node,
+            &t,
+            &call.input,
+            call.now_us,
+            call.history_key,
+        )
+        .map_err(|e| status_of(&e))?;
+        self.sessions
+            .counters
+            .procedures
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(grpc_tpcc::response_of(o))
+    }
+
     fn table(&self, name: &str) -> Result<Table, Status> {
         check_table_name(name)?;
         self.node.table(name).map_err(|e| status_of(&e))
@@ -466,6 +515,7 @@ impl ComputeService {
         ComputeService {
             inner: Arc::new(Inner {
                 node,
+                tpcc: Mutex::new(None),
                 sessions: Sessions {
                     open: Mutex::new(HashMap::new()),
                     reaped: Mutex::new(Reaped::default()),
@@ -519,6 +569,37 @@ impl ComputeService {
         })
     }
 
+    /// Starts the rejoin watchdog on the current tokio runtime: every `every` it asks
+    /// the node whether it is broken (lease lost, a GTM or storage connection ended)
+    /// and, if so, rejoins with a new epoch ([`ComputeNode::rejoin`]), retrying until
+    /// that works. Ends after [`ComputeService::close`].
+    pub fn spawn_watchdog(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if inner.sessions.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let inner = inner.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let Some(why) = inner.node.broken() else {
+                        return;
+                    };
+                    match inner.node.rejoin(&why) {
+                        Ok(()) => {
+                            tracing::info!(rejoins = inner.node.rejoins(), "rejoined the cluster")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "rejoin failed; retrying"),
+                    }
+                })
+                .await;
+            }
+        })
+    }
+
     /// Refuses new transactions and aborts every open one (after its running call);
     /// returns how many were aborted. Call after the server stopped accepting calls.
     pub async fn close(&self) -> usize {
@@ -541,6 +622,21 @@ impl ComputeService {
     /// The status in Prometheus text format (the `metrics_listen` endpoint).
     pub fn render_metrics(&self) -> String {
         render_metrics(&self.status())
+    }
+
+    fn refuse_if_closed(&self) -> Result<(), Status> {
+        if self.inner.sessions.closed.load(Ordering::Acquire) {
+            return Err(ErrorKind::ShuttingDown.status("the server is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// Runs one TPC-C stored-procedure call on the blocking pool.
+    async fn procedure(&self, call: grpc_tpcc::Call) -> Result<Response<pb::TpccResponse>, Status> {
+        self.refuse_if_closed()?;
+        self.blocking(move |inner| inner.tpcc_run(call))
+            .await
+            .map(Response::new)
     }
 
     /// Runs `f` on the blocking pool; a panic becomes INTERNAL.
@@ -582,7 +678,12 @@ impl Compute for ComputeService {
         _req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         let node_id = self.inner.node.engine().pager().node.0;
+        let broken = self.inner.node.broken();
         let (status, message) = match self.inner.node.engine().gtm().check_lease() {
+            _ if broken.is_some() => (
+                pb::health_response::Status::NotServing,
+                format!("rejoining: {}", broken.unwrap_or_default()),
+            ),
             Ok(_) if !self.inner.sessions.closed.load(Ordering::Acquire) => {
                 (pb::health_response::Status::Serving, String::new())
             }
@@ -811,6 +912,140 @@ impl Compute for ComputeService {
     //   3. OrderStatus
     //   4. Delivery
     //   5. StockLevel
+
+    async fn tpcc_new_order(
+        &self,
+        req: Request<pb::TpccNewOrderRequest>,
+    ) -> Result<Response<pb::TpccResponse>, Status> {
+        let call = grpc_tpcc::new_order_call(req.into_inner()).map_err(bad_request)?;
+        self.procedure(call).await
+    }
+
+    async fn tpcc_payment(
+        &self,
+        req: Request<pb::TpccPaymentRequest>,
+    ) -> Result<Response<pb::TpccResponse>, Status> {
+        let call = grpc_tpcc::payment_call(req.into_inner()).map_err(bad_request)?;
+        self.procedure(call).await
+    }
+
+    async fn tpcc_order_status(
+        &self,
+        req: Request<pb::TpccOrderStatusRequest>,
+    ) -> Result<Response<pb::TpccResponse>, Status> {
+        let call = grpc_tpcc::order_status_call(req.into_inner()).map_err(bad_request)?;
+        self.procedure(call).await
+    }
+
+    async fn tpcc_delivery(
+        &self,
+        req: Request<pb::TpccDeliveryRequest>,
+    ) -> Result<Response<pb::TpccResponse>, Status> {
+        let call = grpc_tpcc::delivery_call(req.into_inner()).map_err(bad_request)?;
+        self.procedure(call).await
+    }
+
+    async fn tpcc_stock_level(
+        &self,
+        req: Request<pb::TpccStockLevelRequest>,
+    ) -> Result<Response<pb::TpccResponse>, Status> {
+        let call = grpc_tpcc::stock_level_call(req.into_inner()).map_err(bad_request)?;
+        self.procedure(call).await
+    }
+
+    async fn tpcc_create_schema(
+        &self,
+        _req: Request<pb::TpccCreateSchemaRequest>,
+    ) -> Result<Response<pb::TpccCreateSchemaResponse>, Status> {
+        self.refuse_if_closed()?;
+        self.blocking(|inner| {
+            let t = Tables::ensure(&inner.node).map_err(|e| status_of(&e))?;
+            *inner.tpcc.lock() = Some(Arc::new(t));
+            Ok(pb::TpccCreateSchemaResponse {})
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn tpcc_load(
+        &self,
+        req: Request<pb::TpccLoadRequest>,
+    ) -> Result<Response<pb::TpccLoadResponse>, Status> {
+        self.refuse_if_closed()?;
+        let r = req.into_inner();
+        let scale = tpcc::load::Scale {
+            warehouses: r.warehouses,
+            items: r.items,
+        };
+        if r.warehouses == 0 || r.items == 0 || r.items > tpcc::schema::SPEC_ITEMS {
+            return Err(bad_request(format!(
+                "warehouses must be at least 1 and items in [1, {}] (got {}, {})",
+                tpcc::schema::SPEC_ITEMS,
+                r.warehouses,
+                r.items
+            )));
+        }
+        if r.from_warehouse == 0
+            || r.from_warehouse > r.to_warehouse
+            || r.to_warehouse > r.warehouses
+        {
+            return Err(bad_request(format!(
+                "warehouses [{}, {}] are not a part of [1, {}]",
+                r.from_warehouse, r.to_warehouse, r.warehouses
+            )));
+        }
+        let c_load = grpc_tpcc::nurand_from_pb(r.c_load).map_err(bad_request)?;
+        let part = tpcc::load::LoadPart {
+            from_w: r.from_warehouse,
+            to_w: r.to_warehouse,
+            items: r.load_items,
+        };
+        let threads = match r.threads {
+            0 => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => (n as usize).min(64),
+        };
+        self.blocking(move |inner| {
+            let t = inner.tpcc_tables()?;
+            let rows = tpcc::load::Loader {
+                nodes: std::slice::from_ref(&*inner.node),
+                tables: std::slice::from_ref(&*t),
+                node_of: &|_| 0,
+                scale,
+                only: Some(part),
+                c_load,
+                seed: r.seed,
+                threads,
+                progress: false,
+            }
+            .run()
+            .map_err(|e| anyhow_status("loading", &e))?;
+            tracing::info!(rows, ?part, "TPC-C load done");
+            Ok(pb::TpccLoadResponse { rows })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn tpcc_check(
+        &self,
+        req: Request<pb::TpccCheckRequest>,
+    ) -> Result<Response<pb::TpccCheckResponse>, Status> {
+        self.refuse_if_closed()?;
+        let r = req.into_inner();
+        if r.warehouses == 0 {
+            return Err(bad_request("warehouses must be at least 1"));
+        }
+        self.blocking(move |inner| {
+            inner.tpcc_tables()?;
+            let checks = tpcc::check::run_checks(&inner.node, r.warehouses, r.delivery_ran)
+                .map_err(|e| anyhow_status("checking", &e))?;
+            Ok(pb::TpccCheckResponse {
+                checks: checks.iter().map(grpc_tpcc::check_to_pb).collect(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
 }
 
 fn status_snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
@@ -887,6 +1122,7 @@ fn status_snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
             committed: load(&s.committed),
             aborted: load(&s.aborted),
             idle_aborted: load(&s.idle_aborted),
+            procedures: load(&s.procedures),
         }),
     }
 }
@@ -900,7 +1136,7 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
     let e = st.engine.unwrap_or_default();
     let s = st.sessions.unwrap_or_default();
     #[rustfmt::skip]
-    let metrics: [(&str, &str, i128, &str); 25] = [
+    let metrics: [(&str, &str, i128, &str); 26] = [
         ("node_id", G, st.node_id.into(), "This node's id."),
         ("epoch", G, st.epoch.into(), "This incarnation's epoch."),
         ("lease_remaining_ms", G, st.lease_remaining_ms.into(), "Milliseconds until writes must stop."),
@@ -926,6 +1162,7 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
         ("grpc_sessions_committed_total", C, s.committed.into(), "gRPC transactions committed."),
         ("grpc_sessions_aborted_total", C, s.aborted.into(), "gRPC transactions aborted."),
         ("grpc_sessions_idle_aborted_total", C, s.idle_aborted.into(), "gRPC transactions aborted for idleness."),
+        ("tpcc_procedures_total", C, s.procedures.into(), "TPC-C stored-procedure calls completed."),
     ];
     let mut out = String::new();
     for (name, kind, v, help) in metrics {

@@ -22,6 +22,9 @@
 //! ```
 
 use crate::grpc::ErrorKind;
+use crate::grpc_tpcc;
+use crate::tpcc::check::CheckResult;
+use crate::tpcc::transactions::Outcome;
 use crate::txn::{Isolation, Row};
 use common::ids::{Timestamp, TxnId};
 use common::proto::compute as pb;
@@ -44,6 +47,14 @@ impl RemoteError {
     /// Abort and run the transaction again.
     pub fn is_retryable(&self) -> bool {
         self.kind.is_retryable()
+    }
+
+    fn bad_answer(message: String) -> RemoteError {
+        RemoteError {
+            kind: ErrorKind::Internal,
+            code: tonic::Code::Internal,
+            message: format!("malformed answer: {message}"),
+        }
     }
 
     fn transport(message: String) -> RemoteError {
@@ -285,5 +296,59 @@ impl RemoteNode {
         self.call(|mut c| async move { c.abort(req).await })
             .map(|_| ())
             .map_err(Into::into)
+    }
+
+    // ---- TPC-C stored procedures ----
+
+    /// Creates the TPC-C tables if missing.
+    pub fn tpcc_create_schema(&self) -> Result<(), RemoteError> {
+        self.call(|mut c| async move { c.tpcc_create_schema(pb::TpccCreateSchemaRequest {}).await })
+            .map(|_| ())
+            .map_err(Into::into)
+    }
+
+    /// Loads a part of the TPC-C population through this node; returns rows written.
+    pub fn tpcc_load(&self, req: pb::TpccLoadRequest) -> Result<u64, RemoteError> {
+        self.call(|mut c| async move { c.tpcc_load(req).await })
+            .map(|r| r.into_inner().rows)
+            .map_err(Into::into)
+    }
+
+    /// The twelve consistency conditions, run on this node.
+    pub fn tpcc_check(
+        &self,
+        warehouses: u32,
+        delivery_ran: bool,
+    ) -> Result<Vec<CheckResult>, RemoteError> {
+        let req = pb::TpccCheckRequest {
+            warehouses,
+            delivery_ran,
+        };
+        let r = self
+            .call(|mut c| async move { c.tpcc_check(req).await })?
+            .into_inner();
+        r.checks
+            .iter()
+            .map(grpc_tpcc::check_from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(RemoteError::bad_answer)
+    }
+
+    /// Runs one whole TPC-C transaction server-side (one attempt: a retryable error
+    /// means it was aborted; run the same call again).
+    pub fn tpcc(&self, call: &grpc_tpcc::Call) -> Result<Outcome, RemoteError> {
+        use grpc_tpcc::Request as R;
+        let r = self
+            .call(|mut c| async move {
+                match grpc_tpcc::request_of(call) {
+                    R::NewOrder(r) => c.tpcc_new_order(r).await,
+                    R::Payment(r) => c.tpcc_payment(r).await,
+                    R::OrderStatus(r) => c.tpcc_order_status(r).await,
+                    R::Delivery(r) => c.tpcc_delivery(r).await,
+                    R::StockLevel(r) => c.tpcc_stock_level(r).await,
+                }
+            })?
+            .into_inner();
+        grpc_tpcc::outcome_of(&call.input, &r).map_err(RemoteError::bad_answer)
     }
 }

@@ -15,6 +15,8 @@
 //!   batched validation, lazy X page locks with revocation (invariants 1, 2).
 //! * [`buffer_pool`] — frames, page table, pins, CLOCK, epoch-based reclamation.
 //! * [`pager`] — the page interface trees are written against.
+//! * [`tpcc`] — TPC-C schema, loader, transactions and checks: the service's stored
+//!   procedures and the `tpcc` harness's engine side.
 //! * [`grpc`], [`grpc_client`], [`service_config`] — the `compute-node` service: the same
 //!   operations over gRPC with server-side sessions, its blocking client, its config.
 
@@ -24,8 +26,10 @@ pub mod catalog;
 pub mod coherence;
 pub mod grpc;
 pub mod grpc_client;
+pub mod grpc_tpcc;
 pub mod mvcc;
 pub mod node;
 pub mod pager;
 pub mod service_config;
+pub mod tpcc;
 pub mod txn;

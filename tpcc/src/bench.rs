@@ -1,12 +1,15 @@
 //! One benchmark run end to end: start the cluster, create the schema, load, check,
 //! drive, check again, report. The `tpcc` binary is a thin wrapper around [`run`].
 
-use crate::check::{self, CheckResult};
+use crate::check::CheckResult;
 use crate::driver::{self, Affinity, DriverConfig};
-use crate::load::{Loader, Scale};
+use crate::load::Scale;
 use crate::random::NuRandConstants;
+use crate::remote::RemoteTarget;
 use crate::report::{self, Report};
-use crate::schema::{Tables, SPEC_ITEMS};
+use crate::schema::SPEC_ITEMS;
+use crate::spawn::{ProcessCluster, SpawnOptions, SpawnTransport};
+use crate::target::{EngineTarget, LoadRequest, Target};
 use crate::transactions::Workload;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -26,7 +29,8 @@ pub enum LockModeArg {
 pub enum ClusterMode {
     /// Storage node, GTM and compute nodes in this process over shared memory.
     Embedded,
-    /// Each service as its own local process (not implemented yet).
+    /// Each service (storage node, GTM, compute nodes) as its own local process,
+    /// started and stopped by the harness; transactions run as gRPC stored procedures.
     Spawn,
 }
 
@@ -98,18 +102,48 @@ pub struct Options {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
-    /// Cluster mode: `embedded` (default) or `spawn` (not implemented yet).
+    /// Cluster mode: `embedded` (default: one process over shm) or `spawn` (the three
+    /// service binaries as local processes).
     #[arg(long, value_enum, default_value_t = ClusterMode::Embedded)]
     pub cluster: ClusterMode,
-    /// Run against a running cluster's compute nodes (not implemented yet).
+    /// With `--cluster spawn`: how the services talk to each other.
+    #[arg(long, value_enum, default_value_t = SpawnTransport::Tcp)]
+    pub transport: SpawnTransport,
+    /// With `--cluster spawn`: GTM lease in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub lease_ms: u64,
+    /// With `--cluster spawn`: keep configs, data and logs in this directory (default: a
+    /// temporary one, removed after a clean run).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Run against a running cluster: the compute nodes' gRPC addresses (host:port,...).
     #[arg(long, value_delimiter = ',')]
     pub connect: Vec<String>,
-    /// Run against PostgreSQL, `postgres://...` (not implemented yet).
+    /// Do not create and load the database: it was loaded by an earlier run with the
+    /// same --warehouses, --scale-items and --seed (with --connect, --target, or
+    /// --cluster spawn reusing a --run-dir).
+    #[arg(long)]
+    pub skip_load: bool,
+    /// Run against PostgreSQL instead of the engine, `postgres://...` (or a libpq
+    /// key=value string).
     #[arg(long)]
     pub target: Option<String>,
-    /// Draw throughput over time and latency CDFs to an SVG file (not implemented yet).
+    /// Draw throughput over time and latency CDFs to an SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Append every acknowledged New-Order as `w d o_id` to this file; after the run
+    /// the harness checks that each of them is in the database either way.
+    #[arg(long)]
+    pub ack_log: Option<PathBuf>,
+    /// How long a terminal keeps retrying while its node is unavailable (restarting,
+    /// fenced, cut off) before the run fails, seconds.
+    #[arg(long, default_value_t = 0)]
+    pub unavailable_patience: u64,
+    /// With `--cluster spawn`: inject a fault during the measurement window (see
+    /// `crate::fault`), e.g. `kill:compute-2@10+2` = kill -9 compute-2 10 s into the
+    /// window and start it again 2 s later.
+    #[arg(long)]
+    pub fault: Vec<String>,
 }
 
 /// A requested feature that does not exist yet (the binary exits 2).
@@ -133,18 +167,6 @@ fn print_checks(phase: &str, checks: &[CheckResult], quiet: bool) {
 }
 
 pub fn run(o: &Options) -> Result<Outcome> {
-    if o.cluster == ClusterMode::Spawn {
-        return Err(NotImplemented("--cluster spawn".into()).into());
-    }
-    if !o.connect.is_empty() {
-        return Err(NotImplemented("--connect".into()).into());
-    }
-    if o.target.is_some() {
-        return Err(NotImplemented("--target (PostgreSQL side-by-side)".into()).into());
-    }
-    if o.plot.is_some() {
-        return Err(NotImplemented("--plot".into()).into());
-    }
     if o.warehouses == 0 || o.nodes == 0 || o.terminals_per_warehouse == 0 {
         bail!("--warehouses, --nodes and --terminals-per-warehouse must be at least 1");
     }
@@ -157,72 +179,150 @@ pub fn run(o: &Options) -> Result<Outcome> {
             "WARNING: --scale-items {items}: NOT a spec-compliant database (spec: 100,000 items)"
         );
     }
+    let modes = [
+        o.target.is_some(),
+        !o.connect.is_empty(),
+        o.cluster == ClusterMode::Spawn,
+    ];
+    if modes.iter().filter(|&&m| m).count() > 1 {
+        bail!("--target, --connect and --cluster spawn exclude each other");
+    }
+    if !o.fault.is_empty() && o.cluster != ClusterMode::Spawn {
+        bail!("--fault needs --cluster spawn (the harness must own the processes)");
+    }
+    let faults = o
+        .fault
+        .iter()
+        .map(|f| crate::fault::Fault::parse(f, o.nodes))
+        .collect::<Result<Vec<_>>>()?;
+    let reused_run_dir = o.cluster == ClusterMode::Spawn && o.run_dir.is_some();
+    if o.skip_load && o.target.is_none() && o.connect.is_empty() && !reused_run_dir {
+        bail!(
+            "--skip-load needs --connect, --target or --cluster spawn with --run-dir (other \
+             modes start empty)"
+        );
+    }
+    let w = o.warehouses as u64;
+    let buffer_frames = o
+        .buffer_frames
+        .unwrap_or((16_384 + 24_576 * w as usize).min(1 << 20));
+    let storage_memory_mb = o.storage_memory_mb.unwrap_or(512 + 384 * w);
+    let t0 = Instant::now();
+    if let Some(url) = &o.target {
+        let terminals = o.warehouses as usize * o.terminals_per_warehouse as usize;
+        let target = crate::pg::PgTarget::connect(url, terminals)?;
+        return run_on(o, &target, "postgres", t0, None);
+    }
+    if !o.connect.is_empty() {
+        let target = RemoteTarget::connect(&o.connect, Duration::from_secs(30))?;
+        return run_on(o, &target, "connect", t0, None);
+    }
+    match o.cluster {
+        ClusterMode::Spawn => {
+            let cluster = ProcessCluster::start(&SpawnOptions {
+                transport: o.transport,
+                compute_nodes: o.nodes,
+                buffer_frames,
+                storage_memory_mb,
+                lock_mode: match o.lock_mode {
+                    LockModeArg::Lazy => "lazy",
+                    LockModeArg::Eager => "eager",
+                },
+                lease_ms: o.lease_ms,
+                dir: o.run_dir.clone(),
+            })
+            .context("starting the service processes")?;
+            let target = RemoteTarget::connect(&cluster.compute_addrs, Duration::from_secs(60))?;
+            let label = match o.transport {
+                SpawnTransport::Tcp => "spawn (tcp)",
+                SpawnTransport::Shm => "spawn (shm)",
+            };
+            let cluster = parking_lot::Mutex::new(cluster);
+            let out = run_on(o, &target, label, t0, Some((&cluster, &faults)));
+            drop(target);
+            let stopped = cluster.into_inner().stop();
+            let out = out?;
+            stopped.context("stopping the service processes")?;
+            Ok(out)
+        }
+        ClusterMode::Embedded => {
+            let copts = ClusterOptions {
+                compute_nodes: o.nodes,
+                buffer_frames,
+                storage_memory: storage_memory_mb << 20,
+                compute: compute_node::node::ComputeConfig {
+                    lock_mode: match o.lock_mode {
+                        LockModeArg::Lazy => compute_node::coherence::LockMode::Lazy,
+                        LockModeArg::Eager => compute_node::coherence::LockMode::Eager,
+                    },
+                    ..compute_node::node::ComputeConfig::default()
+                },
+                ..ClusterOptions::default()
+            };
+            let cluster = EmbeddedCluster::start(copts).context("starting the embedded cluster")?;
+            let target = EngineTarget::new(&cluster.nodes)?;
+            let out = run_on(o, &target, "embedded", t0, None);
+            drop(target);
+            cluster.shutdown().context("shutting the cluster down")?;
+            out
+        }
+    }
+}
+
+/// Faults to inject into a spawned cluster.
+type Faults<'a> = (
+    &'a parking_lot::Mutex<ProcessCluster>,
+    &'a [crate::fault::Fault],
+);
+
+/// Load, check, drive, check, report on `target`.
+fn run_on(
+    o: &Options,
+    target: &dyn Target,
+    cluster_label: &str,
+    t0: Instant,
+    faults: Option<Faults>,
+) -> Result<Outcome> {
+    let items = o.scale_items.unwrap_or(SPEC_ITEMS);
     let mix: [u32; 5] = o
         .mix
         .clone()
         .try_into()
         .map_err(|_| anyhow::anyhow!("--mix takes 5 numbers"))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let w = o.warehouses as u64;
     let seed = o.seed.unwrap_or_else(rand::random);
     let mut rng = StdRng::seed_from_u64(seed);
     let c_load = NuRandConstants::for_load(&mut rng);
     let c_run = NuRandConstants::for_run(&c_load, &mut rng);
-
-    let copts = ClusterOptions {
-        compute_nodes: o.nodes,
-        buffer_frames: o
-            .buffer_frames
-            .unwrap_or((16_384 + 24_576 * w as usize).min(1 << 20)),
-        storage_memory: o.storage_memory_mb.unwrap_or(512 + 384 * w) << 20,
-        compute: compute_node::node::ComputeConfig {
-            lock_mode: match o.lock_mode {
-                LockModeArg::Lazy => compute_node::coherence::LockMode::Lazy,
-                LockModeArg::Eager => compute_node::coherence::LockMode::Eager,
-            },
-            ..compute_node::node::ComputeConfig::default()
-        },
-        ..ClusterOptions::default()
-    };
-    let t0 = Instant::now();
-    let cluster = EmbeddedCluster::start(copts).context("starting the embedded cluster")?;
-    let nodes = &cluster.nodes;
-    // Create every table once, then open it on each node.
-    Tables::ensure(&nodes[0]).context("creating the schema")?;
-    let tables = nodes
-        .iter()
-        .map(Tables::ensure)
-        .collect::<Result<Vec<_>, _>>()?;
+    let nodes = target.nodes();
     if !o.quiet {
         eprintln!(
-            "cluster up in {:.1}s ({} compute node(s)); seed {seed}; NURand C load {:?} run {:?}",
+            "{cluster_label}: up in {:.1}s ({nodes} node(s)); seed {seed}; NURand C load {:?} run {:?}",
             t0.elapsed().as_secs_f64(),
-            nodes.len(),
             c_load,
             c_run
         );
     }
-
     let scale = Scale {
         warehouses: o.warehouses,
         items,
     };
-    let node_of = |wh: u32| driver::partition_of(wh, o.warehouses, nodes.len());
     let lt = Instant::now();
-    let load_rows = Loader {
-        nodes,
-        tables: &tables,
-        node_of: &node_of,
-        scale,
-        c_load,
-        seed,
-        threads: o.load_threads.unwrap_or(2 * cpus),
-        progress: !o.quiet,
-    }
-    .run()
-    .context("loading")?;
+    let load_rows = if o.skip_load {
+        0
+    } else {
+        target
+            .load(&LoadRequest {
+                scale,
+                c_load,
+                seed,
+                threads: o.load_threads.unwrap_or(2 * cpus),
+                progress: !o.quiet,
+            })
+            .context("loading")?
+    };
     let load_s = lt.elapsed().as_secs_f64();
-    if !o.quiet {
+    if !o.quiet && !o.skip_load {
         eprintln!(
             "loaded {load_rows} rows in {load_s:.1}s ({:.0} rows/s)",
             load_rows as f64 / load_s
@@ -230,10 +330,11 @@ pub fn run(o: &Options) -> Result<Outcome> {
     }
 
     let mut checks_after_load = Vec::new();
-    if o.check {
+    if o.check && !o.skip_load {
         let ct = Instant::now();
-        checks_after_load =
-            check::run_checks(&nodes[0], o.warehouses, false).context("checks after load")?;
+        checks_after_load = target
+            .checks(o.warehouses, false)
+            .context("checks after load")?;
         print_checks(
             &format!("after load ({:.1}s)", ct.elapsed().as_secs_f64()),
             &checks_after_load,
@@ -258,13 +359,60 @@ pub fn run(o: &Options) -> Result<Outcome> {
         keying_think: o.keying_think,
         progress: !o.quiet,
         max_retries: o.max_retries,
+        unavailable_patience: Duration::from_secs(o.unavailable_patience),
     };
-    let res = driver::run(nodes, &tables, &dcfg).context("running the workload")?;
+    let (res, fault_reports) = match faults {
+        Some((cluster, faults)) if !faults.is_empty() => {
+            let window = Instant::now() + dcfg.warmup;
+            std::thread::scope(|s| {
+                let injector = s.spawn(|| crate::fault::inject(cluster, faults, window));
+                let res = driver::run(target, &dcfg);
+                let reports = injector
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("fault injector panicked")));
+                (res, reports)
+            })
+        }
+        _ => (driver::run(target, &dcfg), Ok(Vec::new())),
+    };
+    let res = res.context("running the workload")?;
+    let fault_reports = fault_reports.context("injecting faults")?;
+
+    if let Some(path) = &o.ack_log {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        );
+        for (w, d, id) in &res.acked {
+            writeln!(f, "{w} {d} {id}")?;
+        }
+        f.flush()?;
+    }
+    let lost = if o.ack_log.is_some() || !fault_reports.is_empty() {
+        let missing = target
+            .missing_orders(&res.acked)
+            .context("looking up acknowledged New-Orders")?;
+        if !missing.is_empty() {
+            eprintln!(
+                "LOST: {} acknowledged New-Order(s) are missing, e.g. (w, d, o_id) = {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+        Some(missing.len())
+    } else {
+        None
+    };
 
     let mut checks_after_run = Vec::new();
     if o.check {
         let ct = Instant::now();
-        checks_after_run = check::run_checks(&nodes[0], o.warehouses, res.delivery_ran)
+        checks_after_run = target
+            .checks(o.warehouses, res.delivery_ran)
             .context("checks after run")?;
         print_checks(
             &format!("after run ({:.1}s)", ct.elapsed().as_secs_f64()),
@@ -277,7 +425,7 @@ pub fn run(o: &Options) -> Result<Outcome> {
         duration_s: res.measured_s,
         warmup_s: o.warmup as f64,
         warehouses: o.warehouses,
-        nodes: nodes.len(),
+        nodes,
         items,
         affinity: match o.affinity {
             Affinity::Partitioned => "partitioned",
@@ -296,21 +444,51 @@ pub fn run(o: &Options) -> Result<Outcome> {
             "nurand_c_run": c_run,
             "mix": mix,
             "keying_think": o.keying_think,
-            "cluster": "embedded",
+            "cluster": cluster_label,
+            "acknowledged_new_orders": res.acked.len(),
+            "lost_new_orders": lost,
+            "unavailable_attempts": res.unavailable,
+            "max_client_stall_s": res.max_stall.as_secs_f64(),
+            "faults": fault_reports.iter().map(|f| f.to_json()).collect::<Vec<_>>(),
         }),
     };
     println!("{}", rep.to_text());
+    if !fault_reports.is_empty() || lost.is_some() {
+        println!(
+            "acknowledged New-Orders: {}  lost: {}  unavailable attempts: {}  longest client stall: {:.2}s",
+            res.acked.len(),
+            lost.unwrap_or(0),
+            res.unavailable,
+            res.max_stall.as_secs_f64()
+        );
+        for f in &fault_reports {
+            println!("fault: {f}");
+        }
+    }
     let json = rep.to_json();
     if let Some(path) = &o.json {
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &o.plot {
+        let title = format!(
+            "{} warehouse(s), {nodes} node(s), {cluster_label}",
+            o.warehouses
+        );
+        crate::plot::write_svg(
+            path,
+            &crate::plot::PlotInput {
+                title: &title,
+                timeline: &res.timeline,
+                stats: &res.stats,
+            },
+        )?;
+    }
     let checks_failed = checks_after_load
         .iter()
         .chain(&checks_after_run)
-        .any(CheckResult::failed);
-    drop(tables);
-    cluster.shutdown().context("shutting the cluster down")?;
+        .any(CheckResult::failed)
+        || lost.is_some_and(|n| n > 0);
     Ok(Outcome {
         json,
         checks_failed,

@@ -15,11 +15,9 @@
 
 use crate::load::now_micros;
 use crate::metrics::{Live, Stats};
-use crate::schema::Tables;
+use crate::target::{AttemptError, OrderId, Target};
 use crate::transactions::{self as tx, Input, Outcome, TxnKind, Workload};
 use anyhow::{anyhow, Result};
-use compute_node::node::ComputeNode;
-use compute_node::txn::TxnError;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -55,6 +53,9 @@ pub struct DriverConfig {
     pub keying_think: bool,
     pub progress: bool,
     pub max_retries: u32,
+    /// How long a terminal keeps retrying a transaction whose node is unavailable
+    /// (restarting, fenced, cut off) before the run fails. Zero: fail at once.
+    pub unavailable_patience: Duration,
 }
 
 /// What a run produced.
@@ -68,6 +69,13 @@ pub struct RunResult {
     pub timeline: Vec<f64>,
     pub terminals: usize,
     pub workers: usize,
+    /// Every New-Order the driver saw committed (warm-up included), in no order.
+    pub acked: Vec<OrderId>,
+    /// Attempts that failed because their node was unavailable.
+    pub unavailable: u64,
+    /// Longest time one transaction spent waiting for an unavailable node: the
+    /// downtime a client saw.
+    pub max_stall: Duration,
 }
 
 struct Terminal {
@@ -102,7 +110,8 @@ fn exp_think<R: Rng>(rng: &mut R, mean_s: f64) -> Duration {
 }
 
 /// Runs the workload until the warm-up and measurement windows have passed.
-pub fn run(nodes: &[ComputeNode], tables: &[Tables], cfg: &DriverConfig) -> Result<RunResult> {
+pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
+    let nodes = target.nodes();
     let wl = cfg.workload;
     let deck: Vec<TxnKind> = TxnKind::ALL
         .iter()
@@ -119,8 +128,8 @@ pub fn run(nodes: &[ComputeNode], tables: &[Tables], cfg: &DriverConfig) -> Resu
         for i in 0..cfg.terminals_per_warehouse {
             let id = terminals.len() as u32;
             let node = match cfg.affinity {
-                Affinity::Partitioned => partition_of(w, wl.warehouses, nodes.len()),
-                Affinity::Random => seed_rng.gen_range(0..nodes.len()),
+                Affinity::Partitioned => partition_of(w, wl.warehouses, nodes),
+                Affinity::Random => seed_rng.gen_range(0..nodes),
             };
             let mut t = Terminal {
                 id,
@@ -153,15 +162,14 @@ pub fn run(nodes: &[ComputeNode], tables: &[Tables], cfg: &DriverConfig) -> Resu
     let stop = AtomicBool::new(false);
     let delivery_ran = AtomicBool::new(false);
     let mut timeline = Vec::new();
-    let results: Vec<Result<Stats>> = std::thread::scope(|s| {
+    let results: Vec<Result<WorkerResult>> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .into_iter()
             .map(|share| {
                 let (live, stop, delivery_ran) = (&live, &stop, &delivery_ran);
                 s.spawn(move || {
                     let r = worker(
-                        nodes,
-                        tables,
+                        target,
                         cfg,
                         share,
                         measure_start,
@@ -227,10 +235,18 @@ pub fn run(nodes: &[ComputeNode], tables: &[Tables], cfg: &DriverConfig) -> Resu
             .collect()
     });
     let mut stats = Stats::default();
+    let (mut acked, mut unavailable, mut max_stall) = (Vec::new(), 0, Duration::ZERO);
     for r in results {
-        stats.merge(&r?);
+        let r = r?;
+        stats.merge(&r.stats);
+        acked.extend(r.acked);
+        unavailable += r.unavailable;
+        max_stall = max_stall.max(r.max_stall);
     }
     Ok(RunResult {
+        acked,
+        unavailable,
+        max_stall,
         stats,
         measured_s: cfg.duration.as_secs_f64(),
         delivery_ran: delivery_ran.load(Ordering::Relaxed),
@@ -240,10 +256,16 @@ pub fn run(nodes: &[ComputeNode], tables: &[Tables], cfg: &DriverConfig) -> Resu
     })
 }
 
+struct WorkerResult {
+    stats: Stats,
+    acked: Vec<OrderId>,
+    unavailable: u64,
+    max_stall: Duration,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn worker(
-    nodes: &[ComputeNode],
-    tables: &[Tables],
+    target: &dyn Target,
     cfg: &DriverConfig,
     mut terms: Vec<Terminal>,
     measure_start: Instant,
@@ -251,8 +273,10 @@ fn worker(
     live: &Live,
     delivery_ran: &AtomicBool,
     stop: &AtomicBool,
-) -> Result<Stats> {
+) -> Result<WorkerResult> {
     let mut stats = Stats::default();
+    let mut acked = Vec::new();
+    let (mut unavailable, mut max_stall) = (0u64, Duration::ZERO);
     let wl = cfg.workload;
     let mut rr = 0usize;
     let mut backoff_rng =
@@ -290,20 +314,39 @@ fn worker(
                 Input::StockLevel(tx::gen_stock_level(&mut term.rng, term.w, term.d))
             }
         };
-        let node = &nodes[term.node];
-        let t = &tables[term.node];
         let began = Instant::now();
         let mut aborts = 0u64;
         let mut chain_full = 0u64;
+        let mut stalled_since: Option<Instant> = None;
         let outcome = loop {
             let now_us = now_micros();
             term.history_seq += 1;
             let hkey = (term.id + 1, term.history_seq);
-            match attempt(node, t, &input, now_us, hkey) {
+            match target.attempt(term.node, &input, now_us, hkey) {
                 Ok(o) => break Some(o),
-                Err(e) if e.is_retryable() || is_chain_full(&e) => {
+                Err(AttemptError::Unavailable(m)) => {
+                    unavailable += 1;
+                    live.unavailable.fetch_add(1, Ordering::Relaxed);
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= cfg.unavailable_patience {
+                        return Err(anyhow!(
+                            "{kind} on node {} (terminal {}, warehouse {}): unavailable for {:.1}s: {m}",
+                            term.node + 1,
+                            term.id,
+                            term.w,
+                            since.elapsed().as_secs_f64()
+                        ));
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(backoff_rng.gen_range(20..100)));
+                }
+                Err(AttemptError::Retryable {
+                    chain_full: full, ..
+                }) => {
                     aborts += 1;
-                    if is_chain_full(&e) {
+                    if full {
                         chain_full += 1;
                     }
                     live.aborts.fetch_add(1, Ordering::Relaxed);
@@ -322,7 +365,7 @@ fn worker(
                     };
                     std::thread::sleep(Duration::from_micros(backoff_rng.gen_range(0..cap)));
                 }
-                Err(e) => {
+                Err(AttemptError::Fatal(e)) => {
                     return Err(anyhow!(
                         "{kind} on node {} (terminal {}, warehouse {}): {e}",
                         term.node + 1,
@@ -333,6 +376,9 @@ fn worker(
             }
         };
         let done_at = Instant::now();
+        if let Some(since) = stalled_since {
+            max_stall = max_stall.max(done_at.duration_since(since));
+        }
         let measured = done_at >= measure_start && done_at < end;
         let ts = stats.of(kind);
         if measured {
@@ -351,8 +397,10 @@ fn worker(
         if kind == TxnKind::NewOrder {
             live.new_orders.fetch_add(1, Ordering::Relaxed);
         }
-        if let Outcome::Delivered { .. } = outcome {
-            delivery_ran.store(true, Ordering::Relaxed);
+        match (&input, outcome) {
+            (_, Outcome::Delivered { .. }) => delivery_ran.store(true, Ordering::Relaxed),
+            (Input::NewOrder(n), Outcome::Ordered { o_id }) => acked.push((n.w, n.d, o_id)),
+            _ => {}
         }
         if measured {
             ts.count += 1;
@@ -396,48 +444,12 @@ fn worker(
             term.ready_at = Instant::now() + think + keying;
         }
     }
-    Ok(stats)
-}
-
-/// A hot row's version chain outgrew a B-tree entry while the GC watermark lagged, so
-/// the engine dropped its oldest versions and this snapshot needed one of them
-/// ("snapshot too old", a retryable conflict). Retrying at once would likely hit it
-/// again, so the harness waits for the watermark to move (counted in `aborts` and,
-/// apart, in `chain_full`).
-pub fn is_chain_full(e: &TxnError) -> bool {
-    matches!(e, TxnError::Conflict(m) if m.contains("snapshot too old"))
-}
-
-/// One attempt: begin, run the profile, commit (or abort a business rollback).
-fn attempt(
-    node: &ComputeNode,
-    t: &Tables,
-    input: &Input,
-    now: u64,
-    history_key: (u32, u64),
-) -> Result<Outcome, TxnError> {
-    let mut txn = node.begin()?;
-    let res = match input {
-        Input::NewOrder(i) => tx::new_order(&mut txn, t, i, now),
-        Input::Payment(i) => tx::payment(&mut txn, t, i, now, history_key),
-        Input::OrderStatus(i) => tx::order_status(&mut txn, t, i),
-        Input::Delivery(i) => tx::delivery(&mut txn, t, i, now),
-        Input::StockLevel(i) => tx::stock_level(&mut txn, t, i).map(|(o, _)| o),
-    };
-    match res {
-        Ok(Outcome::RolledBack) => {
-            txn.abort()?;
-            Ok(Outcome::RolledBack)
-        }
-        Ok(o) => {
-            txn.commit()?;
-            Ok(o)
-        }
-        Err(e) => {
-            let _ = txn.abort();
-            Err(e)
-        }
-    }
+    Ok(WorkerResult {
+        stats,
+        acked,
+        unavailable,
+        max_stall,
+    })
 }
 
 #[cfg(test)]

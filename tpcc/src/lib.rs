@@ -17,11 +17,14 @@
 //! * [`bench`] — one run end to end (what the binary calls).
 
 pub mod bench;
-pub mod check;
 pub mod driver;
-pub mod load;
+pub mod fault;
 pub mod metrics;
-pub mod random;
+pub mod pg;
+pub mod plot;
+pub mod remote;
 pub mod report;
-pub mod schema;
-pub mod transactions;
+pub mod spawn;
+pub mod target;
+
+pub use compute_node::tpcc::{check, load, random, schema, transactions};

@@ -107,6 +107,7 @@ pub struct Live {
     pub completed: AtomicU64,
     pub aborts: AtomicU64,
     pub failed: AtomicU64,
+    pub unavailable: AtomicU64,
 }
 
 impl Live {

@@ -1,6 +1,6 @@
 //! The nine TPC-C tables plus two secondary indexes, as B-link trees of the engine.
 //!
-//! Keys are tuples encoded with [`compute_node::btree::key::KeyBuilder`] (memcmp order =
+//! Keys are tuples encoded with [`crate::btree::key::KeyBuilder`] (memcmp order =
 //! tuple order). Values are compact rows encoded by [`RowWriter`]/[`RowReader`]:
 //! little-endian fixed-width integers, strings as a `u16` length then UTF-8 bytes,
 //! fields in declaration order, nothing else (no version byte: the harness loads and
@@ -23,9 +23,9 @@
 //! | `item` | (i) | [`Item`] |
 //! | `stock` | (w, i) | [`Stock`] |
 
-use compute_node::btree::key::{KeyBuilder, KeyReader};
-use compute_node::node::ComputeNode;
-use compute_node::txn::{Table, TxnError};
+use crate::btree::key::{KeyBuilder, KeyReader};
+use crate::node::ComputeNode;
+use crate::txn::{Table, TxnError};
 use std::ops::Bound;
 
 pub const DISTRICTS_PER_WAREHOUSE: u32 = 10;
@@ -419,6 +419,24 @@ pub const TABLE_NAMES: [&str; 11] = [
 ];
 
 impl Tables {
+    /// Opens every table on `node`; `NoSuchTable` if the schema was not created.
+    pub fn open(node: &ComputeNode) -> Result<Tables, TxnError> {
+        let t = |n: &str| node.table(n);
+        Ok(Tables {
+            warehouse: t("warehouse")?,
+            district: t("district")?,
+            customer: t("customer")?,
+            customer_by_name: t("customer_by_name")?,
+            history: t("history")?,
+            new_order: t("new_order")?,
+            orders: t("orders")?,
+            orders_by_customer: t("orders_by_customer")?,
+            order_line: t("order_line")?,
+            item: t("item")?,
+            stock: t("stock")?,
+        })
+    }
+
     /// Creates (if missing) and opens every table on `node`.
     pub fn ensure(node: &ComputeNode) -> Result<Tables, TxnError> {
         let t = |n: &str| node.ensure_table(n);

@@ -3,12 +3,12 @@
 //! "transaction profile"), so a retried attempt runs with the same inputs.
 //!
 //! Execution functions take an open transaction and leave commit or abort to the
-//! caller ([`crate::driver`]); New-Order returns [`Outcome::RolledBack`] for its
+//! caller (the TPC-C driver); New-Order returns [`Outcome::RolledBack`] for its
 //! unused-item case, which the caller aborts as a business rollback.
 
-use crate::random::{self, NuRandConstants};
-use crate::schema::*;
-use compute_node::txn::{Row, Table, Txn, TxnError};
+use super::random::{self, NuRandConstants};
+use super::schema::*;
+use crate::txn::{Row, Table, Txn, TxnError};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -145,15 +145,78 @@ impl Input {
     }
 }
 
+impl Input {
+    /// Checks the inputs against the domains of clauses 2.4.1-2.8.1 (what a terminal
+    /// could have sent); a stored procedure refuses anything else as bad input.
+    pub fn validate(&self) -> Result<(), String> {
+        fn range(what: &str, v: u32, lo: u32, hi: u32) -> Result<(), String> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{what} {v} is out of range [{lo}, {hi}]"))
+            }
+        }
+        let wd = |w: u32, d: u32| {
+            range("warehouse", w, 1, u32::MAX)?;
+            range("district", d, 1, DISTRICTS_PER_WAREHOUSE)
+        };
+        let customer = |c: &CustomerSel| match c {
+            CustomerSel::Id(c) => range("customer", *c, 1, CUSTOMERS_PER_DISTRICT),
+            CustomerSel::LastName(n) if n.is_empty() || n.len() > 16 => {
+                Err(format!("last name {n:?} must have 1 to 16 characters"))
+            }
+            CustomerSel::LastName(_) => Ok(()),
+        };
+        match self {
+            Input::NewOrder(i) => {
+                wd(i.w, i.d)?;
+                range("customer", i.c, 1, CUSTOMERS_PER_DISTRICT)?;
+                range("order lines", i.lines.len() as u32, 5, 15)?;
+                for l in &i.lines {
+                    range("item", l.i_id, 1, u32::MAX)?;
+                    range("supply warehouse", l.supply_w_id, 1, u32::MAX)?;
+                    range("quantity", l.quantity, 1, 10)?;
+                }
+                Ok(())
+            }
+            Input::Payment(i) => {
+                wd(i.w, i.d)?;
+                wd(i.c_w, i.c_d)?;
+                customer(&i.customer)?;
+                if !(100..=500_000).contains(&i.amount) {
+                    return Err(format!("amount {} is out of range [100, 500000]", i.amount));
+                }
+                Ok(())
+            }
+            Input::OrderStatus(i) => {
+                wd(i.w, i.d)?;
+                customer(&i.customer)
+            }
+            Input::Delivery(i) => {
+                range("warehouse", i.w, 1, u32::MAX)?;
+                range("carrier", i.carrier, 1, 10)
+            }
+            Input::StockLevel(i) => {
+                wd(i.w, i.d)?;
+                range("threshold", i.threshold, 10, 20)
+            }
+        }
+    }
+}
+
 /// How an execution ended (before commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Commit it.
     Done,
+    /// New-Order: commit it; the order's id in its district.
+    Ordered { o_id: u32 },
     /// New-Order's unused item: abort it (a business rollback, clause 2.4.2.3).
     RolledBack,
     /// Delivery: commit it; `skipped` districts had no undelivered order.
     Delivered { skipped: u32 },
+    /// Stock-Level (read-only): `low` distinct items are below the threshold.
+    LowStock { low: u32 },
 }
 
 fn other_warehouse<R: Rng>(rng: &mut R, w: u32, warehouses: u32) -> u32 {
@@ -278,6 +341,21 @@ fn read<R: RowCodec>(txn: &mut Txn, t: &Table, k: &[u8], what: &str) -> Result<R
     R::decode(&v).map_err(|e| corrupt(what, e))
 }
 
+/// Reads the row of the warehouse or district a transaction names: a missing one is
+/// bad input (a warehouse that was never loaded), not corruption.
+fn read_home<R: RowCodec>(
+    txn: &mut Txn,
+    t: &Table,
+    k: &[u8],
+    what: &str,
+    w: u32,
+) -> Result<R, TxnError> {
+    let v = txn
+        .get(t, k)?
+        .ok_or_else(|| TxnError::BadRequest(format!("no {what} row for warehouse {w}")))?;
+    R::decode(&v).map_err(|e| corrupt(what, e))
+}
+
 fn write<R: RowCodec>(txn: &mut Txn, t: &Table, k: &[u8], row: &R) -> Result<(), TxnError> {
     txn.put(t, k, &row.encode())
 }
@@ -330,9 +408,9 @@ pub fn new_order(
     now: u64,
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
-    let wh: Warehouse = read(txn, &t.warehouse, &key::warehouse(w), "warehouse")?;
+    let wh: Warehouse = read_home(txn, &t.warehouse, &key::warehouse(w), "warehouse", w)?;
     let dk = key::district(w, d);
-    let mut dist: District = read(txn, &t.district, &dk, "district")?;
+    let mut dist: District = read_home(txn, &t.district, &dk, "district", w)?;
     let o = dist.next_o_id;
     dist.next_o_id += 1;
     write(txn, &t.district, &dk, &dist)?;
@@ -395,7 +473,7 @@ pub fn new_order(
     let _total = total as f64
         * (1.0 - cust.discount as f64 / 1e4)
         * (1.0 + (wh.tax + dist.tax) as f64 / 1e4);
-    Ok(Outcome::Done)
+    Ok(Outcome::Ordered { o_id: o })
 }
 
 /// Clause 2.5.2. `history_key` makes the HISTORY row's key unique.
@@ -408,11 +486,11 @@ pub fn payment(
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
     let wk = key::warehouse(w);
-    let mut wh: Warehouse = read(txn, &t.warehouse, &wk, "warehouse")?;
+    let mut wh: Warehouse = read_home(txn, &t.warehouse, &wk, "warehouse", w)?;
     wh.ytd += inp.amount;
     write(txn, &t.warehouse, &wk, &wh)?;
     let dk = key::district(w, d);
-    let mut dist: District = read(txn, &t.district, &dk, "district")?;
+    let mut dist: District = read_home(txn, &t.district, &dk, "district", w)?;
     dist.ytd += inp.amount;
     write(txn, &t.district, &dk, &dist)?;
     let (c, mut cust) = select_customer(txn, t, inp.c_w, inp.c_d, &inp.customer)?;
@@ -533,7 +611,7 @@ pub fn stock_level(
     inp: &StockLevelInput,
 ) -> Result<(Outcome, u32), TxnError> {
     let (w, d) = (inp.w, inp.d);
-    let dist: District = read(txn, &t.district, &key::district(w, d), "district")?;
+    let dist: District = read_home(txn, &t.district, &key::district(w, d), "district", w)?;
     let next = dist.next_o_id;
     let lo = key::prefix(&[w, d, next.saturating_sub(20)]);
     let hi = key::prefix(&[w, d, next]);
@@ -562,4 +640,44 @@ pub fn stock_level(
         }
     }
     Ok((Outcome::Done, low))
+}
+
+/// One attempt of a whole transaction on `node`: begin, run the profile, then commit
+/// (or abort New-Order's business rollback). A failed attempt is aborted; the caller
+/// retries retryable errors with the same input. `history_key` is the (origin, seq)
+/// of the HISTORY row a Payment inserts; `now` the transaction's timestamp (µs).
+///
+/// This is the server-side stored procedure of the `compute-node` service as well as
+/// what the embedded driver runs.
+pub fn run_once(
+    node: &crate::node::ComputeNode,
+    t: &Tables,
+    input: &Input,
+    now: u64,
+    history_key: (u32, u64),
+) -> Result<Outcome, TxnError> {
+    let mut txn = node.begin()?;
+    let res = match input {
+        Input::NewOrder(i) => new_order(&mut txn, t, i, now),
+        Input::Payment(i) => payment(&mut txn, t, i, now, history_key),
+        Input::OrderStatus(i) => order_status(&mut txn, t, i),
+        Input::Delivery(i) => delivery(&mut txn, t, i, now),
+        Input::StockLevel(i) => {
+            stock_level(&mut txn, t, i).map(|(_, low)| Outcome::LowStock { low })
+        }
+    };
+    match res {
+        Ok(Outcome::RolledBack) => {
+            txn.abort()?;
+            Ok(Outcome::RolledBack)
+        }
+        Ok(o) => {
+            txn.commit()?;
+            Ok(o)
+        }
+        Err(e) => {
+            let _ = txn.abort();
+            Err(e)
+        }
+    }
 }

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# TPC-C side by side: the engine (embedded cluster) and PostgreSQL 15, with the same
+# driver, the same seed (so the same data and the same transaction inputs), the same
+# warehouses, terminals and duration, and the twelve consistency checks on both.
+#
+#   scripts/bench-vs-postgres.sh [--warehouses N] [--duration S] [--nodes N]
+#                                [--seed N] [--quick] [--json FILE]
+#
+# PostgreSQL 15 is installed from Debian's packages if missing. A private instance
+# runs in a temporary directory, on a Unix socket only, and is stopped (and its
+# directory removed) on exit. Its settings suit a 2-core, 24 GiB machine; commits are
+# durable as ours are (fsync on, synchronous_commit on: the WAL is flushed at commit).
+#
+# Prints both reports and tpmC(ours) / tpmC(PostgreSQL). With --json FILE, writes one
+# JSON line per target ({"target": "engine"|"postgres", ...the report}) and a last
+# line with the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+warehouses=2
+duration=30
+nodes=1
+seed=""
+quick=0
+json=""
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --warehouses) warehouses="$2"; shift 2 ;;
+    --duration) duration="$2"; shift 2 ;;
+    --nodes) nodes="$2"; shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --json) json="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+scale=()
+if [ "$quick" = 1 ]; then
+  warehouses=1
+  duration=10
+  scale=(--scale-items 10000)
+  echo "WARNING: --quick loads 10,000 items instead of 100,000: NOT a spec-compliant database" >&2
+fi
+[ -n "$seed" ] || seed=$(( (RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM ))
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# --- PostgreSQL 15 -----------------------------------------------------------------
+PGBIN=/usr/lib/postgresql/15/bin
+if [ ! -x "$PGBIN/pg_ctl" ]; then
+  step "installing PostgreSQL 15 from Debian packages"
+  # Only the binaries are wanted: no system-wide cluster.
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    $SUDO mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null \
+    || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  [ -x "$PGBIN/pg_ctl" ] || { echo "PostgreSQL 15 is not in $PGBIN after installing" >&2; exit 1; }
+fi
+
+# initdb refuses to run as root: the instance belongs to `postgres` then.
+as_pg() { "$@"; }
+if [ "$(id -u)" = 0 ]; then
+  id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
+  as_pg() { runuser -u postgres -- "$@"; }
+fi
+
+dir=$(mktemp -d /tmp/tpcc-pg.XXXXXX)
+chmod 755 "$dir"
+[ "$(id -u)" = 0 ] && chown postgres "$dir"
+data="$dir/data"
+stop_pg() {
+  if [ -f "$data/postmaster.pid" ]; then
+    as_pg "$PGBIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+trap stop_pg EXIT
+trap 'exit 130' INT TERM
+
+step "starting a private PostgreSQL 15 in $dir"
+as_pg "$PGBIN/initdb" -D "$data" -U postgres --auth=trust --encoding=UTF8 --locale=C -N >/dev/null
+cat >>"$data/postgresql.conf" <<EOF
+
+# --- tpcc side-by-side (2 cores, 24 GiB) ---
+listen_addresses = ''
+unix_socket_directories = '$dir'
+max_connections = 200
+shared_buffers = 1GB
+effective_cache_size = 8GB
+work_mem = 16MB
+maintenance_work_mem = 512MB
+wal_buffers = 16MB
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 15min
+checkpoint_completion_target = 0.9
+random_page_cost = 1.1
+# Durable commits, as the engine's (redo forced at commit).
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+max_parallel_workers_per_gather = 0
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$data" -l "$dir/postgres.log" -w start >/dev/null \
+  || { cat "$dir/postgres.log" >&2; exit 1; }
+as_pg "$PGBIN/createdb" -h "$dir" -U postgres tpcc
+url="postgres://postgres@/tpcc?host=$dir"
+version=$(as_pg "$PGBIN/psql" -h "$dir" -U postgres -d tpcc -Atc 'SHOW server_version')
+echo "PostgreSQL $version on $dir" >&2
+
+# --- the harness ---------------------------------------------------------------------
+step "building tpcc (release)"
+cargo build --release -q -p tpcc
+bin="${CARGO_TARGET_DIR:-target}/release/tpcc"
+
+common=(--warehouses "$warehouses" --duration "$duration" --seed "$seed" --check "${scale[@]}")
+ours_json="$dir/ours.json"
+pg_json="$dir/pg.json"
+
+step "ours: tpcc ${common[*]} --nodes $nodes"
+set +e
+"$bin" "${common[@]}" --nodes "$nodes" --json "$ours_json"
+ours_rc=$?
+step "PostgreSQL: tpcc --target $url ${common[*]}"
+"$bin" "${common[@]}" --target "$url" --json "$pg_json"
+pg_rc=$?
+set -e
+
+as_pg "$PGBIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+
+[ -s "$ours_json" ] || { echo "ours: no report (exit $ours_rc)" >&2; exit 1; }
+[ -s "$pg_json" ] || { echo "PostgreSQL: no report (exit $pg_rc)" >&2; exit 1; }
+ours=$(jq -r '.tpmC' "$ours_json")
+pg=$(jq -r '.tpmC' "$pg_json")
+ratio=$(awk -v a="$ours" -v b="$pg" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "inf" }')
+spec=$([ "$quick" = 1 ] && echo false || echo true)
+
+step "summary"
+printf '%-12s %10s\n' target tpmC
+printf '%-12s %10.0f\n' ours "$ours" postgres "$pg"
+printf 'warehouses %s, duration %ss, nodes %s, seed %s, PostgreSQL %s%s\n' \
+  "$warehouses" "$duration" "$nodes" "$seed" "$version" \
+  "$([ "$quick" = 1 ] && echo ', NOT SPEC (10,000 items)')"
+printf 'tpmC ratio (ours / PostgreSQL): %s\n' "$ratio"
+
+if [ -n "$json" ]; then
+  {
+    jq -c '{target: "engine"} + .' "$ours_json"
+    jq -c --arg v "$version" '{target: "postgres", server_version: $v} + .' "$pg_json"
+    jq -nc --argjson a "$ours" --argjson b "$pg" --arg r "$ratio" \
+      --argjson w "$warehouses" --argjson d "$duration" --argjson n "$nodes" \
+      --argjson seed "$seed" --argjson spec "$spec" --arg v "$version" \
+      '{ratio_tpmC: ($r | tonumber? // null), engine_tpmC: $a, postgres_tpmC: $b,
+        warehouses: $w, duration_s: $d, nodes: $n, seed: $seed, spec_compliant: $spec,
+        postgres_version: $v}'
+  } >"$json"
+  echo "wrote $json" >&2
+fi
+
+if [ "$ours_rc" != 0 ] || [ "$pg_rc" != 0 ]; then
+  echo "FAILED: ours exited $ours_rc, PostgreSQL exited $pg_rc (see above)" >&2
+  exit 1
+fi

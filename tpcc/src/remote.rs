@@ -1,0 +1,186 @@
+//! Running TPC-C against compute-node services over gRPC: every transaction is one
+//! stored-procedure call (`TpccNewOrder`, `TpccPayment`, ...), so the compute node runs
+//! the same code as the embedded harness and the network carries one request and one
+//! answer per attempt. Loading is a `TpccLoad` call per node (each node loads its own
+//! warehouses, node 1 also the items, all in parallel); the checks are a `TpccCheck`.
+
+use crate::check::CheckResult;
+use crate::driver::partition_of;
+use crate::schema::key;
+use crate::target::{AttemptError, LoadRequest, OrderId, Target};
+use crate::transactions::{Input, Outcome};
+use anyhow::{anyhow, bail, Context, Result};
+use common::proto::compute as pb;
+use compute_node::grpc::ErrorKind;
+use compute_node::grpc_client::{RemoteError, RemoteNode};
+use compute_node::grpc_tpcc::{self, Call};
+use std::time::{Duration, Instant};
+
+/// Compute nodes reached over gRPC.
+pub struct RemoteTarget {
+    addrs: Vec<String>,
+    nodes: Vec<RemoteNode>,
+}
+
+impl From<RemoteError> for AttemptError {
+    fn from(e: RemoteError) -> Self {
+        let msg = e.to_string();
+        match e.kind {
+            k if k.is_retryable() => AttemptError::Retryable {
+                chain_full: msg.contains("snapshot too old"),
+                msg,
+            },
+            ErrorKind::Transport
+            | ErrorKind::Storage
+            | ErrorKind::Gtm
+            | ErrorKind::Fenced
+            | ErrorKind::ShuttingDown
+            | ErrorKind::TooManySessions => AttemptError::Unavailable(msg),
+            _ => AttemptError::Fatal(msg),
+        }
+    }
+}
+
+impl RemoteTarget {
+    /// Connects to every address and waits (up to `wait`) until each node is serving.
+    pub fn connect(addrs: &[String], wait: Duration) -> Result<RemoteTarget> {
+        if addrs.is_empty() {
+            bail!("no compute-node addresses");
+        }
+        let deadline = Instant::now() + wait;
+        let mut nodes = Vec::new();
+        for a in addrs {
+            let node = loop {
+                match RemoteNode::connect_timeout(a, Duration::from_secs(2)) {
+                    Ok(n) => break n,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(addr = %a, error = %e, "compute node not reachable yet");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(anyhow!("connecting to compute node {a}: {e}")),
+                }
+            };
+            loop {
+                let h = node.health();
+                match &h {
+                    Ok(r) if r.status == pb::health_response::Status::Serving as i32 => break,
+                    _ if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                    Ok(r) => bail!("compute node {a} is not serving: {}", r.message),
+                    Err(e) => bail!("compute node {a}: health check failed: {e}"),
+                }
+            }
+            nodes.push(node);
+        }
+        Ok(RemoteTarget {
+            addrs: addrs.to_vec(),
+            nodes,
+        })
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+}
+
+impl Target for RemoteTarget {
+    fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn load(&self, req: &LoadRequest) -> Result<u64> {
+        let n = self.nodes.len();
+        let w = req.scale.warehouses;
+        for (node, a) in self.nodes.iter().zip(&self.addrs) {
+            node.tpcc_create_schema()
+                .with_context(|| format!("creating the TPC-C schema on {a}"))?;
+        }
+        let start = Instant::now();
+        let results: Vec<Result<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let mine: Vec<u32> = (1..=w).filter(|&x| partition_of(x, w, n) == i).collect();
+                    let (node, addr) = (&self.nodes[i], &self.addrs[i]);
+                    s.spawn(move || -> Result<u64> {
+                        // Node 1 always owns warehouse 1; a node beyond the
+                        // warehouse count has nothing to load.
+                        let (Some(&from), Some(&to)) = (mine.first(), mine.last()) else {
+                            return Ok(0);
+                        };
+                        let r = pb::TpccLoadRequest {
+                            warehouses: w,
+                            items: req.scale.items,
+                            from_warehouse: from,
+                            to_warehouse: to,
+                            load_items: i == 0,
+                            c_load: Some(grpc_tpcc::nurand_to_pb(&req.c_load)),
+                            seed: req.seed,
+                            threads: req.threads as u32,
+                        };
+                        let rows = node
+                            .tpcc_load(r)
+                            .with_context(|| format!("loading warehouses {from}..={to} on {addr}"))?;
+                        if req.progress {
+                            eprintln!(
+                                "  node {} ({addr}): warehouses {from}..={to}{}: {rows} rows in {:.1}s",
+                                i + 1,
+                                if i == 0 { " + items" } else { "" },
+                                start.elapsed().as_secs_f64()
+                            );
+                        }
+                        Ok(rows)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow!("loader thread panicked")))
+                })
+                .collect()
+        });
+        let mut rows = 0;
+        for r in results {
+            rows += r?;
+        }
+        Ok(rows)
+    }
+
+    fn checks(&self, warehouses: u32, delivery_ran: bool) -> Result<Vec<CheckResult>> {
+        self.nodes[0]
+            .tpcc_check(warehouses, delivery_ran)
+            .with_context(|| format!("consistency checks on {}", self.addrs[0]))
+    }
+
+    fn attempt(
+        &self,
+        node: usize,
+        input: &Input,
+        now: u64,
+        history_key: (u32, u64),
+    ) -> Result<Outcome, AttemptError> {
+        let call = Call {
+            input: input.clone(),
+            now_us: now,
+            history_key,
+        };
+        self.nodes[node].tpcc(&call).map_err(AttemptError::from)
+    }
+
+    fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>> {
+        let node = &self.nodes[0];
+        let mut missing = Vec::new();
+        for chunk in acked.chunks(1000) {
+            let txn = node.begin()?;
+            for &(w, d, o) in chunk {
+                if node.get(txn, "orders", &key::order(w, d, o))?.is_none() {
+                    missing.push((w, d, o));
+                }
+            }
+            node.abort(txn)?;
+        }
+        Ok(missing)
+    }
+}

@@ -1,0 +1,178 @@
+//! Where the driver's transactions run: a [`Target`] loads the database, runs one
+//! attempt of a transaction on one of its nodes, checks the consistency conditions and
+//! tells which acknowledged New-Orders it cannot find.
+//!
+//! * [`EngineTarget`] — compute nodes in this process (the embedded cluster): the
+//!   transaction code of [`compute_node::tpcc`] runs directly.
+//! * [`crate::remote::RemoteTarget`] — compute-node services over gRPC: the same code
+//!   runs server-side as stored procedures (`--cluster spawn`, `--connect`).
+//! * [`crate::pg::PgTarget`] — PostgreSQL over SQL (`--target postgres://...`).
+
+use crate::check::{self, CheckResult};
+use crate::load::{Loader, Scale};
+use crate::random::NuRandConstants;
+use crate::schema::{key, Tables};
+use crate::transactions::{self as tx, Input, Outcome};
+use anyhow::{Context, Result};
+use compute_node::node::ComputeNode;
+use compute_node::txn::TxnError;
+use std::fmt;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone)]
+pub enum AttemptError {
+    /// A conflict (write-write, wait-die victim, serialization failure, deadlock
+    /// victim): run the same inputs again after a back-off. `chain_full` marks the
+    /// engine's "snapshot too old" on an over-long version chain, which clears only
+    /// when the GC watermark moves (the driver waits longer).
+    Retryable { msg: String, chain_full: bool },
+    /// The node cannot serve right now (restarting, fenced, link down): the
+    /// transaction's fate is unknown; it is not acknowledged, and the driver retries
+    /// it until the node is back (or its patience runs out).
+    Unavailable(String),
+    /// Anything else ends the run.
+    Fatal(String),
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Retryable { msg, .. } => write!(f, "retryable: {msg}"),
+            AttemptError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            AttemptError::Fatal(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<TxnError> for AttemptError {
+    fn from(e: TxnError) -> Self {
+        let chain_full = matches!(&e, TxnError::Conflict(m) if m.contains("snapshot too old"));
+        if e.is_retryable() || chain_full {
+            AttemptError::Retryable {
+                msg: e.to_string(),
+                chain_full,
+            }
+        } else if matches!(
+            e,
+            TxnError::Fenced(_) | TxnError::Storage(_) | TxnError::Gtm(_)
+        ) {
+            AttemptError::Unavailable(e.to_string())
+        } else {
+            AttemptError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// What the loader is asked to load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadRequest {
+    pub scale: Scale,
+    pub c_load: NuRandConstants,
+    pub seed: u64,
+    /// Loader threads (per node for remote targets).
+    pub threads: usize,
+    pub progress: bool,
+}
+
+/// An acknowledged New-Order: (warehouse, district, order id).
+pub type OrderId = (u32, u32, u32);
+
+pub trait Target: Sync {
+    /// Places terminals can be bound to (compute nodes; 1 for PostgreSQL).
+    fn nodes(&self) -> usize;
+    /// Creates the schema and loads the initial population; returns rows written.
+    fn load(&self, req: &LoadRequest) -> Result<u64>;
+    /// The twelve consistency conditions of clause 3.3.2.
+    fn checks(&self, warehouses: u32, delivery_ran: bool) -> Result<Vec<CheckResult>>;
+    /// One attempt of `input` on node `node` (0-based): begin, profile, commit.
+    fn attempt(
+        &self,
+        node: usize,
+        input: &Input,
+        now: u64,
+        history_key: (u32, u64),
+    ) -> Result<Outcome, AttemptError>;
+    /// The orders of `acked` that the database does not have (must be none).
+    fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>>;
+}
+
+/// Compute nodes in this process.
+pub struct EngineTarget<'a> {
+    nodes: &'a [ComputeNode],
+    tables: Vec<Tables>,
+}
+
+impl<'a> EngineTarget<'a> {
+    /// Creates the schema (once) and opens every table on every node.
+    pub fn new(nodes: &'a [ComputeNode]) -> Result<EngineTarget<'a>> {
+        anyhow::ensure!(!nodes.is_empty(), "no compute nodes");
+        Tables::ensure(&nodes[0]).context("creating the schema")?;
+        let tables = nodes
+            .iter()
+            .map(Tables::ensure)
+            .collect::<Result<Vec<_>, _>>()
+            .context("opening the schema")?;
+        Ok(EngineTarget { nodes, tables })
+    }
+}
+
+impl Target for EngineTarget<'_> {
+    fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn load(&self, req: &LoadRequest) -> Result<u64> {
+        let n = self.nodes.len();
+        let w = req.scale.warehouses;
+        let node_of = |wh: u32| crate::driver::partition_of(wh, w, n);
+        Loader {
+            nodes: self.nodes,
+            tables: &self.tables,
+            node_of: &node_of,
+            scale: req.scale,
+            only: None,
+            c_load: req.c_load,
+            seed: req.seed,
+            threads: req.threads,
+            progress: req.progress,
+        }
+        .run()
+    }
+
+    fn checks(&self, warehouses: u32, delivery_ran: bool) -> Result<Vec<CheckResult>> {
+        check::run_checks(&self.nodes[0], warehouses, delivery_ran)
+    }
+
+    fn attempt(
+        &self,
+        node: usize,
+        input: &Input,
+        now: u64,
+        history_key: (u32, u64),
+    ) -> Result<Outcome, AttemptError> {
+        tx::run_once(
+            &self.nodes[node],
+            &self.tables[node],
+            input,
+            now,
+            history_key,
+        )
+        .map_err(AttemptError::from)
+    }
+
+    fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>> {
+        let node = &self.nodes[0];
+        let t = &self.tables[0];
+        let mut missing = Vec::new();
+        for chunk in acked.chunks(1000) {
+            let mut txn = node.begin()?;
+            for &(w, d, o) in chunk {
+                if txn.get(&t.orders, &key::order(w, d, o))?.is_none() {
+                    missing.push((w, d, o));
+                }
+            }
+            txn.abort()?;
+        }
+        Ok(missing)
+    }
+}
