@@ -412,7 +412,8 @@ fn run_on(
     if o.check {
         let ct = Instant::now();
         checks_after_run = target
-            .checks(o.warehouses, res.delivery_ran)
+            // After --skip-load, earlier runs may have delivered orders already.
+            .checks(o.warehouses, res.delivery_ran || o.skip_load)
             .context("checks after run")?;
         print_checks(
             &format!("after run ({:.1}s)", ct.elapsed().as_secs_f64()),
@@ -449,17 +450,22 @@ fn run_on(
             "lost_new_orders": lost,
             "unavailable_attempts": res.unavailable,
             "max_client_stall_s": res.max_stall.as_secs_f64(),
+            "client_downtime_s": res.max_gap.iter().map(Duration::as_secs_f64).fold(0.0, f64::max),
+            "client_downtime_per_node_s": res.max_gap.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
             "faults": fault_reports.iter().map(|f| f.to_json()).collect::<Vec<_>>(),
         }),
     };
     println!("{}", rep.to_text());
     if !fault_reports.is_empty() || lost.is_some() {
         println!(
-            "acknowledged New-Orders: {}  lost: {}  unavailable attempts: {}  longest client stall: {:.2}s",
+            "acknowledged New-Orders: {}  lost: {}  unavailable attempts: {}  downtime seen by clients per node: {:?}",
             res.acked.len(),
             lost.unwrap_or(0),
             res.unavailable,
-            res.max_stall.as_secs_f64()
+            res.max_gap
+                .iter()
+                .map(|d| format!("{:.2}s", d.as_secs_f64()))
+                .collect::<Vec<_>>()
         );
         for f in &fault_reports {
             println!("fault: {f}");

@@ -21,7 +21,7 @@ use anyhow::{anyhow, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How terminals are spread over compute nodes.
@@ -73,9 +73,53 @@ pub struct RunResult {
     pub acked: Vec<OrderId>,
     /// Attempts that failed because their node was unavailable.
     pub unavailable: u64,
-    /// Longest time one transaction spent waiting for an unavailable node: the
-    /// downtime a client saw.
+    /// Longest time one transaction spent retrying against an unavailable node.
     pub max_stall: Duration,
+    /// Per node, the longest stretch of the measurement window in which no
+    /// transaction on it completed: the downtime its clients saw.
+    pub max_gap: Vec<Duration>,
+}
+
+/// Per node: when a transaction on it last completed, and the longest gap so far
+/// (µs since the start of the measurement window).
+struct Gaps {
+    last: Vec<AtomicU64>,
+    max: Vec<AtomicU64>,
+    origin: Instant,
+}
+
+impl Gaps {
+    fn new(nodes: usize, origin: Instant) -> Gaps {
+        Gaps {
+            last: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            max: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            origin,
+        }
+    }
+
+    fn completed(&self, node: usize, at: Instant) {
+        if at < self.origin {
+            return;
+        }
+        let us = at.duration_since(self.origin).as_micros() as u64;
+        let prev = self.last[node].fetch_max(us, Ordering::AcqRel);
+        if us > prev {
+            self.max[node].fetch_max(us - prev, Ordering::AcqRel);
+        }
+    }
+
+    /// Closes the window at `end` (a node silent until the end counts too).
+    fn result(&self, end: Instant) -> Vec<Duration> {
+        let end_us = end.saturating_duration_since(self.origin).as_micros() as u64;
+        self.last
+            .iter()
+            .zip(&self.max)
+            .map(|(l, m)| {
+                let tail = end_us.saturating_sub(l.load(Ordering::Acquire));
+                Duration::from_micros(m.load(Ordering::Acquire).max(tail))
+            })
+            .collect()
+    }
 }
 
 struct Terminal {
@@ -122,6 +166,7 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
         return Err(anyhow!("the mix has no cards"));
     }
     let mut seed_rng = StdRng::seed_from_u64(cfg.seed);
+    let history_base = now_micros() << 12;
     let start = Instant::now();
     let mut terminals = Vec::new();
     for w in 1..=wl.warehouses {
@@ -140,7 +185,10 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
                 pos: deck.len(),
                 next: TxnKind::NewOrder,
                 ready_at: start,
-                history_seq: 0,
+                // HISTORY keys must not repeat across runs on one database
+                // (`--skip-load`): each run's sequence starts at its start time in
+                // µs x 4096, beyond anything an earlier run can have reached.
+                history_seq: history_base,
                 rng: StdRng::seed_from_u64(seed_rng.gen()),
             };
             t.next = t.draw();
@@ -159,6 +207,7 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
     let measure_start = start + cfg.warmup;
     let end = measure_start + cfg.duration;
     let live = Live::default();
+    let gaps = Gaps::new(nodes, measure_start);
     let stop = AtomicBool::new(false);
     let delivery_ran = AtomicBool::new(false);
     let mut timeline = Vec::new();
@@ -166,7 +215,7 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
         let handles: Vec<_> = shares
             .into_iter()
             .map(|share| {
-                let (live, stop, delivery_ran) = (&live, &stop, &delivery_ran);
+                let (live, stop, delivery_ran, gaps) = (&live, &stop, &delivery_ran, &gaps);
                 s.spawn(move || {
                     let r = worker(
                         target,
@@ -175,6 +224,7 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
                         measure_start,
                         end,
                         live,
+                        gaps,
                         delivery_ran,
                         stop,
                     );
@@ -244,6 +294,7 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
         max_stall = max_stall.max(r.max_stall);
     }
     Ok(RunResult {
+        max_gap: gaps.result(end.min(Instant::now())),
         acked,
         unavailable,
         max_stall,
@@ -271,6 +322,7 @@ fn worker(
     measure_start: Instant,
     end: Instant,
     live: &Live,
+    gaps: &Gaps,
     delivery_ran: &AtomicBool,
     stop: &AtomicBool,
 ) -> Result<WorkerResult> {
@@ -376,6 +428,9 @@ fn worker(
             }
         };
         let done_at = Instant::now();
+        if outcome.is_some() {
+            gaps.completed(term.node, done_at);
+        }
         if let Some(since) = stalled_since {
             max_stall = max_stall.max(done_at.duration_since(since));
         }
