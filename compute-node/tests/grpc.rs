@@ -590,3 +590,125 @@ fn bad_config_exits_nonzero_naming_the_key_and_the_file() {
     assert!(!st.success());
     assert!(err.contains("missing.key"), "{err}");
 }
+
+/// The TPC-C stored procedures: refused before the schema exists, then a load through
+/// the service (a NOT SPEC item count), one call per transaction type, the consistency
+/// checks, and bad input refused as INVALID_ARGUMENT while the server keeps serving.
+#[test]
+fn tpcc_stored_procedures_over_grpc() {
+    use compute_node::grpc_tpcc::Call;
+    use compute_node::tpcc::random::NuRandConstants;
+    use compute_node::tpcc::transactions::*;
+
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let node = server.connect();
+    let call = |input: Input| Call {
+        input,
+        now_us: 0,
+        history_key: (1, 1),
+    };
+    let stock_level = || {
+        call(Input::StockLevel(StockLevelInput {
+            w: 1,
+            d: 1,
+            threshold: 15,
+        }))
+    };
+    expect_kind(node.tpcc(&stock_level()), ErrorKind::NoSuchTable);
+
+    node.tpcc_create_schema().unwrap();
+    node.tpcc_create_schema().unwrap(); // idempotent
+    let c_load = NuRandConstants {
+        c_last: 100,
+        c_id: 200,
+        ol_i_id: 300,
+    };
+    let rows = node
+        .tpcc_load(pb::TpccLoadRequest {
+            warehouses: 1,
+            items: 200,
+            from_warehouse: 1,
+            to_warehouse: 1,
+            load_items: true,
+            c_load: Some(compute_node::grpc_tpcc::nurand_to_pb(&c_load)),
+            seed: 5,
+            threads: 2,
+        })
+        .unwrap();
+    assert!(rows > 400_000, "{rows} rows");
+    let checks = node.tpcc_check(1, false).unwrap();
+    assert_eq!(checks.len(), 12);
+    assert!(checks.iter().all(|c| !c.failed()), "{checks:?}");
+
+    let lines = |last: u32| -> Vec<OrderLineInput> {
+        (1..=5)
+            .map(|i| OrderLineInput {
+                i_id: if i == 5 { last } else { i * 10 },
+                supply_w_id: 1,
+                quantity: 3,
+            })
+            .collect()
+    };
+    let order = |last| {
+        call(Input::NewOrder(NewOrderInput {
+            w: 1,
+            d: 2,
+            c: 7,
+            lines: lines(last),
+            rollback: false,
+        }))
+    };
+    let Outcome::Ordered { o_id } = node.tpcc(&order(50)).unwrap() else {
+        panic!("New-Order should answer its order id")
+    };
+    assert_eq!(o_id, 3001, "the first order after the initial 3,000");
+    // An unused item rolls the whole transaction back (clause 2.4.2.3).
+    assert_eq!(node.tpcc(&order(201)).unwrap(), Outcome::RolledBack);
+    let pay = node.tpcc(&call(Input::Payment(PaymentInput {
+        w: 1,
+        d: 2,
+        c_w: 1,
+        c_d: 2,
+        customer: CustomerSel::Id(7),
+        amount: 12_345,
+    })));
+    assert_eq!(pay.unwrap(), Outcome::Done);
+    let status = node.tpcc(&call(Input::OrderStatus(OrderStatusInput {
+        w: 1,
+        d: 2,
+        customer: CustomerSel::Id(7),
+    })));
+    assert_eq!(status.unwrap(), Outcome::Done);
+    let delivered = node.tpcc(&call(Input::Delivery(DeliveryInput { w: 1, carrier: 3 })));
+    assert_eq!(delivered.unwrap(), Outcome::Delivered { skipped: 0 });
+    assert!(matches!(
+        node.tpcc(&stock_level()).unwrap(),
+        Outcome::LowStock { .. }
+    ));
+    let checks = node.tpcc_check(1, true).unwrap();
+    assert!(checks.iter().all(|c| !c.failed()), "{checks:?}");
+
+    // Out-of-domain input and a warehouse that was never loaded.
+    let bad = call(Input::Delivery(DeliveryInput { w: 1, carrier: 11 }));
+    expect_kind(node.tpcc(&bad), ErrorKind::BadRequest);
+    let nowhere = call(Input::StockLevel(StockLevelInput {
+        w: 9,
+        d: 1,
+        threshold: 15,
+    }));
+    expect_kind(node.tpcc(&nowhere), ErrorKind::BadRequest);
+    let bad_load = pb::TpccLoadRequest {
+        warehouses: 1,
+        items: 10,
+        from_warehouse: 2,
+        to_warehouse: 1,
+        ..Default::default()
+    };
+    expect_kind(node.tpcc_load(bad_load), ErrorKind::BadRequest);
+    // Still serving.
+    assert!(matches!(
+        node.tpcc(&stock_level()).unwrap(),
+        Outcome::LowStock { .. }
+    ));
+}

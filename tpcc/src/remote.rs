@@ -97,6 +97,12 @@ impl Target for RemoteTarget {
                 .with_context(|| format!("creating the TPC-C schema on {a}"))?;
         }
         let start = Instant::now();
+        if req.progress {
+            eprintln!(
+                "loading through {n} compute node(s), each its own warehouses (server-side \
+                 TpccLoad; progress is logged per node when it finishes)"
+            );
+        }
         let results: Vec<Result<u64>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
                 .map(|i| {

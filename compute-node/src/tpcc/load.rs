@@ -648,8 +648,11 @@ fn print_progress(rows: u64, total: u64, start: Instant) {
         0.0
     };
     use std::io::IsTerminal;
+    const WIDTH: usize = 30;
+    let filled = ((pct / 100.0) * WIDTH as f64).round() as usize;
+    let bar: String = "#".repeat(filled.min(WIDTH)) + &"-".repeat(WIDTH - filled.min(WIDTH));
     let line = format!(
-        "load: {pct:5.1}%  {rows:>9}/{total} rows  {rate:>8.0} rows/s  {secs:>5.0}s elapsed  eta {eta:>4.0}s"
+        "load [{bar}] {pct:5.1}%  {rows:>9}/{total} rows  {rate:>8.0} rows/s  {secs:>5.0}s elapsed  eta {eta:>4.0}s"
     );
     if std::io::stderr().is_terminal() {
         eprint!("\r{line}   ");
