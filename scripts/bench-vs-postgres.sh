@@ -4,7 +4,10 @@
 # warehouses, terminals and duration, and the twelve consistency checks on both.
 #
 #   scripts/bench-vs-postgres.sh [--warehouses N] [--duration S] [--nodes N]
-#                                [--seed N] [--quick] [--json FILE]
+#                                [--multi] [--seed N] [--quick] [--json FILE]
+#
+# --multi: also runs the engine with 2 compute nodes, partitioned and random affinity
+# (the figures README's TPC-C table gives), all against the same PostgreSQL run.
 #
 # PostgreSQL 15 is installed from Debian's packages if missing. A private instance
 # runs in a temporary directory, on a Unix socket only, and is stopped (and its
@@ -22,8 +25,9 @@ duration=30
 nodes=1
 seed=""
 quick=0
+multi=0
 json=""
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --warehouses) warehouses="$2"; shift 2 ;;
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
     --nodes) nodes="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
+    --multi) multi=1; shift ;;
     --json) json="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -63,6 +68,12 @@ if [ ! -x "$PGBIN/pg_ctl" ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null \
     || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   [ -x "$PGBIN/pg_ctl" ] || { echo "PostgreSQL 15 is not in $PGBIN after installing" >&2; exit 1; }
+fi
+
+if ! command -v jq >/dev/null; then
+  step "installing jq"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null \
+    || { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
 fi
 
 # initdb refuses to run as root: the instance belongs to `postgres` then.
@@ -122,13 +133,26 @@ cargo build --release -q -p tpcc
 bin="${CARGO_TARGET_DIR:-target}/release/tpcc"
 
 common=(--warehouses "$warehouses" --duration "$duration" --seed "$seed" --check "${scale[@]}")
-ours_json="$dir/ours.json"
 pg_json="$dir/pg.json"
 
-step "ours: tpcc ${common[*]} --nodes $nodes"
+# Engine runs: label, then tpcc options.
+runs=("ours:--nodes $nodes")
+if [ "$multi" = 1 ]; then
+  runs=("ours-1-node:--nodes 1" "ours-2-nodes-partitioned:--nodes 2 --affinity partitioned"
+        "ours-2-nodes-random:--nodes 2 --affinity random")
+fi
 set +e
-"$bin" "${common[@]}" --nodes "$nodes" --json "$ours_json"
-ours_rc=$?
+ours_rc=0
+labels=()
+for r in "${runs[@]}"; do
+  label=${r%%:*}
+  read -r -a opts <<<"${r#*:}"
+  labels+=("$label")
+  step "$label: tpcc ${common[*]} ${opts[*]}"
+  "$bin" "${common[@]}" "${opts[@]}" --json "$dir/$label.json"
+  rc=$?; [ "$rc" = 0 ] || ours_rc=$rc
+done
+ours_json="$dir/${labels[0]}.json"
 step "PostgreSQL: tpcc --target $url ${common[*]}"
 "$bin" "${common[@]}" --target "$url" --json "$pg_json"
 pg_rc=$?
@@ -144,16 +168,27 @@ ratio=$(awk -v a="$ours" -v b="$pg" 'BEGIN { if (b > 0) printf "%.3f", a / b; el
 spec=$([ "$quick" = 1 ] && echo false || echo true)
 
 step "summary"
-printf '%-12s %10s\n' target tpmC
-printf '%-12s %10.0f\n' ours "$ours" postgres "$pg"
-printf 'warehouses %s, duration %ss, nodes %s, seed %s, PostgreSQL %s%s\n' \
-  "$warehouses" "$duration" "$nodes" "$seed" "$version" \
+printf '%-26s %10s %8s %14s %14s\n' target tpmC txn/s 'NO p50/p99 ms' 'vs PostgreSQL'
+for label in "${labels[@]}" postgres; do
+  f="$dir/$label.json"; [ "$label" = postgres ] && f=$pg_json
+  [ -s "$f" ] || { printf '%-26s %10s\n' "$label" "no report"; continue; }
+  t=$(jq -r '.tpmC' "$f")
+  printf '%-26s %10.0f %8.1f %14s %14s\n' "$label" "$t" "$(jq -r '.txn_per_s' "$f")" \
+    "$(jq -r '"\(.transactions.new_order.p50_ms | floor)/\(.transactions.new_order.p99_ms | floor)"' "$f")" \
+    "$(awk -v a="$t" -v b="$pg" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "inf" }')"
+done
+printf 'warehouses %s, duration %ss, seed %s, PostgreSQL %s%s\n' \
+  "$warehouses" "$duration" "$seed" "$version" \
   "$([ "$quick" = 1 ] && echo ', NOT SPEC (10,000 items)')"
-printf 'tpmC ratio (ours / PostgreSQL): %s\n' "$ratio"
+printf 'tpmC ratio (%s / PostgreSQL): %s\n' "${labels[0]}" "$ratio"
 
 if [ -n "$json" ]; then
   {
-    jq -c '{target: "engine"} + .' "$ours_json"
+    for label in "${labels[@]}"; do
+      if [ -s "$dir/$label.json" ]; then
+        jq -c --arg l "$label" '{target: "engine", run: $l} + .' "$dir/$label.json"
+      fi
+    done
     jq -c --arg v "$version" '{target: "postgres", server_version: $v} + .' "$pg_json"
     jq -nc --argjson a "$ours" --argjson b "$pg" --arg r "$ratio" \
       --argjson w "$warehouses" --argjson d "$duration" --argjson n "$nodes" \

@@ -75,7 +75,10 @@ fn short_embedded_run_passes_every_check() {
 #[test]
 fn bad_options_are_clear_errors() {
     for (args, says) in [
-        (&["--fault", "nuke:gtm@1+1"][..], "--fault needs --cluster spawn"),
+        (
+            &["--fault", "nuke:gtm@1+1"][..],
+            "--fault needs --cluster spawn",
+        ),
         (
             &["--cluster", "spawn", "--fault", "nuke:gtm@1+1"][..],
             "unknown action",
