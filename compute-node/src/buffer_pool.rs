@@ -50,6 +50,9 @@ struct Frame {
     referenced: AtomicBool,
     flags: AtomicU8,
     validated: AtomicU64,
+    /// Version of `image` (stored after the image), so bulk validation can list the
+    /// cached versions without touching the images themselves.
+    version: AtomicU64,
 }
 
 /// Counters, read by metrics and benchmarks.
@@ -81,6 +84,14 @@ pub struct BufferPool {
     /// Serialises installing a page into a new frame (misses); hits never take it.
     install: Mutex<()>,
     pub stats: PoolStats,
+}
+
+/// A cached, unlocked page as listed for bulk validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub frame: FrameId,
+    pub page: PageId,
+    pub version: PageVersion,
 }
 
 /// Keeps a frame from eviction while alive.
@@ -117,6 +128,7 @@ impl BufferPool {
                     referenced: AtomicBool::new(false),
                     flags: AtomicU8::new(0),
                     validated: AtomicU64::new(0),
+                    version: AtomicU64::new(0),
                 })
                 .collect(),
             hand: AtomicUsize::new(0),
@@ -183,12 +195,52 @@ impl BufferPool {
     }
 
     /// Replaces the image in a pinned frame.
+    /// Replaces the frame's image unless the cached one is newer (never moves a page
+    /// backwards: a stale read must not overwrite a version this node wrote).
+    pub fn set_image_if_newer(&self, pin: &Pin<'_>, image: Arc<Page>, validated: u64) {
+        let frame = self.frame(pin.frame);
+        let guard = epoch::pin();
+        let version = image.version().0;
+        let mut new = Owned::new(image);
+        loop {
+            let cur = frame.image.load(Ordering::Acquire, &guard);
+            // SAFETY: `cur` is protected by `guard` (destroyed only after unlinking and
+            // a grace period).
+            if let Some(c) = unsafe { cur.as_ref() } {
+                if c.version().0 > version {
+                    return;
+                }
+            }
+            match frame.image.compare_exchange(
+                cur,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                &guard,
+            ) {
+                Ok(_) => {
+                    frame.version.fetch_max(version, Ordering::AcqRel);
+                    frame.validated.fetch_max(validated, Ordering::AcqRel);
+                    if !cur.is_null() {
+                        // SAFETY: `cur` is unlinked; readers that loaded it are protected
+                        // by their epoch guards until it is destroyed.
+                        unsafe { guard.defer_destroy(cur) };
+                    }
+                    return;
+                }
+                Err(e) => new = e.new,
+            }
+        }
+    }
+
     pub fn set_image(&self, pin: &Pin<'_>, image: Arc<Page>, validated: u64) {
         let frame = self.frame(pin.frame);
         let guard = epoch::pin();
+        let version = image.version().0;
         let old = frame
             .image
             .swap(Owned::new(image), Ordering::AcqRel, &guard);
+        frame.version.store(version, Ordering::Release);
         frame.validated.fetch_max(validated, Ordering::AcqRel);
         if !old.is_null() {
             // SAFETY: `old` is unlinked; readers that loaded it are protected by their
@@ -228,14 +280,37 @@ impl BufferPool {
     /// Caches `image` for its page (replacing a cached image) and returns the pinned
     /// frame. Fails only when every frame is pinned, locked or dirty.
     pub fn install(&self, image: Arc<Page>, validated: u64) -> Result<Pin<'_>, PoolFull> {
+        self.install_with(image, validated, false)
+    }
+
+    /// Like [`BufferPool::install`] for an image read from storage without this node's
+    /// X lock: if the page is cached at a newer version (this node changed it under its
+    /// lock meanwhile, or a newer read won the race), the cached image stays.
+    pub fn install_clean(&self, image: Arc<Page>, validated: u64) -> Result<Pin<'_>, PoolFull> {
+        self.install_with(image, validated, true)
+    }
+
+    fn install_with(
+        &self,
+        image: Arc<Page>,
+        validated: u64,
+        newer_only: bool,
+    ) -> Result<Pin<'_>, PoolFull> {
         let page = image.id();
+        let put = |pin: &Pin<'_>, image: Arc<Page>| {
+            if newer_only {
+                self.set_image_if_newer(pin, image, validated);
+            } else {
+                self.set_image(pin, image, validated);
+            }
+        };
         if let Some(pin) = self.pin(page) {
-            self.set_image(&pin, image, validated);
+            put(&pin, image);
             return Ok(pin);
         }
         let _g = self.install.lock();
         if let Some(pin) = self.pin(page) {
-            self.set_image(&pin, image, validated);
+            put(&pin, image);
             return Ok(pin);
         }
         let f = self.find_victim()?;
@@ -321,7 +396,7 @@ impl BufferPool {
         true
     }
 
-    /// Every cached page with the version of its image (for bulk validation).
+    /// Every cached page with the version of its image.
     pub fn snapshot_versions(&self) -> Vec<(PageId, PageVersion)> {
         self.table
             .iter()
@@ -330,6 +405,67 @@ impl BufferPool {
                 (c.image.id() == *e.key()).then(|| (*e.key(), c.image.version()))
             })
             .collect()
+    }
+
+    /// Every cached page not X-locked here, with its image's version: what a bulk
+    /// validation round must confirm. Reads only the frames' own words (no page table,
+    /// no image), so a round over a large pool costs little more than a scan of the
+    /// frame array. A frame being reassigned is skipped.
+    pub fn validation_candidates(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for (i, frame) in self.frames.iter().enumerate() {
+            let page = frame.page.load(Ordering::Acquire);
+            if page == NO_PAGE
+                || frame.pins.load(Ordering::Acquire) & EVICTING != 0
+                || frame.flags.load(Ordering::Acquire) & FrameFlags::LOCKED != 0
+            {
+                continue;
+            }
+            out.push(Candidate {
+                frame: FrameId(i as u32),
+                page: PageId(page),
+                version: PageVersion(frame.version.load(Ordering::Acquire)),
+            });
+        }
+        out
+    }
+
+    /// Pins `c.frame` if it still holds `c.page` at `c.version`, not X-locked here.
+    fn pin_candidate(&self, c: &Candidate) -> Option<Pin<'_>> {
+        let frame = self.frame(c.frame);
+        let prev = frame.pins.fetch_add(1, Ordering::AcqRel);
+        let pin = Pin {
+            pool: self,
+            frame: c.frame,
+        };
+        // Pinned and not being reassigned: page and version can only move forward now
+        // (the version word is stored after its image, so a match means the image is at
+        // least that new).
+        (prev & EVICTING == 0
+            && frame.page.load(Ordering::Acquire) == c.page.0
+            && frame.version.load(Ordering::Acquire) == c.version.0
+            && frame.flags.load(Ordering::Acquire) & FrameFlags::LOCKED == 0)
+            .then_some(pin)
+    }
+
+    /// A directory read issued at `tick` saw `c` current: records the confirmation if
+    /// the frame still holds that image.
+    pub fn confirm_candidate(&self, c: &Candidate, tick: u64) -> bool {
+        match self.pin_candidate(c) {
+            Some(pin) => {
+                self.mark_validated(&pin, tick);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A directory read saw `c` outdated: forgets the frame's confirmation if it still
+    /// holds that image.
+    pub fn forget_candidate(&self, c: &Candidate) {
+        if let Some(pin) = self.pin_candidate(c) {
+            self.mark_stale(&pin);
+        }
     }
 }
 
@@ -391,6 +527,37 @@ mod tests {
         assert!(pool.install(page(99, 1), 0).is_err(), "everything pinned");
         drop((all_pinned, p3));
         assert!(pool.install(page(99, 1), 0).is_ok());
+    }
+
+    #[test]
+    fn validation_candidates_confirm_only_the_listed_image() {
+        let pool = BufferPool::new(4);
+        drop(pool.install(page(1, 3), 0).unwrap());
+        drop(pool.install(page(2, 5), 0).unwrap());
+        let locked = pool.install(page(3, 1), 0).unwrap();
+        pool.set_flags(&locked, FrameFlags::LOCKED);
+        drop(locked);
+        let mut c = pool.validation_candidates();
+        c.sort_by_key(|c| c.page);
+        let listed: Vec<_> = c.iter().map(|c| (c.page.0, c.version.0)).collect();
+        assert_eq!(
+            listed,
+            vec![(1, 3), (2, 5)],
+            "X-locked pages need no confirmation"
+        );
+        // Page 2 moved on after it was listed: the old read confirms nothing.
+        drop(pool.install(page(2, 6), 0).unwrap());
+        assert!(pool.confirm_candidate(&c[0], 7));
+        assert!(!pool.confirm_candidate(&c[1], 7));
+        assert_eq!(pool.get(PageId(1)).unwrap().validated, 7);
+        assert_eq!(pool.get(PageId(2)).unwrap().validated, 0);
+        // Evicted and its frame reused: still nothing.
+        assert!(pool.evict(PageId(1)));
+        drop(pool.install(page(9, 3), 0).unwrap());
+        assert!(!pool.confirm_candidate(&c[0], 8));
+        pool.forget_candidate(&c[0]);
+        let nine = pool.get(PageId(9)).unwrap();
+        assert_eq!(nine.validated, 0);
     }
 
     #[test]

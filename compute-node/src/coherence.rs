@@ -16,9 +16,11 @@
 //!
 //! ## Validation is batched
 //!
-//! [`CoherentPager::validate_all`] reads the directory words of every cached page in
-//! one batched one-sided read per storage node and confirms (or marks stale) all frames
-//! at once. Transactions that begin together share one round: a transaction waits for
+//! [`CoherentPager::validate_all`] reads the directory words of every cached page not
+//! X-locked here in one batched one-sided read per storage node and confirms (or marks
+//! stale) all those frames at once. The list of pages and versions comes from the
+//! frames' own words, not from the images, so a round over a full pool costs a scan of
+//! the frame array plus the directory read (this runs at every transaction start). Transactions that begin together share one round: a transaction waits for
 //! the first round that starts after its tick instead of validating page by page. Pages
 //! still unconfirmed when used are validated singly (one round trip) and refetched
 //! one-sided if stale. [`ValidationMode::EachAccess`] turns batching off (the baseline).
@@ -38,7 +40,7 @@
 //! the page's redo, writes the image back, and releases or keeps the lock. With
 //! [`LockMode::Eager`] every change is written back and unlocked at once (the baseline).
 
-use crate::buffer_pool::{BufferPool, FrameFlags};
+use crate::buffer_pool::{BufferPool, Candidate, FrameFlags};
 use crate::pager::{PageWrite, Pager, PagerError};
 use common::ids::{NodeId, PageId};
 use common::storage::client::StorageClient;
@@ -153,9 +155,15 @@ fn redo_record(old: &Page, new: &Page) -> RedoRecord {
     let mut i = common::storage::page::PAGE_HEADER_LEN;
     let n = a.len();
     while i < n {
-        if a[i] == b[i] {
+        // Skip equal bytes a word at a time (most of a page is unchanged).
+        while i + 8 <= n && a[i..i + 8] == b[i..i + 8] {
+            i += 8;
+        }
+        while i < n && a[i] == b[i] {
             i += 1;
-            continue;
+        }
+        if i == n {
+            break;
         }
         let start = i;
         let mut end = i + 1;
@@ -346,43 +354,48 @@ impl CoherentPager {
     pub fn validate_all(&self) -> Result<u64, PagerError> {
         let v = self.tick();
         self.stats.validation_rounds.fetch_add(1, Ordering::Relaxed);
-        let cached = self.pool.snapshot_versions();
-        let mut by_node: HashMap<usize, Vec<(PageId, common::ids::PageVersion)>> = HashMap::new();
-        for (p, ver) in cached {
-            if let Ok(i) = self.storage.index_of(p) {
-                by_node.entry(i).or_default().push((p, ver));
+        // Pages X-locked here need no confirmation; the rest are listed from the frames'
+        // own words (see `BufferPool::validation_candidates`).
+        let cached = self.pool.validation_candidates();
+        let mut by_node: Vec<Vec<Candidate>> = vec![Vec::new(); self.storage.len()];
+        for c in cached {
+            if let Ok(i) = self.storage.index_of(c.page) {
+                by_node[i].push(c);
             }
         }
-        for (i, pages) in by_node {
-            let ids: Vec<PageId> = pages.iter().map(|(p, _)| *p).collect();
+        for (i, mut pages) in by_node.into_iter().enumerate() {
+            if pages.is_empty() {
+                continue;
+            }
+            pages.sort_unstable_by_key(|c| c.page);
             self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
             let client = self.storage.node(i);
-            let lo = ids.iter().min().copied().expect("non-empty");
-            let hi = ids.iter().max().copied().expect("non-empty");
+            let lo = pages[0].page;
+            let hi = pages[pages.len() - 1].page;
             let span = hi.0 - lo.0 + 1;
             // Dense enough: one sequential read of the directory range beats one small
             // read per page.
-            let entries = if span <= 8 * ids.len() as u64 {
+            let entries = if span <= 8 * pages.len() as u64 {
                 let range = client.read_dir_range(lo, span).map_err(storage_err)?;
-                ids.iter().map(|p| range[(p.0 - lo.0) as usize]).collect()
+                pages
+                    .iter()
+                    .map(|c| range[(c.page.0 - lo.0) as usize])
+                    .collect()
             } else {
+                let ids: Vec<PageId> = pages.iter().map(|c| c.page).collect();
                 client.read_dir_entries(&ids).map_err(storage_err)?
             };
-            for ((page, ver), e) in pages.into_iter().zip(entries) {
-                let Some(pin) = self.pool.pin(page) else {
-                    continue;
-                };
-                if self.pool.flags(&pin) & FrameFlags::LOCKED != 0 {
-                    continue;
-                }
-                let held_elsewhere = self.held_elsewhere(e.holder);
-                if e.version == ver && !e.busy && !held_elsewhere {
-                    self.pool.mark_validated(&pin, v);
-                    self.stats.pages_validated.fetch_add(1, Ordering::Relaxed);
+            let mut confirmed = 0;
+            for (c, e) in pages.iter().zip(entries) {
+                if e.version == c.version && !e.busy && !self.held_elsewhere(e.holder) {
+                    confirmed += self.pool.confirm_candidate(c, v) as u64;
                 } else {
-                    self.pool.mark_stale(&pin);
+                    self.pool.forget_candidate(c);
                 }
             }
+            self.stats
+                .pages_validated
+                .fetch_add(confirmed, Ordering::Relaxed);
         }
         Ok(v)
     }
@@ -463,7 +476,7 @@ impl CoherentPager {
                         return Ok(self.pool.get(page).map(|c| c.image).unwrap_or(img));
                     }
                 }
-                match self.pool.install(img.clone(), v) {
+                match self.pool.install_clean(img.clone(), v) {
                     Ok(_) => {}
                     Err(full) => {
                         self.relieve_pressure()?;

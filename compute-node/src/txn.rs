@@ -11,6 +11,9 @@
 //!   group-committed force each, in parallel), then the commit record is written at the
 //!   GTM, then the caller hears "committed" (invariant 3). A lease that may have run out
 //!   fences the commit before it is sent (invariant 6).
+//! * A wait-die victim's caller can [`Txn::abort_and_wait`]: abort first (holding
+//!   nothing, it cannot close a wait cycle), then wait until the writer it died on has
+//!   finished, so the retry starts after that writer instead of after a blind back-off.
 //! * `abort`: the status becomes Aborted at the GTM; the versions stay and are invisible
 //!   (invariant 4) until a later change of their page prunes them.
 //!
@@ -226,6 +229,24 @@ impl Engine {
         Timestamp(self.watermark.load(Ordering::Relaxed))
     }
 
+    /// Polls the status table until `txn` is no longer in progress (true) or `deadline`
+    /// passes (false). Polls start fine-grained: a holder usually commits within a
+    /// couple of log forces.
+    pub fn wait_until_resolved(&self, txn: TxnId, deadline: Instant) -> Result<bool, TxnError> {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            match self.gtm.txn_status_batch_nowait(&[txn])?.pop() {
+                Some(TxnStatus::InProgress) | Some(TxnStatus::Committing(_)) => {}
+                _ => return Ok(true),
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_micros(500));
+        }
+    }
+
     pub fn begin(self: &Arc<Self>) -> Result<Txn, TxnError> {
         self.begin_with(self.config.isolation)
     }
@@ -243,6 +264,7 @@ impl Engine {
             isolation,
             wrote: false,
             done: false,
+            blocker: None,
         })
     }
 
@@ -267,6 +289,8 @@ pub struct Txn {
     isolation: Isolation,
     wrote: bool,
     done: bool,
+    /// The writer whose uncommitted version made this transaction die (wait-die), if so.
+    blocker: Option<TxnId>,
 }
 
 impl Txn {
@@ -333,6 +357,7 @@ impl Txn {
 
     fn write(&mut self, table: &Table, key: &[u8], row: Option<Vec<u8>>) -> Result<(), TxnError> {
         self.check_open()?;
+        self.blocker = None;
         self.statement_view()?;
         self.engine.gtm.check_lease()?;
         let tree = self.tree(table)?;
@@ -370,6 +395,9 @@ impl Txn {
                 }
                 Err(UpsertFail::Mvcc(e)) => {
                     self.engine.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    if let MvccError::Locked { holder, .. } = e {
+                        self.blocker = Some(holder);
+                    }
                     return Err(mvcc_err(e));
                 }
                 Err(UpsertFail::Tree(e)) => return Err(e.into()),
@@ -379,18 +407,34 @@ impl Txn {
 
     /// Waits (polling the status table, backing off) until `holder` resolves.
     fn wait_for(&self, holder: TxnId, deadline: Instant) -> Result<(), TxnError> {
-        let mut pause = Duration::from_micros(50);
-        while Instant::now() < deadline {
-            match self.engine.gtm.txn_status_batch_nowait(&[holder])?.pop() {
-                Some(TxnStatus::InProgress) | Some(TxnStatus::Committing(_)) => {}
-                _ => return Ok(()),
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+        if self.engine.wait_until_resolved(holder, deadline)? {
+            return Ok(());
         }
         Err(TxnError::Conflict(format!(
             "timed out waiting for transaction {holder}"
         )))
+    }
+
+    /// The in-progress writer this transaction died on (wait-die), if its last write
+    /// failed that way: a caller that retries should let it finish first
+    /// ([`Txn::abort_and_wait`]).
+    pub fn blocker(&self) -> Option<TxnId> {
+        self.blocker
+    }
+
+    /// Aborts, then waits (at most `max`) until the writer this transaction died on has
+    /// finished, so a retry does not run into the same uncommitted version. Waiting
+    /// after the abort holds nothing, so no wait cycle can form (wait-die stays
+    /// deadlock-free); it replaces the caller's blind back-off with a wake-up when the
+    /// row is free.
+    pub fn abort_and_wait(mut self, max: Duration) -> Result<(), TxnError> {
+        let blocker = self.blocker.take();
+        let engine = self.engine.clone();
+        self.abort()?;
+        if let Some(holder) = blocker {
+            engine.wait_until_resolved(holder, Instant::now() + max)?;
+        }
+        Ok(())
     }
 
     /// Rows with keys in `range`, ascending (or descending with `reverse`), at most

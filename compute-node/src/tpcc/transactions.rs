@@ -642,6 +642,9 @@ pub fn stock_level(
     Ok((Outcome::Done, low))
 }
 
+/// How long a failed attempt waits for the writer it died on before reporting.
+const BLOCKER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One attempt of a whole transaction on `node`: begin, run the profile, then commit
 /// (or abort New-Order's business rollback). A failed attempt is aborted; the caller
 /// retries retryable errors with the same input. `history_key` is the (origin, seq)
@@ -676,7 +679,8 @@ pub fn run_once(
             Ok(o)
         }
         Err(e) => {
-            let _ = txn.abort();
+            // A wait-die victim retries only once the row's writer has finished.
+            let _ = txn.abort_and_wait(BLOCKER_WAIT);
             Err(e)
         }
     }
