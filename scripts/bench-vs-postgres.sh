@@ -186,7 +186,7 @@ if [ -n "$json" ]; then
   {
     for label in "${labels[@]}"; do
       if [ -s "$dir/$label.json" ]; then
-        jq -c --arg l "$label" '{target: "engine", run: $l} + .' "$dir/$label.json"
+        jq -c --arg l "$label" '{target: "engine", label: $l} + .' "$dir/$label.json"
       fi
     done
     jq -c --arg v "$version" '{target: "postgres", server_version: $v} + .' "$pg_json"
