@@ -904,14 +904,9 @@ impl Compute for ComputeService {
         .map(|()| Response::new(pb::AbortResponse {}))
     }
 
-    // Room for the server-side TPC-C stored procedures (they come with the TPC-C issue;
-    // each runs one whole TPC-C transaction on the blocking pool in one call, retrying
-    // nothing itself and answering a retryable ABORTED like any other call):
-    //   1. NewOrder
-    //   2. Payment
-    //   3. OrderStatus
-    //   4. Delivery
-    //   5. StockLevel
+    // TPC-C stored procedures: each runs one whole transaction on the blocking pool
+    // (`Inner::tpcc_run`), retries nothing itself and answers a retryable ABORTED like
+    // any other call.
 
     async fn tpcc_new_order(
         &self,

@@ -27,7 +27,7 @@ impl From<RemoteError> for AttemptError {
         let msg = e.to_string();
         match e.kind {
             k if k.is_retryable() => AttemptError::Retryable {
-                chain_full: msg.contains("snapshot too old"),
+                chain_full: crate::target::is_chain_full(&msg),
                 msg,
             },
             ErrorKind::Transport

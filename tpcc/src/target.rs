@@ -44,9 +44,15 @@ impl fmt::Display for AttemptError {
     }
 }
 
+/// Whether a retryable error is the engine's "snapshot too old" on an over-long version
+/// chain (embedded or relayed over gRPC, the message says so).
+pub fn is_chain_full(msg: &str) -> bool {
+    msg.contains("snapshot too old")
+}
+
 impl From<TxnError> for AttemptError {
     fn from(e: TxnError) -> Self {
-        let chain_full = matches!(&e, TxnError::Conflict(m) if m.contains("snapshot too old"));
+        let chain_full = matches!(&e, TxnError::Conflict(m) if is_chain_full(m));
         if e.is_retryable() || chain_full {
             AttemptError::Retryable {
                 msg: e.to_string(),

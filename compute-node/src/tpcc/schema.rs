@@ -421,25 +421,15 @@ pub const TABLE_NAMES: [&str; 11] = [
 impl Tables {
     /// Opens every table on `node`; `NoSuchTable` if the schema was not created.
     pub fn open(node: &ComputeNode) -> Result<Tables, TxnError> {
-        let t = |n: &str| node.table(n);
-        Ok(Tables {
-            warehouse: t("warehouse")?,
-            district: t("district")?,
-            customer: t("customer")?,
-            customer_by_name: t("customer_by_name")?,
-            history: t("history")?,
-            new_order: t("new_order")?,
-            orders: t("orders")?,
-            orders_by_customer: t("orders_by_customer")?,
-            order_line: t("order_line")?,
-            item: t("item")?,
-            stock: t("stock")?,
-        })
+        Tables::each(|n| node.table(n))
     }
 
     /// Creates (if missing) and opens every table on `node`.
     pub fn ensure(node: &ComputeNode) -> Result<Tables, TxnError> {
-        let t = |n: &str| node.ensure_table(n);
+        Tables::each(|n| node.ensure_table(n))
+    }
+
+    fn each(t: impl Fn(&str) -> Result<Table, TxnError>) -> Result<Tables, TxnError> {
         Ok(Tables {
             warehouse: t("warehouse")?,
             district: t("district")?,

@@ -605,11 +605,7 @@ pub fn delivery(
 
 /// Clause 2.8.2 (read-only): distinct items of the district's last 20 orders whose
 /// stock at the home warehouse is below the threshold.
-pub fn stock_level(
-    txn: &mut Txn,
-    t: &Tables,
-    inp: &StockLevelInput,
-) -> Result<(Outcome, u32), TxnError> {
+pub fn stock_level(txn: &mut Txn, t: &Tables, inp: &StockLevelInput) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
     let dist: District = read_home(txn, &t.district, &key::district(w, d), "district", w)?;
     let next = dist.next_o_id;
@@ -639,7 +635,7 @@ pub fn stock_level(
             low += 1;
         }
     }
-    Ok((Outcome::Done, low))
+    Ok(Outcome::LowStock { low })
 }
 
 /// How long a failed attempt waits for the writer it died on before reporting.
@@ -665,9 +661,7 @@ pub fn run_once(
         Input::Payment(i) => payment(&mut txn, t, i, now, history_key),
         Input::OrderStatus(i) => order_status(&mut txn, t, i),
         Input::Delivery(i) => delivery(&mut txn, t, i, now),
-        Input::StockLevel(i) => {
-            stock_level(&mut txn, t, i).map(|(_, low)| Outcome::LowStock { low })
-        }
+        Input::StockLevel(i) => stock_level(&mut txn, t, i),
     };
     match res {
         Ok(Outcome::RolledBack) => {
