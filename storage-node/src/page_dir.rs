@@ -83,3 +83,99 @@ impl Regions {
         Page::from_bytes(&buf).expect("8 KiB")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::fabric::{Access, ClusterKey, Server};
+    use common::ids::Epoch;
+    use common::storage::dir::DirEntry;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn page(v: u64) -> Page {
+        let mut p = Page::empty(PageId(1));
+        p.stamp(PageVersion(v), common::ids::Lsn(0));
+        p.seal();
+        p
+    }
+
+    /// A reader that copies a directory entry while the storage node changes it never
+    /// sees a (version, free lock) pair that did not exist at one instant, for a version
+    /// it knew before the read (the validation question; see `common::storage::dir`),
+    /// however long the gap between the words it copies.
+    /// The writer keeps the lock over two versions in a row, so "free at an odd
+    /// version" never exists: a reader that copied the version word before the lock
+    /// word could see it (the old version, then the lock freed after the next write).
+    #[test]
+    fn a_directory_read_never_pairs_a_known_version_with_a_lock_freed_later() {
+        let server = Server::new(ClusterKey::random());
+        let regions = Arc::new(Regions {
+            dir: server
+                .register(DIR_ENTRY_SIZE as u64, Access::READ_ONLY)
+                .unwrap(),
+            frames: server
+                .register(PAGE_SIZE as u64, Access::READ_ONLY)
+                .unwrap(),
+            first_page: PageId(1),
+        });
+        let holder = LockHolder {
+            node: common::ids::NodeId(2),
+            epoch: Epoch(1),
+        };
+        let images: Vec<Page> = (0..=64).map(page).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (regions, stop) = (regions.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut v = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    regions.set_lock(0, Some(holder));
+                    for _ in 0..2 {
+                        let next = v % 64 + 1;
+                        regions.publish(0, PageVersion(v), 0, None, &images[next as usize]);
+                        v = next;
+                    }
+                    regions.set_lock(0, None);
+                    if v == 64 {
+                        // Versions wrap in this test only; the reader's rule is per pass.
+                        v = 0;
+                        regions.set_version(0, PageVersion(0));
+                    }
+                }
+            })
+        };
+        let mem = regions.dir.mem();
+        let (mut confirmed, mut violations) = (0u64, 0u64);
+        let mut buf = [0u8; DIR_ENTRY_SIZE];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while std::time::Instant::now() < deadline {
+            // What the reader knows before it reads: the version word alone.
+            mem.read(VERSION_WORD, &mut buf[..8]).unwrap();
+            let known = u64::from_le_bytes(buf[..8].try_into().unwrap());
+            if known >> 63 != 0 || known == 0 {
+                continue;
+            }
+            // An entry is copied word by word upwards; a network read may stretch the
+            // gap between two words arbitrarily, so this one does too.
+            mem.read(0, &mut buf[..8]).unwrap();
+            for _ in 0..(known % 4) {
+                std::thread::yield_now();
+            }
+            mem.read(8, &mut buf[8..]).unwrap();
+            let e = DirEntry::decode(&buf).unwrap();
+            if e.holder.is_none() && !e.busy && e.version.0 == known {
+                confirmed += 1;
+                if known % 2 == 1 {
+                    violations += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(
+            violations, 0,
+            "pairs that never existed ({confirmed} confirmations)"
+        );
+        assert!(confirmed > 0, "the reader confirmed something");
+    }
+}

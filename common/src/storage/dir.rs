@@ -7,13 +7,27 @@
 //!
 //! ```text
 //! word  offset  field
-//!    0       0  version word: bit 63 = BUSY (the frame is being rewritten),
-//!               bits 0..=62 = the page's current version (PageVersion)
-//!    1       8  lock word: 0 = free; else bit 63 = mode X (the only mode today),
+//!    0       0  lock word: 0 = free; else bit 63 = mode X (the only mode today),
 //!               bits 32..=62 = holder epoch (31 bits), bits 0..=31 = holder node id
+//!    1       8  version word: bit 63 = BUSY (the frame is being rewritten),
+//!               bits 0..=62 = the page's current version (PageVersion)
 //!    2      16  frame word: 0 = not resident; else 1 + index of the frame holding it
 //!    3      24  reserved (0)
 //! ```
+//!
+//! ## Why the lock word comes first
+//!
+//! A reader copies an entry word by word in ascending address order (every fabric
+//! backend: the shm copy and the tcp responder copy 8-byte words upwards; an RDMA READ
+//! of one entry is assumed to as well), so it sees the lock word at some instant `t1`
+//! and the version word at a later `t2`. Validation asks "is my cached image at version
+//! `V` still the newest, with no X holder elsewhere?". The reader's `V` was stored in the
+//! directory before it issued the read, and versions only grow, so if the read shows a
+//! free lock at `t1` and version `V` at `t2`, the version at `t1` was `V` too: the pair
+//! (version `V`, free) existed at the instant `t1`. With the version word first the
+//! reader could see the old version at `t1` and a lock freed by a holder that wrote a
+//! newer image back in between at `t2`: a pair that never existed, confirming a stale
+//! image.
 //!
 //! ## Writer protocol (storage node, seqlock)
 //!
@@ -37,8 +51,8 @@ use crate::ids::{Epoch, NodeId, PageVersion};
 /// Bytes per directory entry.
 pub const DIR_ENTRY_SIZE: usize = 32;
 /// Byte offsets of the words inside an entry.
-pub const VERSION_WORD: u64 = 0;
-pub const LOCK_WORD: u64 = 8;
+pub const LOCK_WORD: u64 = 0;
+pub const VERSION_WORD: u64 = 8;
 pub const FRAME_WORD: u64 = 16;
 
 const BUSY: u64 = 1 << 63;
@@ -98,7 +112,7 @@ impl DirEntry {
             return None;
         }
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"));
-        let (v, l, f) = (w(0), w(1), w(2));
+        let (l, v, f) = (w(0), w(1), w(2));
         Some(DirEntry {
             version: PageVersion(v & !BUSY),
             busy: v & BUSY != 0,
@@ -132,8 +146,8 @@ mod tests {
         };
         assert_eq!(decode_lock_word(lock_word(Some(h0))), Some(h0));
         let mut b = Vec::new();
-        b.extend_from_slice(&version_word(PageVersion(77), true).to_le_bytes());
         b.extend_from_slice(&lock_word(Some(h)).to_le_bytes());
+        b.extend_from_slice(&version_word(PageVersion(77), true).to_le_bytes());
         b.extend_from_slice(&frame_word(Some(5)).to_le_bytes());
         b.extend_from_slice(&0u64.to_le_bytes());
         let e = DirEntry::decode(&b).unwrap();
@@ -155,8 +169,8 @@ mod tests {
                 Some(e) => {
                     prop_assert_eq!(b.len(), DIR_ENTRY_SIZE);
                     let mut again = Vec::new();
-                    again.extend_from_slice(&version_word(e.version, e.busy).to_le_bytes());
                     again.extend_from_slice(&lock_word(e.holder).to_le_bytes());
+                    again.extend_from_slice(&version_word(e.version, e.busy).to_le_bytes());
                     again.extend_from_slice(&frame_word(e.frame).to_le_bytes());
                     again.extend_from_slice(&[0; 8]);
                     prop_assert_eq!(DirEntry::decode(&again), Some(e));
@@ -177,8 +191,8 @@ mod tests {
         ) {
             let holder = holder.map(|(n, e)| LockHolder { node: NodeId(n), epoch: Epoch(e) });
             let mut b = Vec::new();
-            b.extend_from_slice(&version_word(PageVersion(version), busy).to_le_bytes());
             b.extend_from_slice(&lock_word(holder).to_le_bytes());
+            b.extend_from_slice(&version_word(PageVersion(version), busy).to_le_bytes());
             b.extend_from_slice(&frame_word(frame).to_le_bytes());
             b.extend_from_slice(&reserved.to_le_bytes());
             prop_assert_eq!(
