@@ -39,6 +39,7 @@ metrics! {
     lock_waits: "lock requests that had to queue",
     revocations: "revocation requests queued for lazy holders",
     redo_records: "redo records appended",
+    redo_resent: "redo records received again after a lost answer (skipped)",
     redo_bytes: "redo bytes appended",
     force_requests: "log force requests",
     log_fsyncs: "fsyncs of redo streams (group commits)",

@@ -27,6 +27,8 @@ pub struct PendingRecord {
     pub len: u32,
     pub before: PageVersion,
     pub after: PageVersion,
+    /// `common::storage::redo::content_digest` of the record (tells a resend).
+    pub digest: u32,
 }
 
 pub struct Stream {
@@ -218,7 +220,9 @@ impl Stream {
             let len = r.encoded_len();
             lsn += len as u64;
             r.lsn = Lsn(lsn);
+            let at = self.buf.len();
             r.encode(&mut self.buf);
+            let digest = common::storage::redo::content_digest(&self.buf[at..]);
             self.undurable.push_back((Lsn(lsn), r.page, r.after));
             self.pending
                 .entry(r.page)
@@ -228,6 +232,7 @@ impl Stream {
                     len: len as u32,
                     before: r.before,
                     after: r.after,
+                    digest,
                 });
         }
         self.appended = Lsn(lsn);

@@ -624,8 +624,18 @@ impl Store {
             ));
         }
         // Validate everything first: a request is appended whole or not at all.
+        //
+        // A record the stream already has (its `after` is at or below the page's logged
+        // head while the sender holds the lock) is a resend: the sender's earlier
+        // append-and-force was applied but its answer was lost (a timeout), and it sends
+        // the same records again in front of newer ones. Only the lock holder appends a
+        // page's records and it holds the lock since it read the version its first
+        // record starts from, so such a record can only be its own; it is skipped, and
+        // the force that follows covers it. Without this a lost answer would wedge the
+        // stream (every resend a `VersionConflict`).
         let mut heads: HashMap<PageId, PageVersion> = HashMap::new();
-        for r in &records {
+        let mut resent = vec![false; records.len()];
+        for (k, r) in records.iter().enumerate() {
             r.validate()
                 .map_err(|e| StorageError::BadRequest(e.to_string()))?;
             let idx = self.index(core, r.page)?;
@@ -635,14 +645,41 @@ impl Store {
             let head = heads
                 .entry(r.page)
                 .or_insert(core.pages[idx as usize].logged);
-            if r.before != *head {
+            // A resend is the same record: where the stream still holds it (it was not
+            // checkpointed away yet), the same versions and the same content.
+            let same_as_logged = || {
+                core.streams
+                    .get(&who.node)
+                    .and_then(|s| s.pending.get(&r.page))
+                    .and_then(|q| q.iter().find(|p| p.after == r.after))
+                    .is_none_or(|p| {
+                        p.before == r.before
+                            && p.len as usize == r.encoded_len()
+                            && p.digest == r.digest()
+                    })
+            };
+            if r.before == *head {
+                *head = r.after;
+            } else if r.after <= *head && same_as_logged() {
+                resent[k] = true;
+            } else {
                 return Err(StorageError::VersionConflict {
                     page: r.page,
                     expected: *head,
                     got: r.before,
                 });
             }
-            *head = r.after;
+        }
+        if resent.iter().any(|r| *r) {
+            Metrics::add(
+                &self.metrics.redo_resent,
+                resent.iter().filter(|r| **r).count() as u64,
+            );
+            let mut k = 0;
+            records.retain(|_| {
+                k += 1;
+                !resent[k - 1]
+            });
         }
         if let std::collections::hash_map::Entry::Vacant(v) = core.streams.entry(who.node) {
             v.insert(
@@ -727,6 +764,7 @@ impl Store {
         let mut out = HashMap::new();
         let mut synced = Vec::new();
         for (n, f, off, bytes, upto) in tails {
+            fail::fail_point!("storage::before_log_fsync");
             Metrics::add(&self.metrics.log_fsyncs, 1);
             match f.write_all_at(&bytes, off).and_then(|_| f.sync_data()) {
                 Ok(()) => synced.push((n, upto)),

@@ -37,9 +37,17 @@ fn invariant_3_write_back_needs_durable_redo() {
         Err(StorageError::NotDurable { .. })
     ));
     let lsn = c.append_redo(std::slice::from_ref(&rec)).unwrap();
-    // The same record again does not continue the chain.
+    // The same record again is a resend (its first answer was lost): skipped, nothing
+    // appended. A different record from the same version does not continue the chain.
+    assert_eq!(c.append_redo(std::slice::from_ref(&rec)).unwrap(), lsn);
+    let mut other = rec.clone();
+    if let common::storage::redo::RedoBody::Diffs(ranges) = &mut other.body {
+        ranges.push((4000, vec![9]));
+    } else {
+        other.body = common::storage::redo::RedoBody::Diffs(vec![(4000, vec![9])]);
+    }
     assert!(matches!(
-        c.append_redo(&[rec]),
+        c.append_redo(&[other]),
         Err(StorageError::VersionConflict { .. })
     ));
     // Nothing forced yet (the group-commit thread only runs on request).

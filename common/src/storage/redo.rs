@@ -38,6 +38,12 @@ use crate::ids::{Lsn, PageId, PageVersion};
 
 /// Bytes before the payload.
 pub const REDO_HEADER_LEN: usize = 44;
+
+/// crc32c of an encoded record from its page id on (bytes `[16, n)`): the same for the
+/// record as a client sends it and as the stream stores it (the LSN differs).
+pub fn content_digest(encoded: &[u8]) -> u32 {
+    crc32c::crc32c(encoded.get(16..).unwrap_or(&[]))
+}
 /// Largest encoded record.
 pub const MAX_RECORD_LEN: usize = 64 << 10;
 
@@ -124,6 +130,14 @@ impl RedoRecord {
                 RedoBody::Image(b) => b.len(),
                 RedoBody::Diffs(r) => 4 + r.iter().map(|(_, b)| 4 + b.len()).sum::<usize>(),
             }
+    }
+
+    /// A checksum of what the record says — page, versions and change, not its LSN —
+    /// to tell a resent record from a different one (see [`content_digest`]).
+    pub fn digest(&self) -> u32 {
+        let mut b = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut b);
+        content_digest(&b)
     }
 
     /// Appends the encoding (with `self.lsn`) to `out`.
