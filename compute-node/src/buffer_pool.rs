@@ -178,9 +178,16 @@ impl BufferPool {
         c
     }
 
+    /// The frame's flags and confirmation tick are loaded *before* its image. Images
+    /// only move forward and every writer stores the image before it raises the tick
+    /// or sets LOCKED, so what the flags and tick vouch for holds for the image loaded
+    /// after them (the image is that one or newer). Loaded the other way round, a
+    /// reader could pair an old image with a newer image's confirmation or lock mark.
     fn cached(&self, f: FrameId) -> Option<Cached> {
         let frame = self.frame(f);
         frame.referenced.store(true, Ordering::Relaxed);
+        let flags = frame.flags.load(Ordering::Acquire);
+        let validated = frame.validated.load(Ordering::Acquire);
         let guard = epoch::pin();
         let shared = frame.image.load(Ordering::Acquire, &guard);
         // SAFETY: a non-null image pointer stays valid while `guard` is held: writers
@@ -189,8 +196,8 @@ impl BufferPool {
         Some(Cached {
             frame: f,
             image,
-            validated: frame.validated.load(Ordering::Acquire),
-            flags: frame.flags.load(Ordering::Acquire),
+            validated,
+            flags,
         })
     }
 
@@ -448,6 +455,22 @@ impl BufferPool {
             .then_some(pin)
     }
 
+    /// A directory read issued at `tick` saw `page` current at `version`: records the
+    /// confirmation if the page's frame still holds an image of that version.
+    pub fn confirm_version(&self, page: PageId, version: PageVersion, tick: u64) -> bool {
+        let Some(f) = self.table.get(&page).map(|f| *f) else {
+            return false;
+        };
+        self.confirm_candidate(
+            &Candidate {
+                frame: f,
+                page,
+                version,
+            },
+            tick,
+        )
+    }
+
     /// A directory read issued at `tick` saw `c` current: records the confirmation if
     /// the frame still holds that image.
     pub fn confirm_candidate(&self, c: &Candidate, tick: u64) -> bool {
@@ -558,6 +581,23 @@ mod tests {
         pool.forget_candidate(&c[0]);
         let nine = pool.get(PageId(9)).unwrap();
         assert_eq!(nine.validated, 0);
+    }
+
+    #[test]
+    fn a_single_confirmation_stamps_only_the_version_it_checked() {
+        let pool = BufferPool::new(4);
+        drop(pool.install(page(1, 3), 0).unwrap());
+        assert!(pool.confirm_version(PageId(1), PageVersion(3), 5));
+        assert_eq!(pool.get(PageId(1)).unwrap().validated, 5);
+        // The frame moved on (a newer image arrived) after the directory read was
+        // issued: the read says nothing about the new image.
+        drop(pool.install(page(1, 4), 0).unwrap());
+        assert!(!pool.confirm_version(PageId(1), PageVersion(3), 9));
+        assert_eq!(pool.get(PageId(1)).unwrap().validated, 5);
+        assert!(
+            !pool.confirm_version(PageId(2), PageVersion(1), 9),
+            "not cached"
+        );
     }
 
     #[test]

@@ -55,11 +55,15 @@ impl Catalog {
         let meta = match parse_superblock(page.body()) {
             Some(meta) => meta,
             None => {
+                // The catalog tree is durable before the superblock names it (invariant
+                // 8). Nodes that bootstrap at once each build one; the loser's two pages
+                // stay unused.
+                let tree = BTree::create(view.clone())?;
+                pager.release_all()?;
                 let mut w = view.write(superblock)?;
                 match parse_superblock(w.body()) {
                     Some(meta) => meta,
                     None => {
-                        let tree = BTree::create(view.clone())?;
                         let meta = tree.id();
                         w.body_mut()[..8].copy_from_slice(MAGIC);
                         w.body_mut()[8..16].copy_from_slice(&meta.0.to_le_bytes());
@@ -109,6 +113,8 @@ impl Catalog {
         let view: Arc<dyn Pager> = Arc::new(self.pager.view());
         let tree = BTree::create(view.clone())?;
         let meta = tree.id();
+        // The new tree is durable before the catalog entry that names it (invariant 8).
+        self.pager.release_all()?;
         let catalog = BTree::open(view, self.meta)?;
         catalog.upsert(&catalog_key(name), |old| {
             if old.is_some() {

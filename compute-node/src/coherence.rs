@@ -1,5 +1,5 @@
 //! The coherent pager: this node's view of the shared page space (DESIGN.md §6,
-//! invariants 1 and 2).
+//! invariants 1, 2, 8 and 9).
 //!
 //! ## Coherence ticks
 //!
@@ -14,16 +14,35 @@
 //!   every change committed before the snapshot is in the image (changes precede their
 //!   commit, and a holder writes its image back when a reader asks).
 //!
+//! A directory entry is read lock word first, version word second (see
+//! `common::storage::dir`), so "free at my cached version" is a state that existed at
+//! one instant; and a confirmation stamps a frame only if it still holds the image of
+//! the version the read checked ([`BufferPool::confirm_version`]).
+//!
+//! ## Trusting a cached image as the newest (invariant 9)
+//!
+//! The LOCKED frame flag says "this node holds the page's X lock, its image is the
+//! newest". It is set only after the lock was granted and the newest image installed,
+//! and it is cleared — together with the frame's confirmation — *before* the unlock is
+//! sent (`CoherentPager::write_back_latched`). A reader loads a frame's flags before
+//! its image, so a LOCKED it sees was set at an instant this node held the lock, and the
+//! image it then loads holds every change committed before that instant. (Clearing the
+//! flag only after the unlock let a transaction that began after another node's commit
+//! read the image from before it, write over it and commit: a lost update.) A lock
+//! grant this node never learned of (its wait timed out, the storage node granted it
+//! later) is still answered: a revocation always ends in an unlock.
+//!
 //! ## Validation is batched
 //!
 //! [`CoherentPager::validate_all`] reads the directory words of every cached page not
 //! X-locked here in one batched one-sided read per storage node and confirms (or marks
 //! stale) all those frames at once. The list of pages and versions comes from the
 //! frames' own words, not from the images, so a round over a full pool costs a scan of
-//! the frame array plus the directory read (this runs at every transaction start). Transactions that begin together share one round: a transaction waits for
-//! the first round that starts after its tick instead of validating page by page. Pages
-//! still unconfirmed when used are validated singly (one round trip) and refetched
-//! one-sided if stale. [`ValidationMode::EachAccess`] turns batching off (the baseline).
+//! the frame array plus the directory read (this runs at every transaction start).
+//! Transactions that begin together share one round: a transaction waits for the first
+//! round that starts after its tick instead of validating page by page. Pages still
+//! unconfirmed when used are validated singly (one round trip) and refetched one-sided
+//! if stale. [`ValidationMode::EachAccess`] turns batching off (the baseline).
 //!
 //! ## Pages X-held elsewhere
 //!
@@ -34,14 +53,28 @@
 //!
 //! A write takes this node's local latch on the page, then the global X lock unless the
 //! node holds it already (locks are kept lazily across transactions), changes a copy,
-//! appends a full-image redo record to this node's stream on the page's storage node,
-//! and installs the new image (version + 1) as dirty. The storage node asks for the page
-//! when another node wants it ([`CoherentPager::handle_revocation`]): the holder forces
-//! the page's redo, writes the image back, and releases or keeps the lock. With
-//! [`LockMode::Eager`] every change is written back and unlocked at once (the baseline).
+//! appends a redo record (byte-range diffs or a full image) to this node's queue for
+//! the page's storage node, and installs the new image (version + 1) as dirty. The
+//! storage node asks for the page when another node wants it
+//! ([`CoherentPager::handle_revocation`]): the holder forces the page's redo, writes the
+//! image back, and releases or keeps the lock. With [`LockMode::Eager`] every change is
+//! written back and unlocked at once (the baseline).
+//!
+//! ## Redo queues and structure changes (invariant 8)
+//!
+//! Each storage node has its own queue; a commit (or a write-back, which must follow
+//! its redo) flushes it with one append-and-force that carries everything queued so
+//! far. A B-link split changes pages that may live on different storage nodes, and
+//! each queue is made durable on its own, so the tree orders its publishes
+//! ([`crate::pager::PageWrite::after`]): new right page, then left page, then parent
+//! (or new root, then meta page). A record ordered after one in another queue is sent
+//! only once that one is durable (`CoherentPager::flush_redo_to`), so whatever a
+//! crash leaves durable is a prefix of the split, and every prefix is a valid tree.
+//! Records of unrelated changes carry no such order: commits still force their storage
+//! nodes in parallel.
 
 use crate::buffer_pool::{BufferPool, Candidate, FrameFlags};
-use crate::pager::{PageWrite, Pager, PagerError};
+use crate::pager::{PageWrite, Pager, PagerError, Published};
 use common::ids::{NodeId, PageId};
 use common::storage::client::StorageClient;
 use common::storage::msg::{Revocation, RevocationKind};
@@ -49,6 +82,7 @@ use common::storage::page::Page;
 use common::storage::redo::RedoRecord;
 use common::storage::StorageError;
 use dashmap::DashMap;
+use fail::fail_point;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -84,7 +118,11 @@ pub struct CoherenceStats {
     pub round_trips: AtomicU64,
     pub lock_acquires: AtomicU64,
     pub write_backs: AtomicU64,
+    /// Write-backs this node asked other nodes' X holders for (through the storage node).
+    pub write_back_requests: AtomicU64,
     pub revocations: AtomicU64,
+    /// Append-and-force requests sent (each one fsync round on a storage node).
+    pub redo_forces: AtomicU64,
 }
 
 /// Local page latches: one writer thread per page on this node.
@@ -134,6 +172,30 @@ struct RedoBuffer {
     /// Records up to this sequence number are durable on the storage node.
     durable: u64,
     flushing: bool,
+    /// Records that may be sent only once a record of another storage node's queue is
+    /// durable (a structure change spanning storage nodes, invariant 8).
+    deps: Vec<RedoDep>,
+}
+
+/// Record `seq` of this queue waits for record `other_seq` of queue `other`.
+#[derive(Clone, Copy, Debug)]
+struct RedoDep {
+    seq: u64,
+    other: usize,
+    other_seq: u64,
+}
+
+impl RedoBuffer {
+    /// Per other queue, the newest record that must be durable before the records up to
+    /// `upto` may be sent.
+    fn deps_upto(&self, upto: u64) -> HashMap<usize, u64> {
+        let mut need: HashMap<usize, u64> = HashMap::new();
+        for d in self.deps.iter().filter(|d| d.seq <= upto) {
+            let e = need.entry(d.other).or_insert(0);
+            *e = (*e).max(d.other_seq);
+        }
+        need
+    }
 }
 
 struct RedoQueue {
@@ -403,6 +465,10 @@ impl CoherentPager {
     /// The image of `page` that a transaction at tick `t` may use.
     fn read_at(&self, page: PageId, t: u64) -> Result<Arc<Page>, PagerError> {
         if let Some(c) = self.pool.get(page) {
+            // The flags were loaded before the image (see `BufferPool::get`): LOCKED
+            // seen means this node held the X lock at that instant (invariant 9: the
+            // mark is cleared before the lock is given up), so the image loaded after it
+            // holds every change committed before `t`.
             if c.flags & FrameFlags::LOCKED != 0 {
                 return Ok(c.image);
             }
@@ -421,11 +487,11 @@ impl CoherentPager {
                 .map_err(storage_err)?
                 .pop()
                 .expect("one entry");
+            fail_point!("coherence::validate_after_dir_read");
             let held_elsewhere = self.held_elsewhere(e.holder);
             if e.version == c.image.version() && !e.busy && !held_elsewhere {
-                if let Some(pin) = self.pool.pin(page) {
-                    self.pool.mark_validated(&pin, v);
-                }
+                // Stamp the frame only if it still holds the image just confirmed.
+                self.pool.confirm_version(page, e.version, v);
                 return Ok(c.image);
             }
         }
@@ -455,8 +521,12 @@ impl CoherentPager {
                 .expect("one entry");
             if self.held_elsewhere(e.holder) {
                 self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .write_back_requests
+                    .fetch_add(1, Ordering::Relaxed);
                 client.request_write_back(page).map_err(storage_err)?;
             }
+            fail_point!("coherence::fetch_before_read");
             self.stats.fetches.fetch_add(1, Ordering::Relaxed);
             self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
             let img = Arc::new(
@@ -470,10 +540,10 @@ impl CoherentPager {
             // read; the tick rule only needs the read to follow the snapshot, which it
             // does, but the image must not be older than the directory said.
             if img.version() >= e.version {
-                if let Some(pin) = self.pool.pin(page) {
-                    if self.pool.flags(&pin) & FrameFlags::LOCKED != 0 {
+                if let Some(c) = self.pool.get(page) {
+                    if c.flags & FrameFlags::LOCKED != 0 {
                         // We took the lock meanwhile; our own image is authoritative.
-                        return Ok(self.pool.get(page).map(|c| c.image).unwrap_or(img));
+                        return Ok(c.image);
                     }
                 }
                 match self.pool.install_clean(img.clone(), v) {
@@ -499,7 +569,7 @@ impl CoherentPager {
         let mut freed = 0;
         for p in held {
             if let Some(unlatch) = self.latches.try_acquire(p) {
-                let r = self.write_back_latched(p, true);
+                let r = self.write_back_latched(p, true, false);
                 unlatch();
                 r?;
                 freed += 1;
@@ -523,6 +593,7 @@ impl CoherentPager {
         self.stats.round_trips.fetch_add(2, Ordering::Relaxed);
         client.lock_exclusive(page).map_err(storage_err)?;
         self.held.insert(page, ());
+        fail_point!("coherence::after_lock_grant");
         let v = self.tick();
         let img = Arc::new(
             client
@@ -542,51 +613,86 @@ impl CoherentPager {
     }
 
     /// Forces the page's redo, writes its image back, and (if `release`) unlocks it.
-    /// The caller must not hold the page's local latch.
-    fn write_back_page(&self, page: PageId, release: bool) -> Result<(), PagerError> {
+    /// `revoked`: the storage node asked, so it believes this node holds the lock (see
+    /// [`CoherentPager::write_back_latched`]). The caller must not hold the page's
+    /// local latch.
+    fn write_back_page(
+        &self,
+        page: PageId,
+        release: bool,
+        revoked: bool,
+    ) -> Result<(), PagerError> {
         let unlatch = self.latches.acquire(page);
-        let res = self.write_back_latched(page, release);
+        let res = self.write_back_latched(page, release, revoked);
         unlatch();
         res
     }
 
-    fn write_back_latched(&self, page: PageId, release: bool) -> Result<(), PagerError> {
+    /// Under the page's latch: makes the page's redo durable, writes a dirty image back,
+    /// and, if `release` (or the page is clean), gives the X lock up.
+    ///
+    /// Invariant 9: the frame stops being trusted (LOCKED cleared, confirmation
+    /// forgotten) *before* the unlock is sent, so no transaction of this node can take
+    /// the cached image for the newest once another node may change the page. And a
+    /// revocation is answered with an unlock even when this node does not know it holds
+    /// the lock (a lock wait that timed out here and was granted later): the storage
+    /// node says it does, and only an unlock frees the page for the others.
+    fn write_back_latched(
+        &self,
+        page: PageId,
+        release: bool,
+        revoked: bool,
+    ) -> Result<(), PagerError> {
         let client = self.storage.for_page(page)?;
-        let Some(pin) = self.pool.pin(page) else {
-            // Not cached: nothing of ours to write; give the lock up (a waiting reader
-            // is answered by the unlock as well).
-            if self.held.remove(&page).is_some() {
-                client.unlock(page).map_err(storage_err)?;
-            }
-            return Ok(());
-        };
-        let flags = self.pool.flags(&pin);
-        // A clean page has nothing to write back: the storage node's image is current.
-        // Release it instead, which answers a waiting reader as well as a writer.
-        let release = release || flags & FrameFlags::DIRTY == 0;
-        if flags & FrameFlags::DIRTY != 0 {
+        let pin = self.pool.pin(page);
+        let flags = pin.as_ref().map_or(0, |p| self.pool.flags(p));
+        if let Some(pin) = pin.as_ref().filter(|_| flags & FrameFlags::DIRTY != 0) {
             if let Some(seq) = self.page_redo.get(&page).map(|l| *l) {
                 self.flush_redo(self.storage.index_of(page)?, seq)?;
             }
+            fail_point!("coherence::before_write_back");
             let img = self.pool.get(page).expect("pinned").image;
             client.write_back(&img).map_err(storage_err)?;
+            fail_point!("coherence::after_write_back");
             self.stats.write_backs.fetch_add(1, Ordering::Relaxed);
-            self.pool.clear_flags(&pin, FrameFlags::DIRTY);
+            self.pool.clear_flags(pin, FrameFlags::DIRTY);
             self.page_redo.remove(&page);
         }
-        if release && (flags & FrameFlags::LOCKED != 0 || self.held.contains_key(&page)) {
-            self.held.remove(&page);
-            client.unlock(page).map_err(storage_err)?;
-            self.pool.clear_flags(&pin, FrameFlags::LOCKED);
-            self.pool.mark_stale(&pin);
+        // A clean page has nothing to write back: the storage node's image is current.
+        // Release it instead, which answers a waiting reader as well as a writer.
+        if !(release || flags & FrameFlags::DIRTY == 0) {
+            return Ok(());
         }
+        let believed = self.held.remove(&page).is_some() || flags & FrameFlags::LOCKED != 0;
+        if !believed && !revoked {
+            return Ok(());
+        }
+        if let Some(pin) = &pin {
+            self.pool.clear_flags(pin, FrameFlags::LOCKED);
+            self.pool.mark_stale(pin);
+        }
+        fail_point!("coherence::before_unlock");
+        match client.unlock(page) {
+            Ok(()) => {}
+            // A revocation for a lock this node had already given up (it crossed the
+            // unlock on the wire): nothing to do.
+            Err(StorageError::NotHolder(_)) if !believed => {}
+            Err(e) => return Err(storage_err(e)),
+        }
+        fail_point!("coherence::after_unlock");
         Ok(())
     }
 
     /// The storage node asks for a page this node holds (lazy release).
     pub fn handle_revocation(&self, r: Revocation) -> Result<(), PagerError> {
         self.stats.revocations.fetch_add(1, Ordering::Relaxed);
-        self.write_back_page(r.page, r.kind == RevocationKind::WriteBackAndRelease)
+        fail_point!("coherence::revocation");
+        let release = r.kind == RevocationKind::WriteBackAndRelease;
+        if release {
+            // A writer elsewhere waits for this page (readers' requests skip this point).
+            fail_point!("coherence::revocation_release");
+        }
+        self.write_back_page(r.page, release, true)
     }
 
     /// Number of pages whose global X lock this node holds right now.
@@ -608,15 +714,28 @@ impl CoherentPager {
     pub fn release_all(&self) -> Result<(), PagerError> {
         let held: Vec<PageId> = self.held.iter().map(|e| *e.key()).collect();
         for p in held {
-            self.write_back_page(p, true)?;
+            self.write_back_page(p, true, false)?;
         }
         Ok(())
     }
 
-    /// Makes this node's redo for storage node `i` durable up to sequence `seq`
-    /// (sending everything queued so far in one append-and-force request).
+    /// Makes this node's redo for storage node `i` durable up to sequence `seq`,
+    /// sending everything queued so far in one append-and-force request (group commit).
     fn flush_redo(&self, i: usize, seq: u64) -> Result<(), PagerError> {
+        self.flush_redo_to(i, seq, false)
+    }
+
+    /// As [`CoherentPager::flush_redo`]; with `exact`, sends nothing past `seq`.
+    ///
+    /// Records that depend on another queue's records (invariant 8) are sent only after
+    /// those are durable: first the dependencies are flushed, `exact`ly up to what is
+    /// needed (so the recursion only ever goes to records pushed earlier, and ends),
+    /// then the records up to the point whose dependencies were met. The `flushing`
+    /// flag is set only around the send itself, which waits for nothing else, so two
+    /// queues flushing each other's dependencies cannot deadlock.
+    fn flush_redo_to(&self, i: usize, seq: u64, exact: bool) -> Result<(), PagerError> {
         let q = &self.redo[i];
+        let mut cap = exact.then_some(seq);
         let mut b = q.buf.lock();
         loop {
             if b.durable >= seq {
@@ -626,20 +745,38 @@ impl CoherentPager {
                 q.flushed.wait(&mut b);
                 continue;
             }
-            let mut records = std::mem::take(&mut b.records);
-            let upto = b.pushed;
+            let upto = cap.unwrap_or(b.pushed).min(b.pushed);
+            let need = b.deps_upto(upto);
+            if !need.is_empty() {
+                drop(b);
+                for (j, s) in need {
+                    self.flush_redo_to(j, s, true)?;
+                }
+                b = q.buf.lock();
+                b.deps.retain(|d| d.seq > upto);
+                cap = Some(upto);
+                continue;
+            }
+            // Unsent records start right after `durable` (none is in flight).
+            let n = (upto.saturating_sub(b.durable) as usize).min(b.records.len());
+            let mut records: Vec<RedoRecord> = b.records.drain(..n).collect();
+            let sent_upto = b.durable + n as u64;
             b.flushing = true;
             drop(b);
+            fail_point!("coherence::before_redo_force");
             self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            self.stats.redo_forces.fetch_add(1, Ordering::Relaxed);
             let res = self.storage.node(i).append_and_force(&records);
+            fail_point!("coherence::after_redo_force");
             b = q.buf.lock();
             b.flushing = false;
             q.flushed.notify_all();
             match res {
-                Ok(_) => b.durable = b.durable.max(upto),
+                Ok(_) => b.durable = b.durable.max(sent_upto),
                 Err(e) => {
                     // Not durable: put the records back in front (a later flush retries
-                    // them in order); the caller's transaction fails.
+                    // them in order; the storage node skips what it already has); the
+                    // caller's transaction fails.
                     records.append(&mut b.records);
                     b.records = records;
                     return Err(storage_err(e));
@@ -653,14 +790,25 @@ impl CoherentPager {
         old: &Page,
         page: Page,
         view_touched: &Mutex<HashMap<usize, u64>>,
-    ) -> Result<(), PagerError> {
+        after: Vec<Published>,
+    ) -> Result<Published, PagerError> {
         let id = page.id();
         let i = self.storage.index_of(id)?;
         let seq = {
             let mut b = self.redo[i].buf.lock();
             b.records.push(redo_record(old, &page));
             b.pushed += 1;
-            b.pushed
+            let seq = b.pushed;
+            for (other, other_seq) in after.iter().filter_map(|p| p.redo) {
+                if other != i {
+                    b.deps.push(RedoDep {
+                        seq,
+                        other,
+                        other_seq,
+                    });
+                }
+            }
+            seq
         };
         {
             let mut t = view_touched.lock();
@@ -679,12 +827,13 @@ impl CoherentPager {
             .set_flags(&pin, FrameFlags::LOCKED | FrameFlags::DIRTY);
         drop(pin);
         if self.lock_mode == LockMode::Eager {
-            self.write_back_latched(id, true)?;
+            self.write_back_latched(id, true, false)?;
         }
-        Ok(())
+        Ok(Published {
+            redo: Some((i, seq)),
+        })
     }
 }
-
 /// A transaction's view of the pages: implements [`Pager`] with the transaction's tick,
 /// and records which storage nodes its changes went to (to force their redo at commit).
 pub struct TxnView {
@@ -757,7 +906,7 @@ impl Pager for TxnView {
         let touched = self.touched.clone();
         Ok(PageWrite::new(
             (*img).clone(),
-            Box::new(move |page| pager.publish(&img, page, &touched)),
+            Box::new(move |page, after| pager.publish(&img, page, &touched, after)),
             unlatch,
         ))
     }

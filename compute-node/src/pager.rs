@@ -11,6 +11,12 @@
 //!   image (version + 1, redo logged); dropping the latch unpublished discards the
 //!   changes. A thread holds at most a few latches at a time and takes them in the
 //!   order the tree documents (child before parent on splits, left before right).
+//! * **ordering** of multi-page changes: publishing answers a [`Published`] token;
+//!   [`PageWrite::after`] makes a later change durable only after the earlier one
+//!   (invariant 8: a structure change whose pages live on several storage nodes must
+//!   never be durable on one and not the other; a split publishes the new right page,
+//!   then the left page, then the parent, each `after` the one before, so whatever a
+//!   crash leaves durable is a prefix of that order, and every prefix is a valid tree).
 //!
 //! [`LocalPager`] keeps pages in this process's memory: the reference implementation
 //! used by the tree's unit tests and by property tests as the simple model; the
@@ -43,7 +49,16 @@ pub trait Pager: Send + Sync {
     fn allocate(&self) -> Result<PageWrite, PagerError>;
 }
 
-type Publish = Box<dyn FnOnce(Page) -> Result<(), PagerError> + Send>;
+/// Where a published change's redo went: a later change may be ordered after it with
+/// [`PageWrite::after`]. Pagers without a log (the local pager) answer the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Storage node index and the change's sequence number in this node's redo queue
+    /// for it (see `coherence`).
+    pub(crate) redo: Option<(usize, u64)>,
+}
+
+type Publish = Box<dyn FnOnce(Page, Vec<Published>) -> Result<Published, PagerError> + Send>;
 type Release = Box<dyn FnOnce() + Send>;
 
 /// An exclusive latch over a page's working copy.
@@ -51,6 +66,7 @@ pub struct PageWrite {
     page: Page,
     publish: Option<Publish>,
     release: Option<Release>,
+    after: Vec<Published>,
 }
 
 impl PageWrite {
@@ -62,6 +78,14 @@ impl PageWrite {
             page,
             publish: Some(publish),
             release: Some(release),
+            after: Vec::new(),
+        }
+    }
+
+    /// This change must not become durable before `earlier` has (see module doc).
+    pub fn after(&mut self, earlier: Published) {
+        if earlier.redo.is_some() {
+            self.after.push(earlier);
         }
     }
 
@@ -83,13 +107,13 @@ impl PageWrite {
     }
 
     /// Installs the changed page (version + 1) and releases the latch.
-    pub fn publish(mut self) -> Result<(), PagerError> {
+    pub fn publish(mut self) -> Result<Published, PagerError> {
         let mut page = self.page.clone();
         let next = PageVersion(page.version().0 + 1);
         page.stamp(next, Lsn(page.header().lsn.0));
         page.seal();
         let publish = self.publish.take().expect("published once");
-        publish(page)
+        publish(page, std::mem::take(&mut self.after))
         // `release` runs in Drop.
     }
 }
@@ -146,9 +170,9 @@ impl LocalPager {
             .unwrap_or(page);
         PageWrite::new(
             page,
-            Box::new(move |p| {
+            Box::new(move |p, _after| {
                 inner.pages.lock().insert(id, Arc::new(p));
-                Ok(())
+                Ok(Published::default())
             }),
             release,
         )

@@ -134,7 +134,7 @@ pub mod node;
 #[cfg(test)]
 mod tests;
 
-use crate::pager::{PageWrite, Pager, PagerError};
+use crate::pager::{PageWrite, Pager, PagerError, Published};
 use common::ids::PageId;
 use common::storage::page::Page;
 use node::{insert_in_place, remove_in_place, Kind, Meta, Node, NodeView};
@@ -240,13 +240,14 @@ impl BTree {
         let mut root = pager.allocate()?;
         Node::empty_leaf().encode(root.body_mut());
         let root_id = root.id();
-        root.publish()?;
+        let root_done = root.publish()?;
         Meta {
             root: root_id,
             height: 1,
         }
         .encode(meta.body_mut());
         let id = meta.id();
+        meta.after(root_done);
         meta.publish()?;
         Ok(BTree { pager, meta: id })
     }
@@ -668,6 +669,10 @@ impl BTree {
         mut node: Node,
         applied: &mut bool,
     ) -> Result<()> {
+        // Every publish of the structure change is ordered after the one before it
+        // (invariant 8): whatever prefix a crash leaves durable is a valid tree — a new
+        // right page nobody links to yet, then a left page linking it, then the parent.
+        let mut prev = Published::default();
         loop {
             let child = w.id();
             let level = node.level;
@@ -678,20 +683,24 @@ impl BTree {
             let had_right = right.right.is_some();
             let parent = self.latch_parent(path, child, level, had_right, &sep)?;
             right.encode(rw.body_mut());
-            rw.publish()?;
+            rw.after(prev);
+            prev = rw.publish()?;
             left.encode(w.body_mut());
-            w.publish()?;
+            w.after(prev);
+            prev = w.publish()?;
             *applied = true;
             match parent {
                 Parent::NewRoot { mut meta, mut root } => {
                     Node::new_root(level + 1, child, sep, right_id).encode(root.body_mut());
                     let root_id = root.id();
-                    root.publish()?;
+                    root.after(prev);
+                    prev = root.publish()?;
                     Meta {
                         root: root_id,
                         height: level as u32 + 2,
                     }
                     .encode(meta.body_mut());
+                    meta.after(prev);
                     meta.publish()?;
                     tracing::debug!(tree = %self.meta, root = %root_id, height = level + 2, "b-tree root split");
                     return Ok(());
@@ -711,6 +720,7 @@ impl BTree {
                     };
                     let child_ref = right_id.0.to_le_bytes();
                     if insert_in_place(pw.body_mut(), pid, idx, &sep, &child_ref)? {
+                        pw.after(prev);
                         pw.publish()?;
                         return Ok(());
                     }
@@ -793,12 +803,13 @@ impl BTree {
         }
         root.encode(rw.body_mut());
         let root_id = rw.id();
-        rw.publish()?;
+        let root_done = rw.publish()?;
         Meta {
             root: root_id,
             height: meta.height + 1,
         }
         .encode(meta_w.body_mut());
+        meta_w.after(root_done);
         meta_w.publish()?;
         tracing::warn!(tree = %self.meta, root = %root_id, "b-tree: installed a root over an incomplete top level");
         Ok(())

@@ -67,7 +67,7 @@ impl Pager for FaultPager {
         let page = (*self.inner.read(id)?).clone();
         Ok(PageWrite::new(
             page,
-            Box::new(|_| Err(PagerError::Storage("injected publish failure".into()))),
+            Box::new(|_, _| Err(PagerError::Storage("injected publish failure".into()))),
             Box::new(move || drop(w)),
         ))
     }
