@@ -31,7 +31,11 @@
 //! [`ErrorKind`] is the wire form of [`TxnError`]: a gRPC code a generic client can act
 //! on plus the exact kind in the `dsb-error-kind` trailer, so
 //! [`crate::grpc_client::RemoteNode`] gives back an error with the same
-//! `is_retryable()` answer as the embedding API (table in `compute.proto`).
+//! `is_retryable()` and `is_unknown()` answers as the embedding API (table in
+//! `compute.proto`). A commit whose outcome is unknown ([`TxnError::Unknown`]) is
+//! `UNKNOWN` with kind `outcome_unknown` and the transaction's id in the
+//! [`TXN_ID_KEY`] trailer (the TPC-C procedures' callers never saw the id); the
+//! `ResolveOutcome` RPC resolves it on any node.
 
 // tonic's handlers answer `Status` by value (176 bytes); the helpers here do the same
 // rather than box it at every step.
@@ -42,7 +46,7 @@ use crate::coherence::{LockMode, ValidationMode};
 use crate::grpc_tpcc;
 use crate::node::ComputeNode;
 use crate::tpcc::{self, schema::Tables};
-use crate::txn::{Isolation, Table, Txn, TxnError};
+use crate::txn::{Isolation, Resolved, Table, Txn, TxnError};
 use common::ids::TxnId;
 use common::proto::compute as pb;
 use common::proto::compute::compute_server::{Compute, ComputeServer};
@@ -60,6 +64,9 @@ use tonic::{Code, Request, Response, Status};
 const MAX_TABLE_NAME: usize = 200;
 /// Idle-aborted ids remembered to answer late calls with ABORTED.
 const REMEMBERED_REAPED: usize = 4096;
+
+/// Metadata key of the transaction an `outcome_unknown` status is about (decimal id).
+pub const TXN_ID_KEY: &str = "dsb-txn-id";
 
 /// What a failed call means to its caller; travels as the gRPC code plus the
 /// `dsb-error-kind` trailer.
@@ -85,6 +92,10 @@ pub enum ErrorKind {
     Internal,
     /// The call did not reach the engine: connection refused or lost, deadline, ...
     Transport,
+    /// Not retryable: the commit may or may not have happened (the GTM's answer was
+    /// lost). Resolve the transaction by its id (`ResolveOutcome`) before running it
+    /// again; from `ResolveOutcome` itself: no decision could be reached yet, ask again.
+    OutcomeUnknown,
 }
 
 impl ErrorKind {
@@ -99,7 +110,13 @@ impl ErrorKind {
             TxnError::Storage(_) => ErrorKind::Storage,
             TxnError::Gtm(_) => ErrorKind::Gtm,
             TxnError::Corrupt(_) => ErrorKind::Corrupt,
+            TxnError::Unknown { .. } => ErrorKind::OutcomeUnknown,
         }
+    }
+
+    /// The same answer as [`TxnError::is_unknown`].
+    pub fn is_unknown(self) -> bool {
+        self == ErrorKind::OutcomeUnknown
     }
 
     /// The same answer as [`TxnError::is_retryable`].
@@ -119,6 +136,9 @@ impl ErrorKind {
             ErrorKind::Transport => Code::Unavailable,
             ErrorKind::Corrupt => Code::DataLoss,
             ErrorKind::Internal => Code::Internal,
+            // Not UNAVAILABLE: generic clients retry that, and a retried commit would
+            // not tell them the outcome either.
+            ErrorKind::OutcomeUnknown => Code::Unknown,
         }
     }
 
@@ -137,13 +157,14 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
             ErrorKind::Transport => "transport",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
         }
     }
 
     /// The kind a status carries (its `dsb-error-kind` trailer, else a guess from its
     /// code: `Transport` when the call may not have been delivered).
     pub fn of_status(s: &Status) -> ErrorKind {
-        const ALL: [ErrorKind; 12] = [
+        const ALL: [ErrorKind; 13] = [
             ErrorKind::Conflict,
             ErrorKind::Fenced,
             ErrorKind::Finished,
@@ -156,6 +177,7 @@ impl ErrorKind {
             ErrorKind::Corrupt,
             ErrorKind::ShuttingDown,
             ErrorKind::Internal,
+            ErrorKind::OutcomeUnknown,
         ];
         let named = s
             .metadata()
@@ -195,9 +217,26 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
-/// The status answering an engine error.
+/// The status answering an engine error (with the [`TXN_ID_KEY`] trailer for an
+/// unknown outcome).
 pub fn status_of(e: &TxnError) -> Status {
-    ErrorKind::of(e).status(e.to_string())
+    let mut s = ErrorKind::of(e).status(e.to_string());
+    if let Some(txn) = e.unknown_txn() {
+        if let Ok(v) = MetadataValue::try_from(txn.0.to_string()) {
+            s.metadata_mut().insert(TXN_ID_KEY, v);
+        }
+    }
+    s
+}
+
+/// The transaction an `outcome_unknown` status names, if any.
+pub fn txn_of_status(s: &Status) -> Option<TxnId> {
+    s.metadata()
+        .get(TXN_ID_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .filter(|&id| id != 0)
+        .map(TxnId)
 }
 
 fn bad_request(message: impl Into<String>) -> Status {
@@ -876,11 +915,42 @@ impl Compute for ComputeService {
                     Ok(pb::CommitResponse { commit_ts: cts.0 })
                 }
                 Err(e) => {
-                    counters.aborted.fetch_add(1, Ordering::Relaxed);
+                    if !e.is_unknown() {
+                        counters.aborted.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::debug!(txn = %id, error = %e, "commit failed");
                     Err(status_of(&e))
                 }
             }
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn resolve_outcome(
+        &self,
+        req: Request<pb::ResolveOutcomeRequest>,
+    ) -> Result<Response<pb::ResolveOutcomeResponse>, Status> {
+        // Any transaction of the cluster, not only this server's sessions: an open
+        // session named here is aborted at the GTM (its later calls fail), which is
+        // what makes the answer final.
+        let id = Sessions::parse_id(req.into_inner().txn_id)?;
+        self.blocking(move |inner| {
+            let r = inner.node.resolve_outcome(id).map_err(|e| {
+                tracing::debug!(txn = %id, error = %e, "resolve failed");
+                status_of(&e)
+            })?;
+            tracing::debug!(txn = %id, outcome = ?r, "resolved");
+            Ok(match r {
+                Resolved::Committed(ts) => pb::ResolveOutcomeResponse {
+                    committed: true,
+                    commit_ts: ts.0,
+                },
+                Resolved::Aborted => pb::ResolveOutcomeResponse {
+                    committed: false,
+                    commit_ts: 0,
+                },
+            })
         })
         .await
         .map(Response::new)
@@ -1184,14 +1254,32 @@ mod tests {
             TxnError::Storage("s".into()),
             TxnError::Gtm("g".into()),
             TxnError::Corrupt("x".into()),
+            TxnError::Unknown {
+                txn: TxnId(42),
+                message: "GTM timed out".into(),
+            },
         ];
         for e in &errors {
             let s = status_of(e);
             let k = ErrorKind::of_status(&s);
             assert_eq!(k, ErrorKind::of(e), "{e}");
             assert_eq!(k.is_retryable(), e.is_retryable(), "{e}");
+            assert_eq!(k.is_unknown(), e.is_unknown(), "{e}");
             assert_eq!(s.code(), k.code());
+            assert_eq!(txn_of_status(&s), e.unknown_txn(), "{e}");
         }
+        // An unknown outcome is neither retryable nor one of the "unavailable" kinds,
+        // and names its transaction.
+        let unknown = status_of(&errors[9]);
+        assert_eq!(unknown.code(), Code::Unknown);
+        assert_eq!(ErrorKind::of_status(&unknown), ErrorKind::OutcomeUnknown);
+        assert!(!ErrorKind::OutcomeUnknown.is_retryable());
+        assert_eq!(txn_of_status(&unknown), Some(TxnId(42)));
+        assert!(
+            unknown.message().contains("transaction 42"),
+            "{}",
+            unknown.message()
+        );
         assert_eq!(status_of(&errors[0]).code(), Code::Aborted);
         assert_eq!(status_of(&errors[1]).code(), Code::FailedPrecondition);
         assert_eq!(status_of(&errors[2]).code(), Code::NotFound);

@@ -6,8 +6,11 @@
 //! Its methods block, so it is for synchronous code: calling (or dropping) it inside an
 //! async runtime panics.
 //! A transaction is its [`TxnId`] (from [`RemoteNode::begin`]); errors are
-//! [`RemoteError`]s whose [`RemoteError::is_retryable`] answers as
-//! [`crate::txn::TxnError::is_retryable`] does.
+//! [`RemoteError`]s whose [`RemoteError::is_retryable`] and [`RemoteError::is_unknown`]
+//! answer as [`crate::txn::TxnError::is_retryable`] and `is_unknown` do. A commit with
+//! an unknown outcome — the server said so, or the `Commit` call itself failed without
+//! an answer — is resolved with [`RemoteNode::resolve_outcome`] (on any node) before
+//! the transaction may run again.
 //!
 //! ```no_run
 //! use compute_node::grpc_client::RemoteNode;
@@ -25,7 +28,7 @@ use crate::grpc::ErrorKind;
 use crate::grpc_tpcc;
 use crate::tpcc::check::CheckResult;
 use crate::tpcc::transactions::Outcome;
-use crate::txn::{Isolation, Row};
+use crate::txn::{Isolation, Resolved, Row};
 use common::ids::{Timestamp, TxnId};
 use common::proto::compute as pb;
 use common::proto::compute::compute_client::ComputeClient;
@@ -41,6 +44,9 @@ pub struct RemoteError {
     pub kind: ErrorKind,
     pub code: tonic::Code,
     pub message: String,
+    /// For an unknown outcome: the transaction to resolve (from the server's
+    /// `dsb-txn-id` trailer, or the id a failed `commit` was called with).
+    pub txn: Option<TxnId>,
 }
 
 impl RemoteError {
@@ -49,11 +55,18 @@ impl RemoteError {
         self.kind.is_retryable()
     }
 
+    /// The commit may or may not have happened: resolve the transaction
+    /// ([`RemoteError::txn`], [`RemoteNode::resolve_outcome`]) before running it again.
+    pub fn is_unknown(&self) -> bool {
+        self.kind.is_unknown()
+    }
+
     fn bad_answer(message: String) -> RemoteError {
         RemoteError {
             kind: ErrorKind::Internal,
             code: tonic::Code::Internal,
             message: format!("malformed answer: {message}"),
+            txn: None,
         }
     }
 
@@ -62,6 +75,29 @@ impl RemoteError {
             kind: ErrorKind::Transport,
             code: tonic::Code::Unavailable,
             message,
+            txn: None,
+        }
+    }
+
+    /// A failed `Commit` call: a transport failure (no answer from the server: the call
+    /// may have been handled) leaves the outcome unknown too.
+    fn of_commit(txn: TxnId, e: RemoteError) -> RemoteError {
+        match e.kind {
+            ErrorKind::Transport => RemoteError {
+                kind: ErrorKind::OutcomeUnknown,
+                code: e.code,
+                message: format!(
+                    "outcome of transaction {txn} unknown: the commit call failed without \
+                     an answer ({}); resolve it before running it again",
+                    e.message
+                ),
+                txn: Some(txn),
+            },
+            _ if e.kind.is_unknown() => RemoteError {
+                txn: e.txn.or(Some(txn)),
+                ..e
+            },
+            _ => e,
         }
     }
 }
@@ -72,6 +108,7 @@ impl From<tonic::Status> for RemoteError {
             kind: ErrorKind::of_status(&s),
             code: s.code(),
             message: s.message().to_string(),
+            txn: crate::grpc::txn_of_status(&s),
         }
     }
 }
@@ -110,6 +147,7 @@ impl RemoteNode {
                 kind: ErrorKind::BadRequest,
                 code: tonic::Code::InvalidArgument,
                 message: format!("bad address {addr:?}: {e}"),
+                txn: None,
             })?
             .connect_timeout(timeout)
             .tcp_nodelay(true);
@@ -283,12 +321,42 @@ impl RemoteNode {
         }
     }
 
-    /// Commits; the session ends whatever the outcome.
+    /// Commits; the session ends whatever the outcome. An error with
+    /// [`RemoteError::is_unknown`] (the server lost the GTM's answer, or this call got
+    /// no answer at all) must be resolved ([`RemoteNode::resolve_outcome`]) before the
+    /// transaction runs again.
     pub fn commit(&self, txn: TxnId) -> Result<Timestamp, RemoteError> {
         let req = pb::CommitRequest { txn_id: txn.0 };
         self.call(|mut c| async move { c.commit(req).await })
             .map(|r| Timestamp(r.into_inner().commit_ts))
-            .map_err(Into::into)
+            .map_err(|s| RemoteError::of_commit(txn, s.into()))
+    }
+
+    /// The final outcome of `txn` (any node's; see [`crate::txn::Engine::resolve_outcome`]).
+    /// An error with [`RemoteError::is_unknown`] means no decision could be reached
+    /// yet (the GTM or this node unreachable): call again later.
+    pub fn resolve_outcome(&self, txn: TxnId) -> Result<Resolved, RemoteError> {
+        let req = pb::ResolveOutcomeRequest { txn_id: txn.0 };
+        let r = self
+            .call(|mut c| async move { c.resolve_outcome(req).await })
+            .map_err(|s| {
+                let e = RemoteError::from(s);
+                // No answer: nothing was decided by this call either.
+                match e.kind {
+                    ErrorKind::Transport => RemoteError {
+                        kind: ErrorKind::OutcomeUnknown,
+                        txn: Some(txn),
+                        ..e
+                    },
+                    _ => e,
+                }
+            })?
+            .into_inner();
+        Ok(if r.committed {
+            Resolved::Committed(Timestamp(r.commit_ts))
+        } else {
+            Resolved::Aborted
+        })
     }
 
     pub fn abort(&self, txn: TxnId) -> Result<(), RemoteError> {

@@ -52,11 +52,11 @@
 use crate::catalog::Catalog;
 use crate::coherence::{CoherentPager, LockMode, StorageSet, ValidationMode};
 use crate::mvcc::WaitPolicy;
-use crate::txn::{Engine, EngineConfig, Isolation, Table, Txn, TxnError};
+use crate::txn::{Engine, EngineConfig, Isolation, Resolved, Table, Txn, TxnError};
 use common::fabric::{ClientOptions, ClusterKey, Endpoint};
 use common::gtm::client::HeartbeatThread;
 use common::gtm::{GtmClient, GtmError};
-use common::ids::NodeId;
+use common::ids::{NodeId, TxnId};
 use common::storage::client::StorageClient;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -344,6 +344,15 @@ impl ComputeNode {
 
     pub fn begin_with(&self, isolation: Isolation) -> Result<Txn, TxnError> {
         self.current().engine.begin_with(isolation)
+    }
+
+    /// The final outcome of a transaction whose commit ended with
+    /// [`TxnError::Unknown`] — begun on this node or any other, by this incarnation or
+    /// an earlier one ([`Engine::resolve_outcome`]). Needs no lease, so it works while
+    /// the node is fenced; after the GTM restarted (the node is
+    /// [`broken`](ComputeNode::broken)) it answers `Unknown` until the node rejoined.
+    pub fn resolve_outcome(&self, txn: TxnId) -> Result<Resolved, TxnError> {
+        self.current().engine.resolve_outcome(txn)
     }
 
     pub fn create_table(&self, name: &str) -> Result<Table, TxnError> {

@@ -18,6 +18,39 @@
 //!   (invariant 4) until a later change of their page prunes them.
 //!
 //! Read committed takes a fresh snapshot (and view) per statement.
+//!
+//! ## Commit outcomes: definite and unknown
+//!
+//! A failed [`Txn::commit`] either proves that the transaction did not commit — it was
+//! aborted (the abort won the GTM's compare-and-set, [`TxnError::Conflict`]), or the
+//! commit was refused before anything was decided: the local lease fence or the GTM's
+//! lease check ([`TxnError::Fenced`]), a redo force that failed before the commit was
+//! sent ([`TxnError::Storage`]), a GTM that did not know the transaction as this node's
+//! ([`TxnError::Gtm`]) — or it returns [`TxnError::Unknown`]: the commit request may
+//! have reached the GTM, but no decision came back (a GTM timeout, a lost connection, a
+//! garbled answer, a commit-log failure at the GTM). After a definite failure the
+//! transaction is aborted at the GTM (best effort; a failed abort is retried at the next
+//! `begin`), so it does not linger until the lease runs out.
+//!
+//! An unknown outcome is **not** retryable ([`TxnError::is_retryable`] is false,
+//! [`TxnError::is_unknown`] true): running the transaction again could apply it twice.
+//! The caller must first resolve it by its id, [`Engine::resolve_outcome`] (or
+//! `ComputeNode::resolve_outcome`, or the `ResolveOutcome` RPC), on this or any other
+//! compute node:
+//!
+//! * [`Resolved::Committed`]`(cts)`: it committed; do not run it again;
+//! * [`Resolved::Aborted`]: it did not commit and never will; run it again if wanted;
+//! * another `Unknown` error: the GTM could not be asked (or the commit record is still
+//!   on its way to disk); nothing was decided, call `resolve_outcome` again later.
+//!
+//! The answer is final: a transaction the GTM shows in progress (or does not show at
+//! all, its commit request still on the way) is aborted at the GTM by compare-and-set,
+//! so a commit request that arrives later loses; one it shows committing is waited for;
+//! retired ones are looked up in the GTM's outcome index. The GTM accepts an abort of
+//! any node's transaction from any registered node, also a fenced one (aborting never
+//! needs a lease), and keeps outcomes across its restarts (its commit log; whatever was
+//! in progress at a crash is aborted), so resolution works from every node, after the
+//! transaction's node rejoined with a new epoch, and after a GTM restart.
 
 use crate::btree::{BTree, BTreeError};
 use crate::coherence::{CoherentPager, TxnView};
@@ -65,12 +98,95 @@ pub enum TxnError {
     Gtm(String),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The commit of `txn` may or may not have happened: the request may have reached
+    /// the GTM, but no decision came back. Not retryable: resolve it first
+    /// ([`Engine::resolve_outcome`]; see the module docs). `resolve_outcome` answers it
+    /// too while it cannot reach a decision (call it again later).
+    #[error("outcome of transaction {txn} unknown: {message} (resolve it by its id before running it again)")]
+    Unknown { txn: TxnId, message: String },
 }
 
 impl TxnError {
+    /// Abort (if still open) and run the transaction again from the start.
     pub fn is_retryable(&self) -> bool {
         matches!(self, TxnError::Conflict(_))
     }
+
+    /// The transaction's commit may have happened: resolve it by its id
+    /// ([`TxnError::unknown_txn`]) before deciding whether to run it again.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, TxnError::Unknown { .. })
+    }
+
+    /// The transaction whose outcome is unknown, for an `Unknown` error.
+    pub fn unknown_txn(&self) -> Option<TxnId> {
+        match self {
+            TxnError::Unknown { txn, .. } => Some(*txn),
+            _ => None,
+        }
+    }
+}
+
+/// The final outcome of a transaction ([`Engine::resolve_outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Committed(Timestamp),
+    Aborted,
+}
+
+/// What a failed commit request says about the transaction.
+enum CommitFailure {
+    /// It did not commit and never will: the GTM aborted it (`Decided`), or the
+    /// commit was refused — before it was sent, or by the GTM without a decision — and
+    /// the transaction is still in progress at the GTM (`Refused`: abort it).
+    Decided(TxnError),
+    Refused(TxnError),
+    /// The request may have reached the GTM and its commit may have won.
+    Unknown(String),
+}
+
+/// Classifies every way `GtmClient::commit` can fail (no catch-all: a new variant must
+/// be placed in one class or the other).
+fn classify_commit_error(e: GtmError) -> Result<Timestamp, CommitFailure> {
+    use common::fabric::FabricError as F;
+    use CommitFailure::{Decided, Refused, Unknown};
+    Err(match e {
+        // Decided: an abort (explicit, a wound, lease expiry) won the compare-and-set.
+        GtmError::Aborted => Decided(TxnError::Conflict("aborted by the GTM".into())),
+        // Refused before anything was decided: by the local fence before sending, or by
+        // the GTM's lease check, which precedes its compare-and-set.
+        GtmError::Fenced(m) => Refused(TxnError::Fenced(m)),
+        // Refused locally before sending.
+        GtmError::NotRegistered => Refused(TxnError::Gtm(e.to_string())),
+        // Refusals of the GTM that leave the transaction as it was: not this node's
+        // (another node or epoch), not known, malformed, or no capacity (commits never
+        // answer Busy today; a Busy answer would be a refusal before the CAS).
+        GtmError::UnknownTxn(_) | GtmError::BadRequest(_) => Refused(TxnError::Gtm(e.to_string())),
+        GtmError::Busy(m) => Refused(TxnError::Conflict(format!("GTM busy: {m}"))),
+        // An abort's answer, never a commit's; if a GTM said it, the commit is durable.
+        GtmError::AlreadyCommitted(ts) => return Ok(ts),
+        // The GTM failed: it refuses commits after its commit log failed (before the
+        // CAS), but a group whose log write failed *after* the CAS gets the same kind,
+        // and its record may be on disk (recovery decides). Cannot be told apart.
+        GtmError::Internal(_) => Unknown(e.to_string()),
+        // An answer came that makes no sense: the request was received and handled.
+        GtmError::Protocol(_) => Unknown(e.to_string()),
+        // No answer in time: the request may be queued, handled, or lost.
+        GtmError::Timeout(_) => Unknown(e.to_string()),
+        GtmError::Fabric(ref f) => match f {
+            // Refused by the client before anything was sent.
+            F::TooLarge(_) | F::Unsupported(_) => Refused(TxnError::Gtm(e.to_string())),
+            // The connection failed or went quiet: before, while or after the request
+            // went out (a closed connection may have delivered it before closing), or the
+            // server answered with a failure of its own.
+            F::Io(_)
+            | F::Disconnected
+            | F::Timeout(_)
+            | F::Refused(_)
+            | F::Protocol(_)
+            | F::Remote(_) => Unknown(e.to_string()),
+        },
+    })
 }
 
 impl From<PagerError> for TxnError {
@@ -178,8 +294,19 @@ pub struct Engine {
     config: EngineConfig,
     watermark: AtomicU64,
     watermark_at: Mutex<Instant>,
+    /// Own transactions whose abort at the GTM failed (GTM unreachable for a moment):
+    /// retried at the next `begin`, so they do not linger in progress, blocking writers,
+    /// while this node's lease stays valid.
+    pending_aborts: Mutex<Vec<TxnId>>,
     pub stats: EngineStats,
 }
+
+/// Most failed aborts kept for a retry (beyond, the GTM aborts them when this node's
+/// epoch ends).
+const MAX_PENDING_ABORTS: usize = 10_000;
+/// Status lookups (each waits up to the GTM client's timeout for a committing
+/// transaction) and abort attempts `resolve_outcome` makes before it answers `Unknown`.
+const RESOLVE_ROUNDS: usize = 4;
 
 #[derive(Default, Debug)]
 pub struct EngineStats {
@@ -188,6 +315,8 @@ pub struct EngineStats {
     pub aborted: AtomicU64,
     pub conflicts: AtomicU64,
     pub lock_waits: AtomicU64,
+    /// Commits that ended with an unknown outcome ([`TxnError::Unknown`]).
+    pub unknown_outcomes: AtomicU64,
 }
 
 impl Engine {
@@ -206,6 +335,7 @@ impl Engine {
             config,
             watermark: AtomicU64::new(0),
             watermark_at: Mutex::new(Instant::now() - Duration::from_secs(60)),
+            pending_aborts: Mutex::new(Vec::new()),
             stats: EngineStats::default(),
         })
     }
@@ -253,7 +383,11 @@ impl Engine {
 
     pub fn begin_with(self: &Arc<Self>, isolation: Isolation) -> Result<Txn, TxnError> {
         self.gtm.check_lease()?;
+        self.retry_pending_aborts();
         let (id, snapshot) = self.gtm.begin()?;
+        // Commits that land between the snapshot and the view's tick must still be seen
+        // (invariant 2): the tick is taken after the snapshot.
+        fail::fail_point!("txn::after_snapshot");
         let view = Arc::new(self.pager.view());
         self.stats.begun.fetch_add(1, Ordering::Relaxed);
         Ok(Txn {
@@ -265,6 +399,120 @@ impl Engine {
             wrote: false,
             done: false,
             blocker: None,
+            failed: None,
+        })
+    }
+
+    /// Aborts `txn` (one of this node's, never sent for commit) at the GTM; if the GTM
+    /// cannot be reached, queues it for a retry at the next `begin`.
+    fn abort_best_effort(&self, txn: TxnId) -> Result<(), GtmError> {
+        let r = self.gtm.abort(txn);
+        if let Err(e) = &r {
+            if abort_may_succeed_later(e) {
+                let mut q = self.pending_aborts.lock();
+                if q.len() < MAX_PENDING_ABORTS {
+                    q.push(txn);
+                }
+            }
+        }
+        r
+    }
+
+    /// Retries the aborts that failed earlier (see `pending_aborts`).
+    fn retry_pending_aborts(&self) {
+        let todo = {
+            let mut q = self.pending_aborts.lock();
+            if q.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *q)
+        };
+        let mut again = Vec::new();
+        for txn in todo {
+            match self.gtm.abort(txn) {
+                Err(e) if abort_may_succeed_later(&e) => again.push(txn),
+                Err(e) => tracing::debug!(%txn, error = %e, "pending abort dropped"),
+                Ok(()) => tracing::debug!(%txn, "pending abort done"),
+            }
+        }
+        if !again.is_empty() {
+            let mut q = self.pending_aborts.lock();
+            let room = MAX_PENDING_ABORTS.saturating_sub(q.len());
+            q.extend(again.into_iter().take(room));
+        }
+    }
+
+    /// The final outcome of `txn` — this node's or any other's, of this incarnation or
+    /// an earlier one — after its commit ended with [`TxnError::Unknown`] (see the
+    /// module docs). Never answers something that can change afterwards:
+    ///
+    /// * committed or aborted at the GTM (its status table, else its outcome index for
+    ///   a transaction whose slot was reused, or whose commit record was read back from
+    ///   the commit log after a restart): that;
+    /// * committing (its commit won and the record is on its way to disk): waited for;
+    /// * in progress (its commit request not (yet) arrived, or never sent): aborted at
+    ///   the GTM by compare-and-set — if the commit won meanwhile, the abort answers
+    ///   "already committed" and so does this. A commit request that arrives later is
+    ///   answered `Aborted`.
+    ///
+    /// Errors: `Unknown` if no decision could be reached now (the GTM unreachable or a
+    /// commit record still not durable; nothing was decided, call again later),
+    /// `BadRequest` for an id the GTM never began, `Gtm` if the GTM lost the outcome.
+    /// Needs no lease: a fenced node can resolve (the node must be registered, which
+    /// every incarnation is; after a GTM restart, rejoin first).
+    pub fn resolve_outcome(&self, txn: TxnId) -> Result<Resolved, TxnError> {
+        if txn.0 == 0 {
+            return Err(TxnError::BadRequest(
+                "transaction id 0 is not a transaction".into(),
+            ));
+        }
+        let never_begun = || {
+            TxnError::BadRequest(format!(
+                "transaction {txn} was never begun (the GTM does not know it)"
+            ))
+        };
+        for _ in 0..RESOLVE_ROUNDS {
+            // One-sided reads of the status table, waiting out `Committing` (up to the
+            // GTM client's timeout); slots reused by newer transactions are asked of
+            // the GTM's outcome index (the `Outcomes` RPC).
+            let status = match self.gtm.txn_status_batch(&[txn]) {
+                Ok(v) => v.into_iter().next(),
+                Err(e) => return Err(resolve_error(txn, e)),
+            };
+            match status {
+                Some(TxnStatus::Committed(ts)) => return Ok(Resolved::Committed(ts)),
+                Some(TxnStatus::Aborted) => return Ok(Resolved::Aborted),
+                // Not produced by the waiting lookup; look again.
+                Some(TxnStatus::Committing(_)) => continue,
+                Some(TxnStatus::Retired) => {
+                    return Err(TxnError::Gtm(format!(
+                        "the GTM no longer knows the outcome of transaction {txn}"
+                    )))
+                }
+                None => {
+                    return Err(TxnError::Unknown {
+                        txn,
+                        message: "empty status answer".into(),
+                    })
+                }
+                // In progress, or not known to the status table: decide it now.
+                Some(TxnStatus::InProgress) | Some(TxnStatus::Unknown) => {}
+            }
+            match self.gtm.abort(txn) {
+                // The abort won: the commit, if it ever arrives, loses.
+                Ok(()) => return Ok(Resolved::Aborted),
+                // The commit won and is durable.
+                Err(GtmError::AlreadyCommitted(ts)) => return Ok(Resolved::Committed(ts)),
+                // The commit won; its record is on its way to disk: wait for it.
+                Err(GtmError::Busy(_)) => continue,
+                // Neither in progress nor decided at the GTM: never begun.
+                Err(GtmError::UnknownTxn(_)) => return Err(never_begun()),
+                Err(e) => return Err(resolve_error(txn, e)),
+            }
+        }
+        Err(TxnError::Unknown {
+            txn,
+            message: format!("still committing after {RESOLVE_ROUNDS} lookups"),
         })
     }
 
@@ -291,6 +539,10 @@ pub struct Txn {
     done: bool,
     /// The writer whose uncommitted version made this transaction die (wait-die), if so.
     blocker: Option<TxnId>,
+    /// A write failed part-way (or lost a conflict): what it may have left in the tree
+    /// is unknown to the caller, so the transaction can only be aborted (as in
+    /// PostgreSQL). Whether the failure was retryable, and why.
+    failed: Option<(bool, String)>,
 }
 
 impl Txn {
@@ -305,6 +557,17 @@ impl Txn {
     fn check_open(&self) -> Result<(), TxnError> {
         if self.done {
             return Err(TxnError::Finished);
+        }
+        if let Some((retryable, why)) = &self.failed {
+            let m = format!(
+                "transaction {} must be aborted: an earlier write failed ({why})",
+                self.id
+            );
+            return Err(if *retryable {
+                TxnError::Conflict(m)
+            } else {
+                TxnError::BadRequest(m)
+            });
         }
         Ok(())
     }
@@ -355,8 +618,25 @@ impl Txn {
         Ok(existed)
     }
 
+    /// Writes the row; a failure that may have changed something, or that lost a
+    /// conflict, leaves the transaction good only for an abort (see `failed`).
     fn write(&mut self, table: &Table, key: &[u8], row: Option<Vec<u8>>) -> Result<(), TxnError> {
         self.check_open()?;
+        let r = self.write_row(table, key, row);
+        if let Err(e) = &r {
+            if !matches!(e, TxnError::BadRequest(_) | TxnError::NoSuchTable(_)) {
+                self.failed = Some((e.is_retryable(), e.to_string()));
+            }
+        }
+        r
+    }
+
+    fn write_row(
+        &mut self,
+        table: &Table,
+        key: &[u8],
+        row: Option<Vec<u8>>,
+    ) -> Result<(), TxnError> {
         self.blocker = None;
         self.statement_view()?;
         self.engine.gtm.check_lease()?;
@@ -480,38 +760,95 @@ impl Txn {
     /// Commits: redo durable on every storage node touched, then the commit record.
     /// A transaction that wrote nothing has nothing to make durable: it ends at the GTM
     /// without a commit record (no log force) and returns its snapshot timestamp.
+    ///
+    /// Errors are definite (the transaction did not commit; it is aborted at the GTM)
+    /// or [`TxnError::Unknown`] (see the module docs: resolve before running it again).
     pub fn commit(mut self) -> Result<Timestamp, TxnError> {
         self.check_open()?;
         self.done = true;
+        let engine = self.engine.clone();
         if !self.wrote {
-            self.engine.stats.committed.fetch_add(1, Ordering::Relaxed);
-            self.engine.gtm.abort(self.id)?;
+            // What this transaction read is right only if no other node may have pruned
+            // versions its snapshot needs, i.e. only if this node's lease was valid at
+            // every read. Checking once, now, after the last read, is enough: the local
+            // deadline is conservative (never later than the GTM's expiry, measured from
+            // when a renewal was sent) and only moves forward, a renewal is sent only
+            // while the deadline has not passed, and a lapse or a fence is final (the
+            // epoch never becomes valid again). So a lease valid now was valid, without
+            // a gap, since this incarnation registered, hence during every earlier read.
+            let lease = engine.gtm.check_lease();
+            // End it at the GTM either way (no commit record: its snapshot stops holding
+            // back the GC watermark).
+            let ended = engine.abort_best_effort(self.id);
+            lease?;
+            ended?;
+            engine.stats.committed.fetch_add(1, Ordering::Relaxed);
             return Ok(self.snapshot);
         }
-        {
-            self.engine.gtm.check_lease()?;
-            self.view.force_redo()?;
+        // Until the commit request is sent nothing is decided: a failure here leaves the
+        // transaction in progress at the GTM, blocking writers that wait for it until
+        // this node's epoch ends, so abort it there before answering.
+        let before = engine
+            .gtm
+            .check_lease()
+            .map_err(TxnError::from)
+            .and_then(|_| self.view.force_redo().map_err(TxnError::from));
+        if let Err(e) = before {
+            engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
+            if let Err(a) = engine.abort_best_effort(self.id) {
+                tracing::debug!(txn = %self.id, error = %a, "abort after a failed commit");
+            }
+            return Err(e);
         }
-        match self.engine.gtm.commit(self.id) {
+        fail::fail_point!("txn::before_commit_record");
+        match engine.gtm.commit(self.id).or_else(classify_commit_error) {
             Ok(cts) => {
-                self.engine.stats.committed.fetch_add(1, Ordering::Relaxed);
-                if self.engine.pager.lock_mode == crate::coherence::LockMode::Eager {
-                    self.engine.pager.release_all()?;
+                engine.stats.committed.fetch_add(1, Ordering::Relaxed);
+                if engine.pager.lock_mode == crate::coherence::LockMode::Eager {
+                    // The commit is durable: whatever happens now, the caller must hear
+                    // "committed" (an error would invite a second run). A failed release
+                    // leaves the locks to the lazy path (or to a rejoin).
+                    if let Err(e) = engine.pager.release_all() {
+                        tracing::warn!(txn = %self.id, error = %e,
+                            "releasing page locks after a commit failed");
+                    }
                 }
                 Ok(cts)
             }
-            Err(e) => {
-                self.engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
-                Err(e.into())
+            Err(CommitFailure::Decided(e)) => {
+                engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            Err(CommitFailure::Refused(e)) => {
+                // Refused without a decision: end it now rather than at lease expiry.
+                engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                if let Err(a) = engine.abort_best_effort(self.id) {
+                    tracing::debug!(txn = %self.id, error = %a, "abort after a refused commit");
+                }
+                Err(e)
+            }
+            Err(CommitFailure::Unknown(message)) => {
+                // No abort here: the commit may have won. The caller resolves it.
+                engine
+                    .stats
+                    .unknown_outcomes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(txn = %self.id, error = %message, "commit outcome unknown");
+                Err(TxnError::Unknown {
+                    txn: self.id,
+                    message,
+                })
             }
         }
     }
 
     pub fn abort(mut self) -> Result<(), TxnError> {
-        self.check_open()?;
+        if self.done {
+            return Err(TxnError::Finished);
+        }
         self.done = true;
         self.engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
-        self.engine.gtm.abort(self.id)?;
+        self.engine.abort_best_effort(self.id)?;
         Ok(())
     }
 }
@@ -520,8 +857,45 @@ impl Drop for Txn {
     fn drop(&mut self) {
         if !self.done {
             self.engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
-            let _ = self.engine.gtm.abort(self.id);
+            let _ = self.engine.abort_best_effort(self.id);
         }
+    }
+}
+
+fn abort_may_succeed_later(e: &GtmError) -> bool {
+    match e {
+        GtmError::Fabric(_) | GtmError::Timeout(_) | GtmError::Protocol(_) => true,
+        GtmError::Internal(_) | GtmError::Busy(_) => true,
+        GtmError::Aborted
+        | GtmError::AlreadyCommitted(_)
+        | GtmError::Fenced(_)
+        | GtmError::NotRegistered
+        | GtmError::UnknownTxn(_)
+        | GtmError::BadRequest(_) => false,
+    }
+}
+
+/// What a failed status lookup or abort during [`Engine::resolve_outcome`] means: the
+/// lookup and the abort change nothing unless they succeed, so a failure leaves the
+/// outcome undecided (`Unknown`: ask again) unless it says the request itself is bad.
+fn resolve_error(txn: TxnId, e: GtmError) -> TxnError {
+    let undecided = |e: &GtmError| TxnError::Unknown {
+        txn,
+        message: format!("could not reach a decision: {e}"),
+    };
+    match e {
+        GtmError::Fabric(_)
+        | GtmError::Timeout(_)
+        | GtmError::Protocol(_)
+        | GtmError::Internal(_)
+        | GtmError::Busy(_)
+        // Lookups and aborts need no lease; the GTM never fences them.
+        | GtmError::Fenced(_)
+        // Handled by the caller (abort's answers); not produced by lookups.
+        | GtmError::Aborted
+        | GtmError::AlreadyCommitted(_) => undecided(&e),
+        GtmError::UnknownTxn(m) | GtmError::BadRequest(m) => TxnError::BadRequest(m),
+        GtmError::NotRegistered => TxnError::Gtm(e.to_string()),
     }
 }
 

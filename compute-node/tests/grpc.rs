@@ -1,11 +1,17 @@
 //! The `compute-node` binary over gRPC: a real process joined (over tcp) to an embedded
 //! storage node + GTM, driven through `RemoteNode`.
 
+#[path = "../../cluster/tests/support/proxy.rs"]
+mod proxy;
+
 use cluster::{ClusterOptions, EmbeddedCluster};
 use common::fabric::Transport;
+use common::ids::TxnId;
 use common::proto::compute as pb;
 use compute_node::grpc::ErrorKind;
 use compute_node::grpc_client::{RemoteError, RemoteNode};
+use compute_node::txn::Resolved;
+use proxy::{Direction, Proxy};
 use std::io::{BufRead, BufReader};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -28,14 +34,24 @@ fn cluster() -> EmbeddedCluster {
 
 /// A config joining `c` as node `node_id`, plus `extra` top-level keys.
 fn write_config(c: &EmbeddedCluster, node_id: u32, extra: &str) -> PathBuf {
+    write_config_via(c, node_id, extra, &c.gtm_endpoint().to_string(), "")
+}
+
+/// As [`write_config`], reaching the GTM at `gtm`, plus `node_extra` keys of `[node]`.
+fn write_config_via(
+    c: &EmbeddedCluster,
+    node_id: u32,
+    extra: &str,
+    gtm: &str,
+    node_extra: &str,
+) -> PathBuf {
     let storage: Vec<String> = c
         .storage_endpoints()
         .iter()
         .map(|e| format!("{:?}", e.to_string()))
         .collect();
     let text = format!(
-        "listen = \"127.0.0.1:0\"\n{extra}\n\n[node]\nnode_id = {node_id}\ngtm = {:?}\nstorage = [{}]\nkey_file = {:?}\nbuffer_frames = 1024\nheartbeat_ms = 100\n",
-        c.gtm_endpoint().to_string(),
+        "listen = \"127.0.0.1:0\"\n{extra}\n\n[node]\nnode_id = {node_id}\ngtm = {gtm:?}\nstorage = [{}]\nkey_file = {:?}\nbuffer_frames = 1024\nheartbeat_ms = 100\n{node_extra}\n",
         storage.join(", "),
         c.key_file().display().to_string(),
     );
@@ -324,8 +340,9 @@ fn conflicts_are_retryable() {
     );
     assert!(e.is_retryable());
     assert_eq!(e.code, tonic::Code::Aborted);
-    // The failed transaction stays open until the client aborts it.
-    assert_eq!(node.get(younger, "t", b"row").unwrap(), None);
+    // The failed transaction stays open until the client aborts it, but is good for
+    // nothing else: its later calls fail with a retryable conflict too.
+    expect_kind(node.get(younger, "t", b"row"), ErrorKind::Conflict);
     node.abort(younger).unwrap();
     node.commit(older).unwrap();
 
@@ -711,4 +728,98 @@ fn tpcc_stored_procedures_over_grpc() {
         node.tpcc(&stock_level()).unwrap(),
         Outcome::LowStock { .. }
     ));
+}
+
+#[test]
+fn resolve_outcome_answers_committed_aborted_and_unknown_ids_over_grpc() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let node = server.connect();
+    node.create_table("t").unwrap();
+
+    let t = node.begin().unwrap();
+    node.put(t, "t", b"c", b"1").unwrap();
+    let cts = node.commit(t).unwrap();
+    assert_eq!(node.resolve_outcome(t).unwrap(), Resolved::Committed(cts));
+
+    let t = node.begin().unwrap();
+    node.put(t, "t", b"a", b"1").unwrap();
+    node.abort(t).unwrap();
+    assert_eq!(node.resolve_outcome(t).unwrap(), Resolved::Aborted);
+
+    // Another node's transaction, still open there: decided (aborted) by resolving.
+    let other = c.start_compute_node(2).unwrap();
+    let tt = other.table("t").unwrap();
+    let mut open = other.begin().unwrap();
+    open.put(&tt, b"o", b"1").unwrap();
+    assert_eq!(node.resolve_outcome(open.id()).unwrap(), Resolved::Aborted);
+    assert!(open.commit().unwrap_err().is_retryable());
+
+    expect_kind(node.resolve_outcome(TxnId(0)), ErrorKind::BadRequest);
+    expect_kind(node.resolve_outcome(TxnId(1 << 50)), ErrorKind::BadRequest);
+}
+
+#[test]
+fn an_unknown_commit_outcome_is_its_own_status_and_resolve_outcome_decides_it() {
+    // A long lease: holding the node's requests for a few seconds must not expire it.
+    let c = EmbeddedCluster::start(ClusterOptions {
+        compute_nodes: 0,
+        transport: Transport::Tcp,
+        pages_per_storage_node: 1 << 16,
+        storage_memory: 64 << 20,
+        lease: Duration::from_secs(60),
+        ..ClusterOptions::default()
+    })
+    .expect("start storage + GTM");
+    let gtm = Proxy::start(&c.gtm_endpoint().to_string());
+    let server = Server::start(&write_config_via(
+        &c,
+        1,
+        "",
+        &gtm.endpoint(),
+        "rpc_timeout_s = 1",
+    ));
+    let node = server.connect();
+    node.create_table("t").unwrap();
+    let direct = c.start_compute_node(2).unwrap();
+
+    // 1. The commit request is held in the network: no answer within the GTM client's
+    // timeout. Resolving from the same server cannot reach the GTM either: still
+    // unknown. When the network comes back the request arrives (late) and commits.
+    let t1 = node.begin().unwrap();
+    node.put(t1, "t", b"late", b"1").unwrap();
+    gtm.hold(Direction::ToServer);
+    let e = expect_kind(node.commit(t1), ErrorKind::OutcomeUnknown);
+    assert_eq!(e.code, tonic::Code::Unknown);
+    assert!(e.is_unknown() && !e.is_retryable(), "{e}");
+    assert_eq!(e.txn, Some(t1), "{e}");
+    let e = expect_kind(node.resolve_outcome(t1), ErrorKind::OutcomeUnknown);
+    assert!(e.is_unknown(), "{e}");
+    gtm.release(Direction::ToServer);
+    let cts = match node.resolve_outcome(t1).unwrap() {
+        Resolved::Committed(cts) => cts,
+        Resolved::Aborted => panic!("the late commit arrived first on its connection"),
+    };
+    assert_eq!(
+        direct.resolve_outcome(t1).unwrap(),
+        Resolved::Committed(cts)
+    );
+    let r = node.begin().unwrap();
+    assert_eq!(node.get(r, "t", b"late").unwrap(), Some(b"1".to_vec()));
+    node.commit(r).unwrap();
+
+    // 2. Held again, but another node resolves it before the request arrives: aborted,
+    // and the late commit loses.
+    let t2 = node.begin().unwrap();
+    node.put(t2, "t", b"lost", b"1").unwrap();
+    gtm.hold(Direction::ToServer);
+    let e = expect_kind(node.commit(t2), ErrorKind::OutcomeUnknown);
+    assert_eq!(e.txn, Some(t2));
+    assert_eq!(direct.resolve_outcome(t2).unwrap(), Resolved::Aborted);
+    gtm.release(Direction::ToServer);
+    assert_eq!(node.resolve_outcome(t2).unwrap(), Resolved::Aborted);
+    let r = node.begin().unwrap();
+    assert_eq!(node.get(r, "t", b"lost").unwrap(), None);
+    node.commit(r).unwrap();
+    drop(direct);
 }

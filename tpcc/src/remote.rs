@@ -35,7 +35,10 @@ impl From<RemoteError> for AttemptError {
             | ErrorKind::Gtm
             | ErrorKind::Fenced
             | ErrorKind::ShuttingDown
-            | ErrorKind::TooManySessions => AttemptError::Unavailable(msg),
+            | ErrorKind::TooManySessions
+            // Not acknowledged and run again, as before it had a kind of its own (see
+            // `AttemptError::from(TxnError)`).
+            | ErrorKind::OutcomeUnknown => AttemptError::Unavailable(msg),
             _ => AttemptError::Fatal(msg),
         }
     }

@@ -61,7 +61,12 @@ impl From<TxnError> for AttemptError {
         } else if matches!(
             e,
             TxnError::Fenced(_) | TxnError::Storage(_) | TxnError::Gtm(_)
-        ) {
+        ) || e.is_unknown()
+        {
+            // An unknown commit outcome (e.g. the GTM restarted mid-commit) is handled
+            // like an unavailable node, as before it had a kind of its own: not
+            // acknowledged, run again (at least once; resolving it first would make it
+            // exactly once, see `Engine::resolve_outcome`).
             AttemptError::Unavailable(e.to_string())
         } else {
             AttemptError::Fatal(e.to_string())

@@ -24,8 +24,12 @@
 //! `commit` returns a commit timestamp after the commit record is durable at the GTM, or
 //! `Aborted` if an abort (explicit, or the GTM's on lease expiry) won the
 //! compare-and-set on the transaction's state; `Fenced` if the node's epoch is no longer
-//! live. A commit whose call fails at the fabric level has an unknown outcome: look the
-//! transaction up with [`GtmClient::txn_status_batch`].
+//! live. A commit whose call fails at the fabric level has an unknown outcome. A status
+//! lookup ([`GtmClient::txn_status_batch`]) settles it only if it shows the transaction
+//! committed or aborted: `InProgress` is not final (the request may still arrive), so
+//! decide it with [`GtmClient::abort`] — a compare-and-set any registered node may
+//! send, fenced or not, that answers `AlreadyCommitted(cts)` if the commit won — as the
+//! compute node's `Engine::resolve_outcome` does.
 //!
 //! Invariants (DESIGN.md section 7) this side helps keep: 4 — a status read returns what
 //! the commit record says, and a `Committing` status is waited out, never guessed;
