@@ -7,7 +7,11 @@
 //!
 //! This crate exists because DESIGN.md forbids service crates from depending on each
 //! other: `compute-node` cannot start a storage node or a GTM, so the code that starts
-//! all three lives here, above them.
+//! all three lives here, above them. [`spawn`] starts the same services as separate
+//! processes instead.
+
+pub mod history_run;
+pub mod spawn;
 
 use common::fabric::{ClientOptions, ClusterKey, Endpoint, Transport};
 use common::ids::PageId;

@@ -1,8 +1,9 @@
-//! `--cluster spawn`: the three service binaries as separate local processes — one
-//! `storage-node`, one `gtm`, `--nodes N` `compute-node`s — over loopback `tcp` or
-//! `shm`, configured from TOML files this module writes into a run directory, stopped
-//! (SIGTERM, clean shutdown) when the run ends. The harness then drives the compute
-//! nodes through their gRPC stored procedures ([`crate::remote::RemoteTarget`]).
+//! A cluster of spawned processes: the three service binaries as separate local
+//! processes — one `storage-node`, one `gtm`, N `compute-node`s — over loopback `tcp`
+//! or `shm`, configured from TOML files this module writes into a run directory,
+//! stopped (SIGTERM, clean shutdown) when the run ends. Clients reach the compute nodes
+//! over gRPC (`ProcessCluster::compute_addrs`): the TPC-C harness's `--cluster spawn`
+//! and the history tests' process mode.
 //!
 //! The same [`ProcessCluster`] serves the fault-injection runs: it can `kill -9` a
 //! service and start it again from the same config, data directory and ports.
@@ -14,7 +15,6 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,16 +66,12 @@ pub struct ProcessCluster {
     pub compute_addrs: Vec<String>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Where the service binaries are; builds them first under `cargo run`.
+/// Where the service binaries are; builds them first under `cargo run` / `cargo test`.
 fn bin_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("DSB_BIN_DIR") {
         return Ok(PathBuf::from(d));
     }
-    let exe = std::env::current_exe().context("locating the tpcc executable")?;
+    let exe = std::env::current_exe().context("locating the running executable")?;
     let dir = exe
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?
@@ -153,96 +149,119 @@ impl ProcessCluster {
             let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
             fs::write(&key, hex)?;
         }
-        let (storage_listen, storage_ep, gtm_ep) = match o.transport {
-            SpawnTransport::Tcp => {
-                let sp = free_port()?;
-                let gp = free_port()?;
-                (
-                    format!("127.0.0.1:{sp}"),
-                    format!("tcp://127.0.0.1:{sp}"),
-                    format!("tcp://127.0.0.1:{gp}"),
-                )
-            }
-            SpawnTransport::Shm => {
-                let s = dir.join("storage.sock");
-                (
-                    s.display().to_string(),
-                    format!("shm://{}", s.display()),
-                    format!("shm://{}", dir.join("gtm.sock").display()),
-                )
-            }
-        };
         let transport = match o.transport {
             SpawnTransport::Tcp => "tcp",
             SpawnTransport::Shm => "shm",
         };
-        let mut services = Vec::new();
-        let mut add = |name: &str, bin: &str, config: String| -> Result<()> {
-            let path = dir.join(format!("{name}.toml"));
-            fs::write(&path, config)?;
-            services.push(Service {
-                name: name.into(),
-                bin: bins.join(bin),
-                config: path,
-                child: None,
-                out: dir.join(format!("{name}.out")),
-                log: dir.join(format!("{name}.log")),
-            });
-            Ok(())
-        };
         let q = |p: &Path| format!("{:?}", p.display().to_string());
-        add(
-            "storage-0",
-            "storage-node",
+        // Over tcp every service binds port 0 at its first start and reports the port
+        // it got in its READY line; its config is then rewritten with that port, so a
+        // restart binds the same one. (Picking free ports beforehand raced with every
+        // other socket on the machine.)
+        let storage_listen = match o.transport {
+            SpawnTransport::Tcp => "127.0.0.1:0".to_string(),
+            SpawnTransport::Shm => dir.join("storage.sock").display().to_string(),
+        };
+        let storage_config = |listen: &str| {
             format!(
-                "transport = \"{transport}\"\nlisten = {:?}\ndata_dir = {}\nmemory = \"{}MiB\"\n\
+                "transport = \"{transport}\"\nlisten = {listen:?}\ndata_dir = {}\nmemory = \"{}MiB\"\n\
                  first_page = 1\npage_count = 4194304\nkey_file = {}\n",
-                storage_listen,
                 q(&dir.join("storage-0")),
                 o.storage_memory_mb,
                 q(&key)
-            ),
+            )
+        };
+        let mut c = ProcessCluster {
+            dir: dir.clone(),
+            remove_dir,
+            services: Vec::new(),
+            compute_addrs: Vec::new(),
+        };
+        c.add(
+            "storage-0",
+            bins.join("storage-node"),
+            storage_config(&storage_listen),
         )?;
-        add(
-            "gtm",
-            "gtm",
+        c.start_service("storage-0")?;
+        let storage_ep = c.ready_endpoint("storage-0")?;
+        if o.transport == SpawnTransport::Tcp {
+            let port = storage_ep.rsplit(':').next().unwrap_or_default();
+            c.rewrite_config("storage-0", storage_config(&format!("127.0.0.1:{port}")))?;
+        }
+        let gtm_listen = match o.transport {
+            SpawnTransport::Tcp => "tcp://127.0.0.1:0".to_string(),
+            SpawnTransport::Shm => format!("shm://{}", dir.join("gtm.sock").display()),
+        };
+        let gtm_config = |listen: &str| {
             format!(
-                "listen = [{gtm_ep:?}]\ndata_dir = {}\ncluster_key_file = {}\nlease_ms = {}\n\
+                "listen = [{listen:?}]\ndata_dir = {}\ncluster_key_file = {}\nlease_ms = {}\n\
                  storage_nodes = [{storage_ep:?}]\n",
                 q(&dir.join("gtm")),
                 q(&key),
                 o.lease_ms
-            ),
-        )?;
-        let mut compute_addrs = Vec::new();
+            )
+        };
+        c.add("gtm", bins.join("gtm"), gtm_config(&gtm_listen))?;
+        c.start_service("gtm")?;
+        let gtm_ep = c.ready_endpoint("gtm")?;
+        if o.transport == SpawnTransport::Tcp {
+            c.rewrite_config("gtm", gtm_config(&gtm_ep))?;
+        }
         for i in 1..=o.compute_nodes {
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            add(
-                &format!("compute-{i}"),
-                "compute-node",
+            let name = format!("compute-{i}");
+            let compute_config = |listen: &str| {
                 format!(
-                    "listen = {addr:?}\n\n[node]\nnode_id = {i}\ngtm = {gtm_ep:?}\n\
+                    "listen = {listen:?}\n\n[node]\nnode_id = {i}\ngtm = {gtm_ep:?}\n\
                      storage = [{storage_ep:?}]\nkey_file = {}\nbuffer_frames = {}\n\
                      lock_mode = {:?}\nheartbeat_ms = {}\n",
                     q(&key),
                     o.buffer_frames,
                     o.lock_mode,
                     (o.lease_ms / 10).max(10)
-                ),
+                )
+            };
+            c.add(
+                &name,
+                bins.join("compute-node"),
+                compute_config("127.0.0.1:0"),
             )?;
-            compute_addrs.push(addr);
-        }
-        let mut c = ProcessCluster {
-            dir,
-            remove_dir,
-            services,
-            compute_addrs,
-        };
-        for i in 0..c.services.len() {
-            let name = c.services[i].name.clone();
             c.start_service(&name)?;
+            let addr = c.ready_endpoint(&name)?;
+            c.rewrite_config(&name, compute_config(&addr))?;
+            c.compute_addrs.push(addr);
         }
         Ok(c)
+    }
+
+    /// Registers a service and writes its config (not started).
+    fn add(&mut self, name: &str, bin: PathBuf, config: String) -> Result<()> {
+        let path = self.dir.join(format!("{name}.toml"));
+        fs::write(&path, config)?;
+        self.services.push(Service {
+            name: name.into(),
+            bin,
+            config: path,
+            child: None,
+            out: self.dir.join(format!("{name}.out")),
+            log: self.dir.join(format!("{name}.log")),
+        });
+        Ok(())
+    }
+
+    fn rewrite_config(&mut self, name: &str, config: String) -> Result<()> {
+        let path = self.find(name)?.config.clone();
+        fs::write(&path, config).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The first endpoint a started service printed in its `READY` line.
+    fn ready_endpoint(&mut self, name: &str) -> Result<String> {
+        let out = self.find(name)?.out.clone();
+        let text = fs::read_to_string(&out)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("READY "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{name} printed no endpoint in its READY line"))
     }
 
     pub fn services(&self) -> &[Service] {
@@ -289,10 +308,22 @@ impl ProcessCluster {
             if let Some(st) = child.try_wait()? {
                 s.child = None;
                 let log = fs::read_to_string(&s.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                // The log's last lines, without a panic's backtrace frames.
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        let t = l.trim_start();
+                        !t.starts_with("at ")
+                            && !t.split(':').next().is_some_and(|n| {
+                                !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())
+                            })
+                    })
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(15)..];
                 bail!(
-                    "{name} exited during start-up ({st}); last log lines:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "{name} exited during start-up ({st}); last log lines ({}):\n{}",
+                    s.log.display(),
+                    tail.join("\n")
                 );
             }
             if Instant::now() > deadline {

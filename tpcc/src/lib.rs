@@ -24,7 +24,7 @@ pub mod pg;
 pub mod plot;
 pub mod remote;
 pub mod report;
-pub mod spawn;
+pub use cluster::spawn;
 pub mod target;
 
 pub use compute_node::tpcc::{check, load, random, schema, transactions};
