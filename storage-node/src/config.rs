@@ -116,6 +116,10 @@ pub struct StorageConfig {
     /// `host:port` of the Prometheus metrics endpoint (port 0 picks a free port; the
     /// bound address is logged); empty: none.
     pub metrics_listen: String,
+    /// Slots of the change-notice ring (16 bytes each) that compute nodes read to
+    /// validate their caches; a node that falls more grants behind checks its whole
+    /// cache once. 16 ..= 2^24.
+    pub notice_slots: u32,
 }
 
 impl Default for StorageConfig {
@@ -131,6 +135,7 @@ impl Default for StorageConfig {
             checkpoint_interval_ms: 500,
             redo_segment: ByteSize(64 << 20),
             metrics_listen: String::new(),
+            notice_slots: common::storage::notice::NOTICE_CAPACITY,
         }
     }
 }
@@ -147,6 +152,7 @@ pub const KEYS: &[&str] = &[
     "checkpoint_interval_ms",
     "redo_segment",
     "metrics_listen",
+    "notice_slots",
 ];
 
 impl StorageConfig {
@@ -178,7 +184,9 @@ impl StorageConfig {
              # redo segment size\n\
              redo_segment = \"{}\"\n\
              # host:port of the Prometheus metrics endpoint; empty: none\n\
-             metrics_listen = \"{}\"\n",
+             metrics_listen = \"{}\"\n\
+             # slots of the change-notice ring compute nodes validate their caches with\n\
+             notice_slots = {}\n",
             d.transport,
             d.listen,
             d.data_dir.display(),
@@ -188,6 +196,7 @@ impl StorageConfig {
             d.checkpoint_interval_ms,
             d.redo_segment,
             d.metrics_listen,
+            d.notice_slots,
         )
     }
 
@@ -236,6 +245,12 @@ impl StorageConfig {
         }
         if self.checkpoint_interval_ms == 0 {
             return bad("checkpoint_interval_ms must be positive".into());
+        }
+        if !(16..=1 << 24).contains(&self.notice_slots) {
+            return bad(format!(
+                "notice_slots = {}: between 16 and 16777216",
+                self.notice_slots
+            ));
         }
         if !self.metrics_listen.is_empty() {
             if let Err(e) = self.metrics_listen.to_socket_addrs() {

@@ -16,6 +16,9 @@ pub struct FrameMeta {
 pub struct FrameTable {
     frames: Vec<FrameMeta>,
     hand: usize,
+    /// Frames with `dirty` set (kept with every change: the worker asks after every
+    /// job, under the engine lock, and must not scan the table for it).
+    dirty: usize,
 }
 
 impl FrameTable {
@@ -23,6 +26,7 @@ impl FrameTable {
         FrameTable {
             frames: vec![FrameMeta::default(); n as usize],
             hand: 0,
+            dirty: 0,
         }
     }
 
@@ -43,6 +47,7 @@ impl FrameTable {
     }
 
     pub fn set(&mut self, f: u32, page: u64, dirty: bool) {
+        self.set_dirty(f, dirty);
         self.frames[f as usize] = FrameMeta {
             page: Some(page),
             dirty,
@@ -51,11 +56,17 @@ impl FrameTable {
     }
 
     pub fn set_dirty(&mut self, f: u32, dirty: bool) {
-        self.frames[f as usize].dirty = dirty;
+        let m = &mut self.frames[f as usize];
+        match (m.dirty, dirty) {
+            (false, true) => self.dirty += 1,
+            (true, false) => self.dirty -= 1,
+            _ => {}
+        }
+        m.dirty = dirty;
     }
 
     pub fn dirty_count(&self) -> usize {
-        self.frames.iter().filter(|f| f.dirty).count()
+        self.dirty
     }
 
     pub fn dirty_frames(&self) -> Vec<(u32, u64)> {
@@ -107,5 +118,10 @@ mod tests {
         t.set_dirty(2, true);
         assert!(t.victim().is_none());
         assert_eq!(t.dirty_frames().len(), 3);
+        assert_eq!(t.dirty_count(), 3);
+        t.set(2, 13, false);
+        t.set_dirty(0, false);
+        t.set_dirty(0, false);
+        assert_eq!(t.dirty_count(), 1);
     }
 }

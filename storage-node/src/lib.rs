@@ -59,6 +59,7 @@ pub mod store;
 
 use common::fabric::{Access, ClusterKey, Endpoint, FabricError, Server, ServerHandle};
 use common::storage::dir::DIR_ENTRY_SIZE;
+use common::storage::notice;
 use common::storage::page::PAGE_SIZE;
 use config::StorageConfig;
 use page_dir::Regions;
@@ -148,10 +149,14 @@ impl StorageNode {
             torn = rec.torn_pages,
             "recovery done"
         );
+        let notices = server.register(notice::region_len(cfg.notice_slots), Access::READ_ONLY)?;
         let regions = Regions {
             dir,
             frames,
             first_page: cfg.first_page_id(),
+            notices,
+            notice_capacity: cfg.notice_slots,
+            notice_head: std::sync::atomic::AtomicU64::new(0),
         };
         for (i, m) in rec.pages.iter().enumerate() {
             regions.set_version(i as u64, m.version);

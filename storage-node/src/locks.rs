@@ -37,6 +37,8 @@ pub struct LockTable {
 pub enum Acquire {
     /// Granted at once; answer the replier.
     Granted(Replier),
+    /// The requester holds it already; answer the replier (nothing changed).
+    AlreadyHeld(Replier),
     /// Queued behind `holder`, who should be asked to release.
     Queued { holder: LockHolder },
 }
@@ -72,7 +74,7 @@ impl LockTable {
                 self.held.entry(who).or_default().insert(page);
                 Acquire::Granted(replier)
             }
-            Some(h) if h == who => Acquire::Granted(replier),
+            Some(h) if h == who => Acquire::AlreadyHeld(replier),
             Some(h) => {
                 l.waiters.push_back(Waiter { who, conn, replier });
                 Acquire::Queued { holder: h }

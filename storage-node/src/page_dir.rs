@@ -11,13 +11,20 @@ use common::storage::dir::{
     frame_word, lock_word, version_word, LockHolder, DIR_ENTRY_SIZE, FRAME_WORD, LOCK_WORD,
     VERSION_WORD,
 };
+use common::storage::notice;
 use common::storage::page::{Page, PAGE_SIZE};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Regions {
     pub dir: Arc<Region>,
     pub frames: Arc<Region>,
     pub first_page: PageId,
+    /// The change-notice ring (`common::storage::notice`) and its number of slots.
+    pub notices: Arc<Region>,
+    pub notice_capacity: u32,
+    /// Sequence number of the newest notice (written under the engine lock only).
+    pub notice_head: AtomicU64,
 }
 
 impl Regions {
@@ -40,8 +47,29 @@ impl Regions {
         );
     }
 
+    /// Publishes the page's lock holder. A new holder's grant gets a change notice,
+    /// published after the lock word and before the caller answers the grant (see
+    /// `common::storage::notice`). Callers hold the engine lock, which serialises
+    /// notices.
     pub fn set_lock(&self, index: u64, holder: Option<LockHolder>) {
         self.store(self.entry(index) + LOCK_WORD, lock_word(holder));
+        if holder.is_some() {
+            self.publish_notice(PageId(self.first_page.0 + index));
+        }
+    }
+
+    fn publish_notice(&self, page: PageId) {
+        let seq = self.notice_head.load(Ordering::Relaxed) + 1;
+        let slot = notice::slot_offset(seq, self.notice_capacity);
+        let mem = self.notices.mem();
+        let put = |off: u64, v: u64| {
+            mem.store_u64(off, u64::from_le_bytes(v.to_le_bytes()))
+                .expect("notice offsets are in bounds by construction")
+        };
+        put(slot + 8, page.0);
+        put(slot, seq);
+        put(notice::HEAD_OFFSET, seq);
+        self.notice_head.store(seq, Ordering::Relaxed);
     }
 
     /// Marks page `index` not resident (its frame is about to be reused or was dropped).
@@ -90,7 +118,7 @@ mod tests {
     use common::fabric::{Access, ClusterKey, Server};
     use common::ids::Epoch;
     use common::storage::dir::DirEntry;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     fn page(v: u64) -> Page {
         let mut p = Page::empty(PageId(1));
@@ -117,6 +145,11 @@ mod tests {
                 .register(PAGE_SIZE as u64, Access::READ_ONLY)
                 .unwrap(),
             first_page: PageId(1),
+            notices: server
+                .register(notice::region_len(16), Access::READ_ONLY)
+                .unwrap(),
+            notice_capacity: 16,
+            notice_head: AtomicU64::new(0),
         });
         let holder = LockHolder {
             node: common::ids::NodeId(2),

@@ -206,6 +206,8 @@ impl Store {
             dir_region: self.regions.dir.id(),
             frame_region: self.regions.frames.id(),
             frames: self.core.lock().frames.len() as u32,
+            notice_region: self.regions.notices.id(),
+            notice_capacity: self.regions.notice_capacity,
         }
     }
 
@@ -379,6 +381,8 @@ impl Store {
             dir_region: self.regions.dir.id(),
             frame_region: self.regions.frames.id(),
             frames: 0,
+            notice_region: self.regions.notices.id(),
+            notice_capacity: self.regions.notice_capacity,
         }
     }
 
@@ -453,6 +457,7 @@ impl Store {
                 Metrics::add(&self.metrics.lock_grants, 1);
                 reply(r, Ok(Response::Done));
             }
+            Acquire::AlreadyHeld(r) => reply(r, Ok(Response::Done)),
             Acquire::Queued { holder } => {
                 Metrics::add(&self.metrics.lock_waits, 1);
                 self.revoke(

@@ -197,3 +197,50 @@ fn lazy_holder_is_asked_to_write_back_and_release() {
     drop((a, b, r));
     node.shutdown().unwrap();
 }
+
+/// Every grant is announced in the change-notice ring before its requester hears of
+/// it, in grant order; a reader that falls more than the ring's slots behind is told
+/// it was lapped.
+#[test]
+fn grants_are_announced_in_the_notice_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 256);
+    cfg.notice_slots = 16;
+    let node = start(&cfg);
+    let ep = node.endpoint();
+    let a = client(&ep, 1, 1);
+    let b = client(&ep, 2, 1);
+    let pages = a.allocate_pages(4).unwrap();
+    let start = a.poll_notices(0).unwrap().head;
+    a.lock_exclusive(pages[0]).unwrap();
+    // Re-locking a held page grants nothing new.
+    a.lock_exclusive(pages[0]).unwrap();
+    b.lock_exclusive(pages[1]).unwrap();
+    // A hand-over is a grant too: B waits for page 0, A releases it.
+    let waiter = {
+        let b = client(&ep, 2, 1);
+        let p = pages[0];
+        std::thread::spawn(move || b.lock_exclusive(p).unwrap())
+    };
+    while a.poll_notices(start).unwrap().head < start + 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    a.unlock(pages[0]).unwrap();
+    waiter.join().unwrap();
+    let poll = a.poll_notices(start).unwrap();
+    assert_eq!(poll.head, start + 3);
+    assert_eq!(poll.pages, Some(vec![pages[0], pages[1], pages[0]]));
+    // Unlocks announce nothing; 20 more grants lap a reader still at `start`.
+    for i in 0..20 {
+        let p = pages[2 + i % 2];
+        a.lock_exclusive(p).unwrap();
+        a.unlock(p).unwrap();
+    }
+    let lapped = a.poll_notices(start).unwrap();
+    assert_eq!(lapped.head, start + 23);
+    assert_eq!(lapped.pages, None, "more notices than slots since `start`");
+    // Caught up: the last 16 are all there, across the ring's wrap.
+    let recent = a.poll_notices(lapped.head - 16).unwrap();
+    assert_eq!(recent.pages.map(|p| p.len()), Some(16));
+}

@@ -40,7 +40,7 @@ use std::io::{self, Read};
 
 pub const MAGIC: [u8; 4] = *b"DSBF";
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame body accepted or produced (16 MiB).
 pub const MAX_FRAME: usize = 16 << 20;
 /// Most ops in one one-sided batch.

@@ -17,6 +17,7 @@
 
 use super::dir::{DirEntry, DIR_ENTRY_SIZE};
 use super::msg::{decode_response, Envelope, Layout, Request, Response, Revocation, ADMIN_NODE};
+use super::notice;
 use super::page::{verify_image, Page, PAGE_SIZE};
 use super::redo::RedoRecord;
 use super::StorageError;
@@ -27,6 +28,20 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// Ring slots read together with the head (one round trip when a round has no more
+/// notices to consume than this).
+pub const NOTICE_PREFETCH: u64 = 64;
+
+/// What [`StorageClient::poll_notices`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoticePoll {
+    /// The newest notice's sequence number: the caller has now consumed up to here.
+    pub head: u64,
+    /// The pages of the notices after the caller's position, in order (a page may
+    /// appear more than once); `None` if the ring no longer holds them all.
+    pub pages: Option<Vec<PageId>>,
+}
 
 /// Pages per one-sided batch (about 1 MiB of frames).
 const READ_CHUNK: usize = 128;
@@ -96,6 +111,8 @@ impl StorageClient {
                 dir_region: crate::ids::RegionId(0),
                 frame_region: crate::ids::RegionId(0),
                 frames: 0,
+                notice_region: crate::ids::RegionId(0),
+                notice_capacity: 0,
             },
             hints: Mutex::new(HashMap::new()),
             stop: Arc::new(AtomicBool::new(false)),
@@ -381,6 +398,91 @@ impl StorageClient {
 
     fn dir_offset(&self, page: PageId) -> u64 {
         (page.0 - self.layout.first_page.0) * DIR_ENTRY_SIZE as u64
+    }
+
+    /// The change notices published since notice `consumed` (see [`super::notice`]):
+    /// one batch that reads the ring's head and, speculatively, the next
+    /// [`NOTICE_PREFETCH`] slots, then one more for the rest if there are more. The
+    /// slots are read after the head, so every notice up to the head is there unless
+    /// the ring has overwritten it since (`pages: None`: the caller was lapped).
+    pub fn poll_notices(&self, consumed: u64) -> Result<NoticePoll, StorageError> {
+        let cap = self.layout.notice_capacity;
+        let region = self.layout.notice_region;
+        if cap == 0 {
+            return Err(StorageError::Protocol(
+                "the storage node has no notice ring".into(),
+            ));
+        }
+        let slots = |first: u64, n: u64| -> Vec<Op> {
+            // Notices `first .. first + n`, as at most two contiguous ranges of the ring.
+            let start = first % u64::from(cap);
+            let head_part = n.min(u64::from(cap) - start);
+            let mut ops = vec![Op::Read {
+                region,
+                offset: notice::slot_offset(first, cap),
+                len: (head_part * notice::SLOT_SIZE) as u32,
+            }];
+            if n > head_part {
+                ops.push(Op::Read {
+                    region,
+                    offset: notice::slot_offset(0, cap),
+                    len: ((n - head_part) * notice::SLOT_SIZE) as u32,
+                });
+            }
+            ops
+        };
+        let read_bytes = |ops: &[Op]| -> Result<Vec<Vec<u8>>, StorageError> {
+            self.conn
+                .post(ops)?
+                .into_iter()
+                .map(|r| match r {
+                    Ok(OpOutput::Read(b)) => Ok(b),
+                    other => Err(StorageError::Protocol(format!("notice read: {other:?}"))),
+                })
+                .collect()
+        };
+        let first = consumed + 1;
+        let ahead = NOTICE_PREFETCH.min(u64::from(cap));
+        let mut ops = vec![Op::Read {
+            region,
+            offset: notice::HEAD_OFFSET,
+            len: 8,
+        }];
+        ops.extend(slots(first, ahead));
+        let mut got = read_bytes(&ops)?.into_iter();
+        let head_bytes = got.next().unwrap_or_default();
+        let head = u64::from_le_bytes(
+            head_bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::Protocol("short notice head".into()))?,
+        );
+        if head < consumed {
+            // The ring started over (a restarted storage node): nothing it says relates
+            // to what the caller consumed.
+            return Ok(NoticePoll { head, pages: None });
+        }
+        let n = head - consumed;
+        if n == 0 {
+            return Ok(NoticePoll {
+                head,
+                pages: Some(Vec::new()),
+            });
+        }
+        if n > u64::from(cap) {
+            return Ok(NoticePoll { head, pages: None });
+        }
+        let mut bytes: Vec<u8> = got.flatten().collect();
+        if n > ahead {
+            for b in read_bytes(&slots(first + ahead, n - ahead))? {
+                bytes.extend(b);
+            }
+        }
+        bytes.truncate((n * notice::SLOT_SIZE) as usize);
+        Ok(NoticePoll {
+            head,
+            pages: notice::decode_slots(first, &bytes),
+        })
     }
 
     fn dir_read(&self, offset: u64) -> Op {

@@ -36,6 +36,7 @@
 pub mod client;
 pub mod dir;
 pub mod msg;
+pub mod notice;
 pub mod page;
 pub mod redo;
 

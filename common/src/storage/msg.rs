@@ -33,7 +33,8 @@
 //!      0    1  status: 0 = ok, else an error code
 //! ok:  1    1  kind, then:
 //!   1 Layout       u64 first page, u64 page count, u32 directory region,
-//!                  u32 frame region, u32 frames
+//!                  u32 frame region, u32 frames, u32 notice region,
+//!                  u32 notice slots (see `notice`)
 //!   2 Allocated    u64 first page, u32 count   (pages first..first+count)
 //!   3 Done         -
 //!   4 Lsn          u64 lsn
@@ -72,6 +73,9 @@ pub struct Layout {
     pub dir_region: RegionId,
     pub frame_region: RegionId,
     pub frames: u32,
+    /// The change-notice ring ([`super::notice`]) and its number of slots.
+    pub notice_region: RegionId,
+    pub notice_capacity: u32,
 }
 
 impl Layout {
@@ -353,6 +357,8 @@ pub fn encode_response(r: &Result<Response, StorageError>) -> Vec<u8> {
                     out.extend_from_slice(&l.dir_region.0.to_le_bytes());
                     out.extend_from_slice(&l.frame_region.0.to_le_bytes());
                     out.extend_from_slice(&l.frames.to_le_bytes());
+                    out.extend_from_slice(&l.notice_region.0.to_le_bytes());
+                    out.extend_from_slice(&l.notice_capacity.to_le_bytes());
                 }
                 Response::Allocated { first, count } => {
                     out.push(2);
@@ -466,6 +472,8 @@ pub fn decode_response(b: &[u8]) -> Result<Result<Response, StorageError>, Stora
                 dir_region: RegionId(c.u32()?),
                 frame_region: RegionId(c.u32()?),
                 frames: c.u32()?,
+                notice_region: RegionId(c.u32()?),
+                notice_capacity: c.u32()?,
             }),
             2 => Response::Allocated {
                 first: PageId(c.u64()?),
@@ -612,6 +620,8 @@ mod tests {
                 dir_region: RegionId(0),
                 frame_region: RegionId(1),
                 frames: 64,
+                notice_region: RegionId(2),
+                notice_capacity: 1024,
             })),
             Ok(Response::Allocated {
                 first: PageId(3),

@@ -22,7 +22,8 @@ use storage_node::StorageNode;
 #[command(name = "storage-node", version)]
 struct Args {
     /// TOML config file. Keys: transport, listen, data_dir, memory, first_page,
-    /// page_count, key_file, checkpoint_interval_ms, redo_segment, metrics_listen.
+    /// page_count, key_file, checkpoint_interval_ms, redo_segment, metrics_listen,
+    /// notice_slots.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Print an example config file with every key and its default, then exit.
@@ -62,6 +63,9 @@ struct Args {
     /// free port, logged; default "" = none).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// [key: notice_slots] slots of the change-notice ring (default 65536, 16 ..= 2^24).
+    #[arg(long, value_name = "N")]
+    notice_slots: Option<u32>,
 }
 
 impl Args {
@@ -95,6 +99,9 @@ impl Args {
         }
         if let Some(v) = &self.metrics_listen {
             c.metrics_listen = v.clone();
+        }
+        if let Some(v) = self.notice_slots {
+            c.notice_slots = v;
         }
     }
 }

@@ -35,6 +35,7 @@ pub fn config(dir: &Path, frames: u32) -> StorageConfig {
         checkpoint_interval_ms: 100,
         redo_segment: ByteSize(1 << 20),
         metrics_listen: String::new(),
+        notice_slots: 64,
     }
 }
 
