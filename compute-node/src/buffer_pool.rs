@@ -13,7 +13,12 @@
 //!   page this node holds X-locked or has changed without writing back is never evicted
 //!   here (the pager writes it back first and clears [`FrameFlags`]).
 //! * **Validation ticks**: each frame remembers the coherence tick of the directory read
-//!   that last confirmed its image (see `coherence`); the pool only stores it.
+//!   that last confirmed its image, and whether that confirmation still stands for the
+//!   change-notice rounds: the tick of the confirming read (`notice_from`) against the
+//!   tick of the last round that saw a notice for the page (`invalidated`); see
+//!   `coherence`. The pool stores the ticks and applies the rules that need its
+//!   internals (a fresh frame installed while a round was invalidating cannot claim a
+//!   confirmation the round might have missed).
 
 use common::ids::{PageId, PageVersion};
 use common::storage::page::Page;
@@ -50,6 +55,12 @@ struct Frame {
     referenced: AtomicBool,
     flags: AtomicU8,
     validated: AtomicU64,
+    /// Tick of the directory read that confirmed the image with no X holder elsewhere
+    /// (0: none): the notice rounds extend that confirmation while `invalidated` is
+    /// older.
+    notice_from: AtomicU64,
+    /// Tick of the newest notice round that named the page.
+    invalidated: AtomicU64,
     /// Version of `image` (stored after the image), so bulk validation can list the
     /// cached versions without touching the images themselves.
     version: AtomicU64,
@@ -70,6 +81,9 @@ pub struct Cached {
     pub image: Arc<Page>,
     /// Coherence tick at which the image was last confirmed current.
     pub validated: u64,
+    /// The image was confirmed with no X holder elsewhere and no notice round has named
+    /// the page since: it stays current through every later completed round.
+    pub notice_valid: bool,
     pub flags: u8,
 }
 
@@ -83,6 +97,11 @@ pub struct BufferPool {
     hand: AtomicUsize,
     /// Serialises installing a page into a new frame (misses); hits never take it.
     install: Mutex<()>,
+    /// Tick of the newest notice round that started invalidating pages (see
+    /// [`BufferPool::begin_invalidation`]).
+    notice_round: AtomicU64,
+    /// Tick of the newest full round (see [`BufferPool::invalidate_all`]).
+    invalidated_all: AtomicU64,
     pub stats: PoolStats,
 }
 
@@ -128,11 +147,15 @@ impl BufferPool {
                     referenced: AtomicBool::new(false),
                     flags: AtomicU8::new(0),
                     validated: AtomicU64::new(0),
+                    notice_from: AtomicU64::new(0),
+                    invalidated: AtomicU64::new(0),
                     version: AtomicU64::new(0),
                 })
                 .collect(),
             hand: AtomicUsize::new(0),
             install: Mutex::new(()),
+            notice_round: AtomicU64::new(0),
+            invalidated_all: AtomicU64::new(0),
             stats: PoolStats::default(),
         }
     }
@@ -162,6 +185,12 @@ impl BufferPool {
         })
     }
 
+    /// As [`BufferPool::get`], without counting a hit or miss (bookkeeping lookups).
+    pub fn get_quiet(&self, page: PageId) -> Option<Cached> {
+        let pin = self.pin(page)?;
+        self.cached(pin.frame).filter(|c| c.image.id() == page)
+    }
+
     /// The cached image of `page`, if any (a hit sets the CLOCK reference bit).
     pub fn get(&self, page: PageId) -> Option<Cached> {
         let pin = self.pin(page);
@@ -188,6 +217,12 @@ impl BufferPool {
         frame.referenced.store(true, Ordering::Relaxed);
         let flags = frame.flags.load(Ordering::Acquire);
         let validated = frame.validated.load(Ordering::Acquire);
+        let notice_from = frame.notice_from.load(Ordering::Acquire);
+        let notice_valid = notice_from
+            > frame
+                .invalidated
+                .load(Ordering::Acquire)
+                .max(self.invalidated_all.load(Ordering::Acquire));
         let guard = epoch::pin();
         let shared = frame.image.load(Ordering::Acquire, &guard);
         // SAFETY: a non-null image pointer stays valid while `guard` is held: writers
@@ -197,6 +232,7 @@ impl BufferPool {
             frame: f,
             image,
             validated,
+            notice_valid,
             flags,
         })
     }
@@ -204,7 +240,13 @@ impl BufferPool {
     /// Replaces the image in a pinned frame.
     /// Replaces the frame's image unless the cached one is newer (never moves a page
     /// backwards: a stale read must not overwrite a version this node wrote).
-    pub fn set_image_if_newer(&self, pin: &Pin<'_>, image: Arc<Page>, validated: u64) {
+    pub fn set_image_if_newer(
+        &self,
+        pin: &Pin<'_>,
+        image: Arc<Page>,
+        validated: u64,
+        notice: bool,
+    ) {
         let frame = self.frame(pin.frame);
         let guard = epoch::pin();
         let version = image.version().0;
@@ -228,6 +270,9 @@ impl BufferPool {
                 Ok(_) => {
                     frame.version.fetch_max(version, Ordering::AcqRel);
                     frame.validated.fetch_max(validated, Ordering::AcqRel);
+                    if notice {
+                        frame.notice_from.fetch_max(validated, Ordering::AcqRel);
+                    }
                     if !cur.is_null() {
                         // SAFETY: `cur` is unlinked; readers that loaded it are protected
                         // by their epoch guards until it is destroyed.
@@ -265,7 +310,34 @@ impl BufferPool {
 
     /// Forgets a confirmation (the image is known stale).
     pub fn mark_stale(&self, pin: &Pin<'_>) {
-        self.frame(pin.frame).validated.store(0, Ordering::Release);
+        let frame = self.frame(pin.frame);
+        frame.validated.store(0, Ordering::Release);
+        frame.notice_from.store(0, Ordering::Release);
+    }
+
+    /// A notice round at tick `tick` is about to name pages: a fresh frame whose
+    /// confirmation was read before `tick` and that the round's lookups might miss
+    /// (it was not in the page table yet) cannot claim it (see `install_with`).
+    pub fn begin_invalidation(&self, tick: u64) {
+        self.notice_round.fetch_max(tick, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// A full round at tick `tick` is about to check every cached page: no confirmation
+    /// from before `tick` extends to later rounds unless the round renews it.
+    pub fn invalidate_all(&self, tick: u64) {
+        self.invalidated_all.fetch_max(tick, Ordering::SeqCst);
+        self.begin_invalidation(tick);
+    }
+
+    /// A notice round at tick `tick` named `page`: its confirmations from before `tick`
+    /// no longer extend to later rounds.
+    pub fn invalidate(&self, page: PageId, tick: u64) {
+        if let Some(pin) = self.pin(page) {
+            self.frame(pin.frame)
+                .invalidated
+                .fetch_max(tick, Ordering::AcqRel);
+        }
     }
 
     pub fn set_flags(&self, pin: &Pin<'_>, flags: u8) {
@@ -287,14 +359,21 @@ impl BufferPool {
     /// Caches `image` for its page (replacing a cached image) and returns the pinned
     /// frame. Fails only when every frame is pinned, locked or dirty.
     pub fn install(&self, image: Arc<Page>, validated: u64) -> Result<Pin<'_>, PoolFull> {
-        self.install_with(image, validated, false)
+        self.install_with(image, validated, false, false)
     }
 
     /// Like [`BufferPool::install`] for an image read from storage without this node's
     /// X lock: if the page is cached at a newer version (this node changed it under its
-    /// lock meanwhile, or a newer read won the race), the cached image stays.
-    pub fn install_clean(&self, image: Arc<Page>, validated: u64) -> Result<Pin<'_>, PoolFull> {
-        self.install_with(image, validated, true)
+    /// lock meanwhile, or a newer read won the race), the cached image stays. `notice`:
+    /// the directory read at `validated` saw no X holder elsewhere, so the image's
+    /// confirmation may extend through later notice rounds.
+    pub fn install_clean(
+        &self,
+        image: Arc<Page>,
+        validated: u64,
+        notice: bool,
+    ) -> Result<Pin<'_>, PoolFull> {
+        self.install_with(image, validated, true, notice)
     }
 
     fn install_with(
@@ -302,11 +381,12 @@ impl BufferPool {
         image: Arc<Page>,
         validated: u64,
         newer_only: bool,
+        notice: bool,
     ) -> Result<Pin<'_>, PoolFull> {
         let page = image.id();
         let put = |pin: &Pin<'_>, image: Arc<Page>| {
             if newer_only {
-                self.set_image_if_newer(pin, image, validated);
+                self.set_image_if_newer(pin, image, validated, notice);
             } else {
                 self.set_image(pin, image, validated);
             }
@@ -329,6 +409,8 @@ impl BufferPool {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
         frame.validated.store(0, Ordering::Release);
+        frame.notice_from.store(0, Ordering::Release);
+        frame.invalidated.store(0, Ordering::Release);
         frame.flags.store(0, Ordering::Release);
         frame.referenced.store(true, Ordering::Relaxed);
         let pin = Pin {
@@ -336,7 +418,20 @@ impl BufferPool {
             frame: f,
         };
         self.set_image(&pin, image, validated);
+        if notice {
+            frame.notice_from.store(validated, Ordering::Release);
+        }
         self.table.insert(page, f);
+        // A notice round that began invalidating before this frame was in the table
+        // may have looked the page up and missed it: if it began after the confirming
+        // read (tick `validated`), its notice may be for a grant after that read.
+        // (Round: store `notice_round`, fence, then look pages up; here: insert, fence,
+        // then load it: one of the two sees the other.)
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let round = self.notice_round.load(Ordering::SeqCst);
+        if notice && round >= validated {
+            frame.invalidated.fetch_max(round, Ordering::AcqRel);
+        }
         // Turn the eviction mark into our own pin.
         frame.pins.fetch_add(1, Ordering::AcqRel);
         frame.pins.fetch_sub(EVICTING, Ordering::AcqRel);
@@ -477,6 +572,9 @@ impl BufferPool {
         match self.pin_candidate(c) {
             Some(pin) => {
                 self.mark_validated(&pin, tick);
+                self.frame(pin.frame)
+                    .notice_from
+                    .fetch_max(tick, Ordering::AcqRel);
                 true
             }
             None => false,

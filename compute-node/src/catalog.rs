@@ -9,7 +9,7 @@
 //! visible to every node (the new tree's pages and the catalog entry are written back
 //! before it returns), and creating an existing name fails.
 
-use crate::btree::BTree;
+use crate::btree::{BTree, TreeOptions};
 use crate::coherence::CoherentPager;
 use crate::pager::Pager;
 use crate::txn::{Table, TxnError};
@@ -107,11 +107,17 @@ impl Catalog {
     }
 
     pub fn create_table(&self, name: &str) -> Result<Table, TxnError> {
+        self.create_table_with(name, TreeOptions::default())
+    }
+
+    /// Creates a table whose tree is laid out as `options` say (e.g. one row per leaf
+    /// for a few hot rows that different nodes update).
+    pub fn create_table_with(&self, name: &str, options: TreeOptions) -> Result<Table, TxnError> {
         if name.is_empty() || name.len() > 200 {
             return Err(TxnError::BadRequest(format!("bad table name {name:?}")));
         }
         let view: Arc<dyn Pager> = Arc::new(self.pager.view());
-        let tree = BTree::create(view.clone())?;
+        let tree = BTree::create_with(view.clone(), options)?;
         let meta = tree.id();
         // The new tree is durable before the catalog entry that names it (invariant 8).
         self.pager.release_all()?;

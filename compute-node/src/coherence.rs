@@ -32,17 +32,42 @@
 //! grant this node never learned of (its wait timed out, the storage node granted it
 //! later) is still answered: a revocation always ends in an unlock.
 //!
-//! ## Validation is batched
+//! ## Validation rounds follow the changes, not the cache (change notices)
 //!
-//! [`CoherentPager::validate_all`] reads the directory words of every cached page not
-//! X-locked here in one batched one-sided read per storage node and confirms (or marks
-//! stale) all those frames at once. The list of pages and versions comes from the
-//! frames' own words, not from the images, so a round over a full pool costs a scan of
-//! the frame array plus the directory read (this runs at every transaction start).
-//! Transactions that begin together share one round: a transaction waits for the first
-//! round that starts after its tick instead of validating page by page. Pages still
-//! unconfirmed when used are validated singly (one round trip) and refetched one-sided
-//! if stale. [`ValidationMode::EachAccess`] turns batching off (the baseline).
+//! Every storage node publishes a *change notice* (the page id) in a ring region each
+//! time it gives a page's X lock to a node, after the directory names the new holder
+//! and before the holder hears of the grant (`common::storage::notice`). A transaction
+//! start runs a *round* (transactions that begin together share one: each waits for
+//! the first round that starts after its tick):
+//!
+//! 1. take tick `v`; per storage node read the ring's head and the notices since the
+//!    last round (one batched one-sided read); take tick `w`;
+//! 2. every cached page a notice names (not X-locked here) loses its standing
+//!    confirmation (`invalidated = w`) and is re-checked in one batched directory read
+//!    (confirmed again if unchanged with no other holder);
+//! 3. the round completes: `round_tick = v`.
+//!
+//! A frame's confirmation by a directory read at tick `c` (no X holder elsewhere, the
+//! image's version) *stands* while no round has named its page since (`c >
+//! invalidated`); a standing frame serves a transaction at tick `t` if a round with
+//! `v > t` completed. Why: a change committed before the snapshot was made under a grant
+//! whose notice was in the ring before the change, hence before the snapshot, hence
+//! before that round read the head; so some round up to it consumed the notice, at a
+//! `w` after the notice, after the grant was visible in the directory. A confirmation
+//! read before that grant has `c < w` and no longer stands; one read after it saw the
+//! new holder (no confirmation), or, once the holder released, the version it wrote back.
+//! A frame installed while a round was invalidating (the round's lookup may have missed
+//! it) does not claim a standing confirmation read before that round
+//! (`BufferPool::begin_invalidation`).
+//!
+//! So a round costs the notices since the last one plus a re-check of the cached pages
+//! among them, not the size of the pool. The first round, and a round that finds the
+//! ring lapped it (more notices than slots since its last round), checks every cached
+//! page instead: the directory words of every cached page not X-locked here, in one
+//! batched one-sided read per storage node, listed from the frames' own words. Pages
+//! still unconfirmed when used are validated singly (one round trip) and refetched
+//! one-sided if stale. [`ValidationMode::EachAccess`] turns rounds off (the baseline).
+//! Read committed runs a round per statement: it costs what changed since the last one.
 //!
 //! ## Pages X-held elsewhere
 //!
@@ -75,7 +100,7 @@
 
 use crate::buffer_pool::{BufferPool, Candidate, FrameFlags};
 use crate::pager::{PageWrite, Pager, PagerError, Published};
-use common::ids::{NodeId, PageId};
+use common::ids::{NodeId, PageId, PageVersion};
 use common::storage::client::StorageClient;
 use common::storage::msg::{Revocation, RevocationKind};
 use common::storage::page::Page;
@@ -91,9 +116,13 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValidationMode {
-    /// Confirm all cached pages in one batched read per transaction start (shared).
+    /// A validation round per transaction start (shared by transactions that begin
+    /// together) that re-checks the pages named by change notices since the last one.
     #[default]
     Batched,
+    /// Every round checks every cached page (the design before change notices: its
+    /// cost grows with the pool; kept as a baseline).
+    FullRounds,
     /// Confirm every page on every access (one round trip each): the baseline.
     EachAccess,
 }
@@ -123,6 +152,10 @@ pub struct CoherenceStats {
     pub revocations: AtomicU64,
     /// Append-and-force requests sent (each one fsync round on a storage node).
     pub redo_forces: AtomicU64,
+    /// Change notices read by validation rounds.
+    pub notices: AtomicU64,
+    /// Rounds that checked every cached page (the first, or after being lapped).
+    pub full_rounds: AtomicU64,
 }
 
 /// Local page latches: one writer thread per page on this node.
@@ -298,6 +331,9 @@ fn storage_err(e: StorageError) -> PagerError {
 struct Round {
     /// Tick at which the last completed round started.
     last_started: u64,
+    /// Per storage node, the last change notice consumed (`None`: no round yet, so the
+    /// next one is a full round).
+    consumed: Vec<Option<u64>>,
 }
 
 /// This node's coherent view of the shared pages (see module doc).
@@ -308,6 +344,9 @@ pub struct CoherentPager {
     clock: AtomicU64,
     latches: Arc<Latches>,
     rounds: Mutex<Round>,
+    /// `Round::last_started`, readable without the lock (stored after the round's
+    /// invalidations are done).
+    round_tick: AtomicU64,
     /// Per storage node, redo not yet sent.
     redo: Vec<RedoQueue>,
     /// Redo sequence number (in its storage node's queue) of the newest change of each
@@ -336,6 +375,7 @@ impl CoherentPager {
             clock: AtomicU64::new(1),
             latches: Arc::default(),
             rounds: Mutex::new(Round::default()),
+            round_tick: AtomicU64::new(0),
             redo: (0..redo_queues)
                 .map(|_| RedoQueue {
                     buf: Mutex::new(RedoBuffer::default()),
@@ -389,7 +429,7 @@ impl CoherentPager {
     /// A view for a transaction whose snapshot was obtained just before this call.
     pub fn view(self: &Arc<Self>) -> TxnView {
         let t = self.tick();
-        if self.validation == ValidationMode::Batched {
+        if self.validation != ValidationMode::EachAccess {
             if let Err(e) = self.validate_after(t) {
                 tracing::debug!(error = %e, "bulk validation failed; pages will be validated singly");
             }
@@ -407,15 +447,127 @@ impl CoherentPager {
         if r.last_started > t {
             return Ok(());
         }
-        let started = self.validate_all()?;
+        let started = self.round(&mut r)?;
         r.last_started = started;
+        self.round_tick.store(started, Ordering::Release);
         Ok(())
     }
 
-    /// One bulk validation round over every cached page; returns its tick.
+    /// One validation round now; returns its tick.
     pub fn validate_all(&self) -> Result<u64, PagerError> {
+        let mut r = self.rounds.lock();
+        let started = self.round(&mut r)?;
+        r.last_started = r.last_started.max(started);
+        self.round_tick.fetch_max(started, Ordering::AcqRel);
+        Ok(started)
+    }
+
+    /// A validation round (see the module doc, "Change notices"): per storage node, the
+    /// notices since the last round, one batched read; the pages they name that this
+    /// node caches are re-checked in one batched directory read; every other cached
+    /// page stays confirmed. The first round, and one that finds the ring lapped it,
+    /// checks every cached page instead.
+    fn round(&self, r: &mut Round) -> Result<u64, PagerError> {
         let v = self.tick();
         self.stats.validation_rounds.fetch_add(1, Ordering::Relaxed);
+        let n = self.storage.len();
+        if r.consumed.len() != n {
+            r.consumed = vec![None; n];
+        }
+        let mut heads = Vec::with_capacity(n);
+        let mut noticed: Vec<(usize, Vec<PageId>)> = Vec::new();
+        let mut full = false;
+        for i in 0..n {
+            self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+            let poll = self
+                .storage
+                .node(i)
+                .poll_notices(r.consumed[i].unwrap_or(0))
+                .map_err(storage_err)?;
+            heads.push(poll.head);
+            match (r.consumed[i], poll.pages) {
+                (Some(_), Some(pages)) if self.validation != ValidationMode::FullRounds => {
+                    noticed.push((i, pages))
+                }
+                _ => full = true,
+            }
+        }
+        fail_point!("coherence::round_after_notices");
+        // After every head read: whatever a notice up to the heads announced is visible
+        // in the directory to reads issued from here on.
+        let w = self.tick();
+        if full {
+            self.stats.full_rounds.fetch_add(1, Ordering::Relaxed);
+            self.pool.invalidate_all(w);
+            let confirm_at = self.tick();
+            self.confirm_every_cached_page(confirm_at)?;
+        } else {
+            if noticed.iter().any(|(_, p)| !p.is_empty()) {
+                self.pool.begin_invalidation(w);
+            }
+            let confirm_at = self.tick();
+            for (i, pages) in noticed {
+                self.stats
+                    .notices
+                    .fetch_add(pages.len() as u64, Ordering::Relaxed);
+                self.recheck_noticed(i, pages, w, confirm_at)?;
+            }
+        }
+        for (i, h) in heads.into_iter().enumerate() {
+            r.consumed[i] = Some(h);
+        }
+        Ok(v)
+    }
+
+    /// Invalidates the noticed pages this node caches (not X-locked here) at tick `w`
+    /// and confirms, at `confirm_at`, those the directory (read now) shows unchanged
+    /// with no X holder elsewhere.
+    fn recheck_noticed(
+        &self,
+        i: usize,
+        mut pages: Vec<PageId>,
+        w: u64,
+        confirm_at: u64,
+    ) -> Result<(), PagerError> {
+        pages.sort_unstable();
+        pages.dedup();
+        let mut cached: Vec<(PageId, PageVersion)> = Vec::new();
+        for p in pages {
+            let Some(c) = self.pool.get_quiet(p) else {
+                continue;
+            };
+            if c.flags & FrameFlags::LOCKED != 0 {
+                continue;
+            }
+            self.pool.invalidate(p, w);
+            cached.push((p, c.image.version()));
+        }
+        if cached.is_empty() {
+            return Ok(());
+        }
+        self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+        let ids: Vec<PageId> = cached.iter().map(|(p, _)| *p).collect();
+        let entries = self
+            .storage
+            .node(i)
+            .read_dir_entries(&ids)
+            .map_err(storage_err)?;
+        let mut confirmed = 0;
+        for ((p, version), e) in cached.iter().zip(entries) {
+            if e.version == *version && !e.busy && !self.held_elsewhere(e.holder) {
+                confirmed += self.pool.confirm_version(*p, *version, confirm_at) as u64;
+            }
+        }
+        self.stats
+            .pages_validated
+            .fetch_add(confirmed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The full round: the directory words of every cached page not X-locked here, in
+    /// one batched one-sided read per storage node; frames that match are confirmed at
+    /// `v`, the rest marked stale.
+    fn confirm_every_cached_page(&self, v: u64) -> Result<(), PagerError> {
         // Pages X-locked here need no confirmation; the rest are listed from the frames'
         // own words (see `BufferPool::validation_candidates`).
         let cached = self.pool.validation_candidates();
@@ -459,11 +611,14 @@ impl CoherentPager {
                 .pages_validated
                 .fetch_add(confirmed, Ordering::Relaxed);
         }
-        Ok(v)
+        Ok(())
     }
 
     /// The image of `page` that a transaction at tick `t` may use.
     fn read_at(&self, page: PageId, t: u64) -> Result<Arc<Page>, PagerError> {
+        // Loaded before the frame: the round it names had finished its invalidations,
+        // so a frame still valid by notice after it was valid through that round.
+        let round = self.round_tick.load(Ordering::Acquire);
         if let Some(c) = self.pool.get(page) {
             // The flags were loaded before the image (see `BufferPool::get`): LOCKED
             // seen means this node held the X lock at that instant (invariant 9: the
@@ -472,7 +627,9 @@ impl CoherentPager {
             if c.flags & FrameFlags::LOCKED != 0 {
                 return Ok(c.image);
             }
-            if c.validated > t && self.validation == ValidationMode::Batched {
+            if self.validation != ValidationMode::EachAccess
+                && (c.validated > t || (c.notice_valid && round > t))
+            {
                 return Ok(c.image);
             }
             // Confirm this one page (one round trip).
@@ -519,7 +676,8 @@ impl CoherentPager {
                 .map_err(storage_err)?
                 .pop()
                 .expect("one entry");
-            if self.held_elsewhere(e.holder) {
+            let elsewhere = self.held_elsewhere(e.holder);
+            if elsewhere {
                 self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .write_back_requests
@@ -546,7 +704,13 @@ impl CoherentPager {
                         return Ok(c.image);
                     }
                 }
-                match self.pool.install_clean(img.clone(), v) {
+                // Confirmed for later notice rounds only if nobody else held the lock
+                // when the directory was read (the holder may change it again later
+                // without a new grant).
+                match self
+                    .pool
+                    .install_clean(img.clone(), v, !elsewhere && !e.busy)
+                {
                     Ok(_) => {}
                     Err(full) => {
                         self.relieve_pressure()?;

@@ -1149,6 +1149,7 @@ fn status_snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
         // The config spellings.
         validation: match pager.validation {
             ValidationMode::Batched => "batched",
+            ValidationMode::FullRounds => "full_rounds",
             ValidationMode::EachAccess => "each_access",
         }
         .into(),

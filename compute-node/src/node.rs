@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::btree::TreeOptions;
 use crate::catalog::Catalog;
 use crate::coherence::{CoherentPager, LockMode, StorageSet, ValidationMode};
 use crate::mvcc::WaitPolicy;
@@ -365,10 +366,17 @@ impl ComputeNode {
 
     /// Creates the table unless it exists; returns it either way.
     pub fn ensure_table(&self, name: &str) -> Result<Table, TxnError> {
+        self.ensure_table_with(name, TreeOptions::default())
+    }
+
+    /// As [`ComputeNode::ensure_table`]; a table it creates is laid out as `options`
+    /// say (`max_leaf_entries: 1` puts every row on a page of its own: for a few hot
+    /// rows that different compute nodes update, see `btree`, "Entries per leaf").
+    pub fn ensure_table_with(&self, name: &str, options: TreeOptions) -> Result<Table, TxnError> {
         let cur = self.current();
         match cur.catalog.table(name) {
             Ok(t) => Ok(t),
-            Err(TxnError::NoSuchTable(_)) => match cur.catalog.create_table(name) {
+            Err(TxnError::NoSuchTable(_)) => match cur.catalog.create_table_with(name, options) {
                 Err(TxnError::TableExists(_)) => cur.catalog.table(name),
                 other => other,
             },

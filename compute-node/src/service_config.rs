@@ -79,7 +79,9 @@ storage = ["tcp://127.0.0.1:7100"]
 key_file = "cluster.key"
 # Buffer-pool frames (8 KiB each)
 buffer_frames = 16384
-# batched (confirm cached pages in one read per transaction start) or each_access
+# batched (a validation round per transaction start re-checks the pages named by
+# change notices since the last one), full_rounds (every round checks every cached
+# page: the older design, a baseline) or each_access (validate every access)
 validation = "batched"
 # lazy (keep page locks until another node asks) or eager
 lock_mode = "lazy"

@@ -278,11 +278,19 @@ impl StatusOracle for Oracle {
             }
             TxnStatus::Unknown => return Ok(WriterState::InProgress),
         };
+        self.learn(w, s);
+        Ok(s)
+    }
+}
+
+impl Oracle {
+    /// Records a final outcome (from the GTM, or this node's own commit or abort: its
+    /// readers then need no status read for this node's versions).
+    fn learn(&self, w: TxnId, s: WriterState) {
         if self.resolved.len() > 1_000_000 {
             self.resolved.clear();
         }
         self.resolved.insert(w, s);
-        Ok(s)
     }
 }
 
@@ -298,6 +306,10 @@ pub struct Engine {
     /// retried at the next `begin`, so they do not linger in progress, blocking writers,
     /// while this node's lease stays valid.
     pending_aborts: Mutex<Vec<TxnId>>,
+    /// This node's open transactions that write: a writer that meets one of their
+    /// versions waits on `writers_done` instead of polling the GTM for the outcome.
+    writers: Mutex<std::collections::HashSet<TxnId>>,
+    writers_done: parking_lot::Condvar,
     pub stats: EngineStats,
 }
 
@@ -336,6 +348,8 @@ impl Engine {
             watermark: AtomicU64::new(0),
             watermark_at: Mutex::new(Instant::now() - Duration::from_secs(60)),
             pending_aborts: Mutex::new(Vec::new()),
+            writers: Mutex::new(std::collections::HashSet::new()),
+            writers_done: parking_lot::Condvar::new(),
             stats: EngineStats::default(),
         })
     }
@@ -359,10 +373,22 @@ impl Engine {
         Timestamp(self.watermark.load(Ordering::Relaxed))
     }
 
-    /// Polls the status table until `txn` is no longer in progress (true) or `deadline`
-    /// passes (false). Polls start fine-grained: a holder usually commits within a
-    /// couple of log forces.
+    /// Waits until `txn` is no longer in progress (true) or `deadline` passes (false).
+    /// A writer of this node is waited for locally (woken when it ends: its outcome is
+    /// then known here); any other is polled in the status table, fine-grained at first
+    /// (a holder usually commits within a couple of log forces).
     pub fn wait_until_resolved(&self, txn: TxnId, deadline: Instant) -> Result<bool, TxnError> {
+        {
+            let mut w = self.writers.lock();
+            if w.contains(&txn) {
+                while w.contains(&txn) {
+                    if self.writers_done.wait_until(&mut w, deadline).timed_out() {
+                        return Ok(!w.contains(&txn));
+                    }
+                }
+                return Ok(true);
+            }
+        }
         let mut pause = Duration::from_micros(20);
         loop {
             match self.gtm.txn_status_batch_nowait(&[txn])?.pop() {
@@ -400,6 +426,7 @@ impl Engine {
             done: false,
             blocker: None,
             failed: None,
+            registered: false,
         })
     }
 
@@ -543,6 +570,8 @@ pub struct Txn {
     /// is unknown to the caller, so the transaction can only be aborted (as in
     /// PostgreSQL). Whether the failure was retryable, and why.
     failed: Option<(bool, String)>,
+    /// Registered in `Engine::writers` (from its first write until it ends).
+    registered: bool,
 }
 
 impl Txn {
@@ -622,6 +651,10 @@ impl Txn {
     /// conflict, leaves the transaction good only for an abort (see `failed`).
     fn write(&mut self, table: &Table, key: &[u8], row: Option<Vec<u8>>) -> Result<(), TxnError> {
         self.check_open()?;
+        if !self.registered {
+            self.engine.writers.lock().insert(self.id);
+            self.registered = true;
+        }
         let r = self.write_row(table, key, row);
         if let Err(e) = &r {
             if !matches!(e, TxnError::BadRequest(_) | TxnError::NoSuchTable(_)) {
@@ -804,6 +837,7 @@ impl Txn {
         match engine.gtm.commit(self.id).or_else(classify_commit_error) {
             Ok(cts) => {
                 engine.stats.committed.fetch_add(1, Ordering::Relaxed);
+                engine.oracle.learn(self.id, WriterState::Committed(cts));
                 if engine.pager.lock_mode == crate::coherence::LockMode::Eager {
                     // The commit is durable: whatever happens now, the caller must hear
                     // "committed" (an error would invite a second run). A failed release
@@ -817,6 +851,7 @@ impl Txn {
             }
             Err(CommitFailure::Decided(e)) => {
                 engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                engine.oracle.learn(self.id, WriterState::Aborted);
                 Err(e)
             }
             Err(CommitFailure::Refused(e)) => {
@@ -849,6 +884,9 @@ impl Txn {
         self.done = true;
         self.engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
         self.engine.abort_best_effort(self.id)?;
+        if self.wrote {
+            self.engine.oracle.learn(self.id, WriterState::Aborted);
+        }
         Ok(())
     }
 }
@@ -858,6 +896,12 @@ impl Drop for Txn {
         if !self.done {
             self.engine.stats.aborted.fetch_add(1, Ordering::Relaxed);
             let _ = self.engine.abort_best_effort(self.id);
+        }
+        // Runs at the end of `commit` and `abort` too (they take `self`): the outcome
+        // is decided (or, after an unknown one, to be asked of the GTM) by now.
+        if self.registered {
+            self.engine.writers.lock().remove(&self.id);
+            self.engine.writers_done.notify_all();
         }
     }
 }

@@ -120,7 +120,18 @@
 //! non-zero children — so a corrupt body is [`BTreeError::Corrupt`], never a panic.
 //!
 //! The meta page body: `"BLKT"`, u16 format (1), u16 reserved, u64 root PageId, u32
-//! height (levels, root level + 1).
+//! height (levels, root level + 1), u16 most entries per leaf (0: as many as fit),
+//! u16 reserved.
+//!
+//! # Entries per leaf
+//!
+//! A tree may cap the entries of a leaf ([`TreeOptions::max_leaf_entries`]): an insert
+//! into a full leaf splits it even though the entry would fit. A page is the unit of
+//! coherence between compute nodes (one X holder at a time), so rows that different
+//! nodes update side by side — a handful of hot rows in a small table, such as
+//! TPC-C's warehouses and districts — contend for the page although they never
+//! conflict as rows; one row per leaf keeps them apart (as Oracle's
+//! `MINIMIZE RECORDS_PER_BLOCK` or a high `PCTFREE` does for RAC).
 //!
 //! # Limits
 //!
@@ -225,6 +236,15 @@ pub struct TreeShape {
 pub struct BTree {
     pager: Arc<dyn Pager>,
     meta: PageId,
+    /// From the meta page (fixed at creation).
+    max_leaf_entries: u16,
+}
+
+/// How a tree is laid out (fixed when it is created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeOptions {
+    /// Most entries per leaf (0: as many as fit); see the module doc.
+    pub max_leaf_entries: u16,
 }
 
 impl std::fmt::Debug for BTree {
@@ -236,6 +256,11 @@ impl std::fmt::Debug for BTree {
 impl BTree {
     /// Creates an empty tree: a meta page and an empty root leaf.
     pub fn create(pager: Arc<dyn Pager>) -> Result<BTree> {
+        BTree::create_with(pager, TreeOptions::default())
+    }
+
+    /// Creates an empty tree laid out as `options` say.
+    pub fn create_with(pager: Arc<dyn Pager>, options: TreeOptions) -> Result<BTree> {
         let mut meta = pager.allocate()?;
         let mut root = pager.allocate()?;
         Node::empty_leaf().encode(root.body_mut());
@@ -244,18 +269,27 @@ impl BTree {
         Meta {
             root: root_id,
             height: 1,
+            max_leaf_entries: options.max_leaf_entries,
         }
         .encode(meta.body_mut());
         let id = meta.id();
         meta.after(root_done);
         meta.publish()?;
-        Ok(BTree { pager, meta: id })
+        Ok(BTree {
+            pager,
+            meta: id,
+            max_leaf_entries: options.max_leaf_entries,
+        })
     }
 
     /// Opens the tree whose meta page is `meta`.
     pub fn open(pager: Arc<dyn Pager>, meta: PageId) -> Result<BTree> {
-        let tree = BTree { pager, meta };
-        tree.read_meta()?;
+        let mut tree = BTree {
+            pager,
+            meta,
+            max_leaf_entries: 0,
+        };
+        tree.max_leaf_entries = tree.read_meta()?.max_leaf_entries;
         Ok(tree)
     }
 
@@ -306,14 +340,17 @@ impl BTree {
             }
             (found, Some(value)) => {
                 check_entry(key, &value)?;
-                let idx = match found {
+                let (idx, new_key) = match found {
                     Ok(i) => {
                         remove_in_place(w.body_mut(), id, i)?;
-                        i
+                        (i, false)
                     }
-                    Err(i) => i,
+                    Err(i) => (i, true),
                 };
-                if insert_in_place(w.body_mut(), id, idx, key, &value)? {
+                let leaf_full = new_key
+                    && self.max_leaf_entries > 0
+                    && NodeView::parse(w.body(), id)?.count() >= usize::from(self.max_leaf_entries);
+                if !leaf_full && insert_in_place(w.body_mut(), id, idx, key, &value)? {
                     w.publish().map_err(BTreeError::from)?;
                     return Ok(());
                 }
@@ -698,6 +735,7 @@ impl BTree {
                     Meta {
                         root: root_id,
                         height: level as u32 + 2,
+                        max_leaf_entries: self.max_leaf_entries,
                     }
                     .encode(meta.body_mut());
                     meta.after(prev);
@@ -807,6 +845,7 @@ impl BTree {
         Meta {
             root: root_id,
             height: meta.height + 1,
+            ..meta
         }
         .encode(meta_w.body_mut());
         meta_w.after(root_done);

@@ -39,7 +39,7 @@ const OFF_HIGH_LEN: usize = 22;
 pub const META_MAGIC: [u8; 4] = *b"BLKT";
 const META_FORMAT: u16 = 1;
 /// Bytes of the meta record at the start of the meta page's body.
-pub const META_LEN: usize = 20;
+pub const META_LEN: usize = 24;
 /// Deeper than any tree of 8 KiB pages can get; a larger stored height is corruption.
 const MAX_HEIGHT: u32 = 64;
 
@@ -541,6 +541,9 @@ pub struct Meta {
     pub root: PageId,
     /// Number of levels: the root's level + 1.
     pub height: u32,
+    /// Most entries a leaf holds before it splits (0: as many as fit). Fixed when the
+    /// tree is created.
+    pub max_leaf_entries: u16,
 }
 
 impl Meta {
@@ -550,10 +553,11 @@ impl Meta {
         body[4..6].copy_from_slice(&META_FORMAT.to_le_bytes());
         body[8..16].copy_from_slice(&self.root.0.to_le_bytes());
         body[16..20].copy_from_slice(&self.height.to_le_bytes());
+        body[20..22].copy_from_slice(&self.max_leaf_entries.to_le_bytes());
     }
 
     pub fn decode(body: &[u8], page: PageId) -> Result<Meta, BTreeError> {
-        if body.len() < META_LEN || body[0..4] != META_MAGIC {
+        if body.len() < META_LEN || body[0..4] != META_MAGIC || body[22..24] != [0, 0] {
             return Err(corrupt(page, "not a b-tree meta page"));
         }
         let format = u16::from_le_bytes([body[4], body[5]]);
@@ -568,7 +572,12 @@ impl Meta {
                 format!("meta names root {root} at height {height}"),
             ));
         }
-        Ok(Meta { root, height })
+        let max_leaf_entries = u16::from_le_bytes([body[20], body[21]]);
+        Ok(Meta {
+            root,
+            height,
+            max_leaf_entries,
+        })
     }
 }
 
@@ -723,13 +732,15 @@ mod tests {
         Meta {
             root: PageId(3),
             height: 2,
+            max_leaf_entries: 7,
         }
         .encode(&mut m);
         assert_eq!(
             Meta::decode(&m, P).unwrap(),
             Meta {
                 root: PageId(3),
-                height: 2
+                height: 2,
+                max_leaf_entries: 7,
             }
         );
     }
@@ -803,9 +814,9 @@ mod tests {
             b in proptest::collection::vec(any::<u8>(), 0..2 * META_LEN),
         ) {
             let mut m = vec![0u8; META_LEN];
-            Meta { root: PageId(root), height }.encode(&mut m);
+            Meta { root: PageId(root), height, max_leaf_entries: 0 }.encode(&mut m);
             if root != P.0 {
-                prop_assert_eq!(Meta::decode(&m, P).ok(), Some(Meta { root: PageId(root), height }));
+                prop_assert_eq!(Meta::decode(&m, P).ok(), Some(Meta { root: PageId(root), height, max_leaf_entries: 0 }));
             }
             let _ = Meta::decode(&b, P);
             let mut b = b;

@@ -424,9 +424,21 @@ impl Tables {
         Tables::each(|n| node.table(n))
     }
 
-    /// Creates (if missing) and opens every table on `node`.
+    /// Creates (if missing) and opens every table on `node`. WAREHOUSE and DISTRICT
+    /// keep one row per page: every Payment and New-Order updates one of their few rows,
+    /// and with several rows to a page, compute nodes serving different warehouses
+    /// would pass the page back and forth for rows that never conflict (the layout
+    /// choice TPC-C leaves to the implementation, clause 1.4).
     pub fn ensure(node: &ComputeNode) -> Result<Tables, TxnError> {
-        Tables::each(|n| node.ensure_table(n))
+        Tables::each(|n| {
+            let one_row_per_page = matches!(n, "warehouse" | "district");
+            node.ensure_table_with(
+                n,
+                crate::btree::TreeOptions {
+                    max_leaf_entries: if one_row_per_page { 1 } else { 0 },
+                },
+            )
+        })
     }
 
     fn each(t: impl Fn(&str) -> Result<Table, TxnError>) -> Result<Tables, TxnError> {
