@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub lease: Duration,
     /// Template for every compute node's settings (ids and endpoints are filled in).
     pub compute: ComputeConfig,
+    /// Slots of each storage node's change-notice ring.
+    pub notice_slots: u32,
 }
 
 impl Default for ClusterOptions {
@@ -51,6 +53,7 @@ impl Default for ClusterOptions {
             transport: Transport::Shm,
             lease: Duration::from_secs(3),
             compute: ComputeConfig::default(),
+            notice_slots: common::storage::notice::NOTICE_CAPACITY,
         }
     }
 }
@@ -123,6 +126,7 @@ impl EmbeddedCluster {
                 // Page 0 is never a valid page (trees use 0 as "no page").
                 first_page: 1 + i as u64 * options.pages_per_storage_node,
                 page_count: options.pages_per_storage_node,
+                notice_slots: options.notice_slots,
                 ..StorageConfig::default()
             };
             let node = StorageNode::start_with_key(&cfg, key.clone(), &ep).map_err(|e| {
@@ -209,6 +213,26 @@ impl EmbeddedCluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Checkpoints every storage node until no frame is dirty (benchmarks start from a
+    /// settled state instead of competing with the checkpoint of what they loaded).
+    /// Returns the pages written.
+    pub fn checkpoint(&self) -> Result<usize, ClusterError> {
+        let mut total = 0;
+        for (index, s) in self.storages.iter().enumerate() {
+            for _ in 0..16 {
+                let n = s.store.checkpoint().map_err(|e| ClusterError::Storage {
+                    index,
+                    message: e.to_string(),
+                })?;
+                total += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// First page id of storage node `i`.

@@ -22,6 +22,7 @@ fn case(workload: Workload, nodes: usize, storage: usize) -> Case {
         seconds: 3.0,
         keys: 8,
         threads_per_node: 3,
+        notice_slots: common::storage::notice::NOTICE_CAPACITY,
         seed: 1,
     }
 }
@@ -71,6 +72,15 @@ fn invariant_10_three_nodes_lose_no_update_with_the_unlock_race_widened() {
         c.seed = seed;
         must_pass(&c);
     }
+}
+
+/// Notice rings of 16 slots: the compute nodes are lapped all the time and their
+/// validation rounds fall back to checking every cached page.
+#[test]
+fn invariant_10_with_compute_nodes_lapped_by_the_notice_ring() {
+    let mut c = case(Workload::ListAppend, 3, 2);
+    c.notice_slots = 16;
+    must_pass(&c);
 }
 
 #[test]

@@ -439,6 +439,8 @@ fn run_on(
         checks_after_load: &checks_after_load,
         checks_after_run: &checks_after_run,
         timeline: &res.timeline,
+        counters: &res.counters,
+        cpu_s: res.cpu_s,
         extra: serde_json::json!({
             "seed": seed,
             "nurand_c_load": c_load,

@@ -78,6 +78,11 @@ pub struct RunResult {
     /// Per node, the longest stretch of the measurement window in which no
     /// transaction on it completed: the downtime its clients saw.
     pub max_gap: Vec<Duration>,
+    /// Per node, the engine's counters over the measurement window (empty if the target
+    /// does not report them).
+    pub counters: Vec<crate::target::NodeCounters>,
+    /// CPU seconds the target's processes spent in the measurement window, if known.
+    pub cpu_s: Option<f64>,
 }
 
 /// Per node: when a transaction on it last completed, and the longest gap so far
@@ -211,6 +216,8 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
     let stop = AtomicBool::new(false);
     let delivery_ran = AtomicBool::new(false);
     let mut timeline = Vec::new();
+    let mut counters = Vec::new();
+    let mut cpu_s = None;
     let results: Vec<Result<WorkerResult>> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .into_iter()
@@ -242,6 +249,10 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
             None
         };
         let mut prev = live.snapshot();
+        let mut window_start = cfg
+            .warmup
+            .is_zero()
+            .then(|| (target.counters(), target.cpu_seconds()));
         let mut tick = start;
         while Instant::now() < end && !stop.load(Ordering::Relaxed) {
             tick += Duration::from_secs(1);
@@ -276,8 +287,19 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
             }
             if crossing {
                 at_measure = Some(cur);
+                window_start = Some((target.counters(), target.cpu_seconds()));
             }
             prev = cur;
+        }
+        let window_end = (target.counters(), target.cpu_seconds());
+        if let Some((c0, cpu0)) = window_start {
+            counters = window_end
+                .0
+                .iter()
+                .zip(&c0)
+                .map(|(e, s)| e.since(s))
+                .collect();
+            cpu_s = cpu0.zip(window_end.1).map(|(a, b)| b - a);
         }
         handles
             .into_iter()
@@ -304,6 +326,8 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
         timeline,
         terminals: n_terms,
         workers,
+        counters,
+        cpu_s,
     })
 }
 

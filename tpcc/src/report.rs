@@ -137,6 +137,10 @@ pub struct Report<'a> {
     pub checks_after_load: &'a [CheckResult],
     pub checks_after_run: &'a [CheckResult],
     pub timeline: &'a [f64],
+    /// Per compute node, the engine's counters over the window (empty if unknown).
+    pub counters: &'a [crate::target::NodeCounters],
+    /// CPU seconds the target spent in the window, if known.
+    pub cpu_s: Option<f64>,
     pub extra: Value,
 }
 
@@ -151,6 +155,42 @@ impl Report<'_> {
 
     pub fn spec_compliant(&self) -> bool {
         self.items == crate::schema::SPEC_ITEMS
+    }
+
+    /// Committed transactions over the window, all nodes (from the engine's counters,
+    /// read-only ones included), or the driver's count where the target has none.
+    fn committed(&self) -> u64 {
+        let c: u64 = self.counters.iter().map(|c| c.committed).sum();
+        if c > 0 {
+            c
+        } else {
+            self.stats.total_count()
+        }
+    }
+
+    /// CPU µs per committed transaction.
+    pub fn cpu_us_per_txn(&self) -> Option<f64> {
+        self.cpu_s.map(|s| s * 1e6 / self.committed().max(1) as f64)
+    }
+
+    /// Per node: each counter per committed transaction of that node.
+    fn counters_json(&self) -> Value {
+        self.counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut m = serde_json::Map::new();
+                m.insert("node".into(), json!(i + 1));
+                m.insert("committed".into(), json!(c.committed));
+                for (name, n) in c.fields() {
+                    m.insert(
+                        format!("{name}_per_txn"),
+                        json!(n as f64 / c.committed.max(1) as f64),
+                    );
+                }
+                Value::Object(m)
+            })
+            .collect()
     }
 
     pub fn to_json(&self) -> Value {
@@ -215,6 +255,8 @@ impl Report<'_> {
             "checks": self.checks_after_run.iter().map(CheckResult::to_json).collect::<Vec<_>>(),
             "checks_after_load": self.checks_after_load.iter().map(CheckResult::to_json).collect::<Vec<_>>(),
             "timeline_tpmC": self.timeline,
+            "cpu_us_per_txn": self.cpu_us_per_txn(),
+            "coherence_per_txn": self.counters_json(),
             "run": self.extra,
         })
     }
@@ -283,6 +325,36 @@ impl Report<'_> {
                 q(0.99),
                 if t.count == 0 { 0.0 } else { ms(t.hist.max()) }
             );
+        }
+        if !self.counters.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nEngine work per committed transaction (measurement window){}:",
+                self.cpu_us_per_txn()
+                    .map(|us| format!(
+                        ", CPU {us:.0} us per transaction (all processes of the target)"
+                    ))
+                    .unwrap_or_default()
+            );
+            let _ = write!(s, "  {:<20}", "node");
+            for (i, _) in self.counters.iter().enumerate() {
+                let _ = write!(s, " {:>10}", format!("node {}", i + 1));
+            }
+            let _ = writeln!(s);
+            let _ = write!(s, "  {:<20}", "committed");
+            for c in self.counters {
+                let _ = write!(s, " {:>10}", c.committed);
+            }
+            let _ = writeln!(s);
+            let fields = self.counters[0].fields();
+            for (k, (name, _)) in fields.iter().enumerate() {
+                let _ = write!(s, "  {name:<20}");
+                for c in self.counters {
+                    let n = c.fields()[k].1;
+                    let _ = write!(s, " {:>10.3}", n as f64 / c.committed.max(1) as f64);
+                }
+                let _ = writeln!(s);
+            }
         }
         let _ = writeln!(
             s,

@@ -105,6 +105,123 @@ pub trait Target: Sync {
     ) -> Result<Outcome, AttemptError>;
     /// The orders of `acked` that the database does not have (must be none).
     fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>>;
+    /// Per node, the engine's coherence and commit counters so far (empty where the
+    /// target cannot tell: remote nodes, PostgreSQL).
+    fn counters(&self) -> Vec<NodeCounters> {
+        Vec::new()
+    }
+    /// CPU time (user + system) of the processes that serve the target so far, in
+    /// seconds, if known (the embedded cluster: this process).
+    fn cpu_seconds(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// One compute node's counters (cumulative; the driver subtracts the values at the
+/// start of the measurement window from those at its end).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeCounters {
+    /// Transactions that committed (read-only ones included).
+    pub committed: u64,
+    pub validation_rounds: u64,
+    /// Cached pages confirmed by rounds (notice re-checks and full rounds).
+    pub pages_validated: u64,
+    /// Change notices read by rounds.
+    pub notices: u64,
+    /// Rounds that checked every cached page.
+    pub full_rounds: u64,
+    /// Pages confirmed one at a time (one round trip each).
+    pub single_validations: u64,
+    /// Page images read from a storage node.
+    pub page_fetches: u64,
+    /// Write-backs asked of other nodes' X holders.
+    pub write_back_requests: u64,
+    /// Revocations this node served (another node wanted one of its pages).
+    pub revocations_served: u64,
+    /// Page images this node wrote back.
+    pub write_backs: u64,
+    pub lock_acquires: u64,
+    /// Append-and-force requests (one storage-node fsync round each).
+    pub redo_forces: u64,
+    /// Messages to the GTM (each carries one or more requests) and one-sided reads
+    /// of its status table.
+    pub gtm_messages: u64,
+    pub gtm_status_reads: u64,
+}
+
+impl NodeCounters {
+    /// Reads `node`'s counters.
+    pub fn of(node: &ComputeNode) -> NodeCounters {
+        let engine = node.engine();
+        let p = &engine.pager().stats;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let gtm = engine.gtm().connection().stats();
+        NodeCounters {
+            committed: l(&engine.stats.committed),
+            validation_rounds: l(&p.validation_rounds),
+            pages_validated: l(&p.pages_validated),
+            notices: l(&p.notices),
+            full_rounds: l(&p.full_rounds),
+            single_validations: l(&p.single_validations),
+            page_fetches: l(&p.fetches),
+            write_back_requests: l(&p.write_back_requests),
+            revocations_served: l(&p.revocations),
+            write_backs: l(&p.write_backs),
+            lock_acquires: l(&p.lock_acquires),
+            redo_forces: l(&p.redo_forces),
+            gtm_messages: gtm.messages,
+            gtm_status_reads: gtm.onesided_batches,
+        }
+    }
+
+    /// `self - earlier`, field by field (a counter that went backwards, as after a
+    /// rejoin with fresh counters, counts from 0).
+    pub fn since(&self, earlier: &NodeCounters) -> NodeCounters {
+        let d = |a: u64, b: u64| a.checked_sub(b).unwrap_or(a);
+        NodeCounters {
+            committed: d(self.committed, earlier.committed),
+            validation_rounds: d(self.validation_rounds, earlier.validation_rounds),
+            pages_validated: d(self.pages_validated, earlier.pages_validated),
+            notices: d(self.notices, earlier.notices),
+            full_rounds: d(self.full_rounds, earlier.full_rounds),
+            single_validations: d(self.single_validations, earlier.single_validations),
+            page_fetches: d(self.page_fetches, earlier.page_fetches),
+            write_back_requests: d(self.write_back_requests, earlier.write_back_requests),
+            revocations_served: d(self.revocations_served, earlier.revocations_served),
+            write_backs: d(self.write_backs, earlier.write_backs),
+            lock_acquires: d(self.lock_acquires, earlier.lock_acquires),
+            redo_forces: d(self.redo_forces, earlier.redo_forces),
+            gtm_messages: d(self.gtm_messages, earlier.gtm_messages),
+            gtm_status_reads: d(self.gtm_status_reads, earlier.gtm_status_reads),
+        }
+    }
+
+    /// `(name, count)` of every counter except `committed`, in report order.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("validation_rounds", self.validation_rounds),
+            ("pages_validated", self.pages_validated),
+            ("notices", self.notices),
+            ("full_rounds", self.full_rounds),
+            ("single_validations", self.single_validations),
+            ("page_fetches", self.page_fetches),
+            ("write_back_requests", self.write_back_requests),
+            ("revocations_served", self.revocations_served),
+            ("write_backs", self.write_backs),
+            ("lock_acquires", self.lock_acquires),
+            ("redo_forces", self.redo_forces),
+            ("gtm_messages", self.gtm_messages),
+            ("gtm_status_reads", self.gtm_status_reads),
+        ]
+    }
+}
+
+/// CPU time of this process (user + system), seconds.
+pub fn process_cpu_seconds() -> Option<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(tv(u.user_time()) + tv(u.system_time()))
 }
 
 /// Compute nodes in this process.
@@ -185,5 +302,13 @@ impl Target for EngineTarget<'_> {
             txn.abort()?;
         }
         Ok(missing)
+    }
+
+    fn counters(&self) -> Vec<NodeCounters> {
+        self.nodes.iter().map(NodeCounters::of).collect()
+    }
+
+    fn cpu_seconds(&self) -> Option<f64> {
+        process_cpu_seconds()
     }
 }

@@ -52,6 +52,9 @@ struct Args {
     /// Client threads per compute node
     #[arg(long, default_value_t = 3)]
     threads: usize,
+    /// Slots of each storage node's change-notice ring (embedded mode)
+    #[arg(long, default_value_t = common::storage::notice::NOTICE_CAPACITY)]
+    notice_slots: u32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Run this many seeds (seed, seed+1, ...) of the case
@@ -116,6 +119,7 @@ fn matrix(kind: &str, seconds: f64) -> Vec<Case> {
         seconds,
         keys: 8,
         threads_per_node: 3,
+        notice_slots: common::storage::notice::NOTICE_CAPACITY,
         seed: 0,
     };
     use Faults::*;
@@ -144,6 +148,15 @@ fn matrix(kind: &str, seconds: f64) -> Vec<Case> {
     for (n, s, l, t, f, i) in shapes {
         for w in [Workload::ListAppend, Workload::Bank, Workload::Register] {
             cases.push(base(w, Embedded, n, s, l, t, f, i));
+        }
+    }
+    // Notice rings so small that compute nodes are lapped again and again: their
+    // rounds fall back to checking every cached page.
+    for (n, s, f) in [(3, 1, None), (3, 2, Crash)] {
+        for w in [Workload::ListAppend, Workload::Bank] {
+            let mut c = base(w, Embedded, n, s, Lazy, Shm, f, Light);
+            c.notice_slots = 16;
+            cases.push(c);
         }
     }
     if kind == "full" {
@@ -241,6 +254,7 @@ fn main() {
             seconds: a.seconds,
             keys: a.keys,
             threads_per_node: a.threads,
+            notice_slots: a.notice_slots,
             seed: a.seed,
         }],
     };
@@ -285,8 +299,13 @@ fn main() {
         drop(_p);
         report_case(&a, &r, under_pressure);
         let key = format!(
-            "{} | {} | {}",
+            "{}{} | {} | {}",
             r.case.label(),
+            if r.case.notice_slots < 1024 {
+                format!(", {}-slot ring", r.case.notice_slots)
+            } else {
+                String::new()
+            },
             r.case.faults.name(),
             r.case.inject.name()
         );

@@ -100,6 +100,9 @@ pub struct Case {
     pub seconds: f64,
     pub keys: u64,
     pub threads_per_node: usize,
+    /// Slots of each storage node's change-notice ring (small rings lap the compute
+    /// nodes, whose rounds then check their whole cache).
+    pub notice_slots: u32,
     pub seed: u64,
 }
 
@@ -109,7 +112,8 @@ impl Case {
         format!(
             "cargo run --release -p cluster --features failpoints --bin history-test -- \
              --workload {} --mode {} --nodes {} --storage-nodes {} --lock-mode {} \
-             --transport {} --faults {} --inject {} --seconds {} --keys {} --threads {} --seed {}",
+             --transport {} --faults {} --inject {} --seconds {} --keys {} --threads {} \
+             --notice-slots {} --seed {}",
             self.workload.name(),
             match self.mode {
                 Mode::Embedded => "embedded",
@@ -127,6 +131,7 @@ impl Case {
             self.seconds,
             self.keys,
             self.threads_per_node,
+            self.notice_slots,
             self.seed
         )
     }
@@ -232,6 +237,7 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                     lock_mode: case.lock_mode,
                     ..ComputeConfig::default()
                 },
+                notice_slots: case.notice_slots,
             })
             .map_err(|e| e.to_string())?;
             let nodes: Arc<Vec<_>> = Arc::new(

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub const POINTS: &[&str] = &[
     // compute node: coherence (compute-node/src/coherence.rs)
     "coherence::validate_after_dir_read",
+    "coherence::round_after_notices",
     "coherence::fetch_before_read",
     "coherence::after_lock_grant",
     "coherence::before_write_back",
