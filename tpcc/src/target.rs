@@ -253,7 +253,7 @@ impl Target for EngineTarget<'_> {
         let n = self.nodes.len();
         let w = req.scale.warehouses;
         let node_of = |wh: u32| crate::driver::partition_of(wh, w, n);
-        Loader {
+        let rows = Loader {
             nodes: self.nodes,
             tables: &self.tables,
             node_of: &node_of,
@@ -264,7 +264,16 @@ impl Target for EngineTarget<'_> {
             threads: req.threads,
             progress: req.progress,
         }
-        .run()
+        .run()?;
+        // A bulk load ends with its pages written back and their locks given up (as a
+        // load finished long before the run would have), so the run starts with no
+        // page X-held by the node that happened to load it.
+        for (i, node) in self.nodes.iter().enumerate() {
+            node.release_page_locks().with_context(|| {
+                format!("compute node {} releasing the load's page locks", i + 1)
+            })?;
+        }
+        Ok(rows)
     }
 
     fn checks(&self, warehouses: u32, delivery_ran: bool) -> Result<Vec<CheckResult>> {
