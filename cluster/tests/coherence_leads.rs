@@ -104,9 +104,17 @@ fn invariant_9_a_grant_learned_too_late_is_still_answered_when_revoked() {
         assert!(r.get(&t, &key(7))?.is_some());
         r.commit()
     });
-    // A changes a leaf and keeps its lock (lazily).
+    // A changes the leaf; B reads it (A writes it back and gives the lock up), then
+    // confirms its cached image in a transaction of its own.
     settled(|| put(a, &t, 7, 2));
-    // A now answers revocations only after B's lock wait (1 s) has given up.
+    for _ in 0..2 {
+        settled(|| {
+            let mut r = b.begin()?;
+            assert_eq!(r.get(&t, &key(7))?, Some(vec![2; 100]));
+            r.commit()
+        });
+    }
+    // A now answers writers' revocations only after B's lock wait has given up.
     let slow = install_delays(
         1,
         &[Delay {
@@ -116,7 +124,16 @@ fn invariant_9_a_grant_learned_too_late_is_still_answered_when_revoked() {
             max: DELAY + Duration::from_millis(100),
         }],
     );
-    let err = put(b, &t, 7, 3).expect_err("B's lock wait times out");
+    // B begins (its round finds nothing new: its cached leaf stays confirmed), then A
+    // takes the leaf's lock again and keeps it, then B writes the row: B's descent may
+    // use its image (the snapshot is older than A's change), so B goes straight to the
+    // lock, which A is slow to give up.
+    let mut tb = b.begin().expect("B begins");
+    put(a, &t, 7, 5).expect("A retakes the lock");
+    let err = tb
+        .put(&t, &key(7), &[3; 100])
+        .expect_err("B's lock wait times out");
+    drop(tb);
     assert!(
         err.to_string().contains("timed out") || err.to_string().contains("timeout"),
         "B failed by a timeout: {err}"

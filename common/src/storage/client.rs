@@ -223,8 +223,8 @@ impl StorageClient {
         self.call_done(Request::ReleaseLocksOf { node, epoch })
     }
 
-    /// Asks the X holder of `page` (if any) to write its image back and keep the lock;
-    /// returns once it did (or once there is no holder).
+    /// Asks the X holder of `page` (if any) to write its image back (it may keep the
+    /// lock or give it up); returns once it did either (or once there is no holder).
     pub fn request_write_back(&self, page: PageId) -> Result<(), StorageError> {
         self.call_done(Request::RequestWriteBack { page })
     }

@@ -92,7 +92,9 @@ impl Layout {
 pub enum RevocationKind {
     /// A writer waits: write the page back (if changed), then unlock it.
     WriteBackAndRelease,
-    /// A reader waits: write the page back (if changed) and keep the lock.
+    /// A reader waits: write the page back (if changed); the holder may keep the lock
+    /// or give it up (the compute node gives it up, see `compute_node::coherence`),
+    /// either answers the reader.
     WriteBackAndKeep,
 }
 
