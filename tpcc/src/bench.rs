@@ -232,7 +232,8 @@ pub fn run(o: &Options) -> Result<Outcome> {
                 dir: o.run_dir.clone(),
             })
             .context("starting the service processes")?;
-            let target = RemoteTarget::connect(&cluster.compute_addrs, Duration::from_secs(60))?;
+            let target = RemoteTarget::connect(&cluster.compute_addrs, Duration::from_secs(60))?
+                .with_pids(cluster.services().iter().filter_map(|s| s.pid()).collect());
             let label = match o.transport {
                 SpawnTransport::Tcp => "spawn (tcp)",
                 SpawnTransport::Shm => "spawn (shm)",

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 pub struct RemoteTarget {
     addrs: Vec<String>,
     nodes: Vec<RemoteNode>,
+    /// The service processes, when this harness started them (their CPU is known).
+    pids: Vec<u32>,
 }
 
 impl From<RemoteError> for AttemptError {
@@ -79,7 +81,15 @@ impl RemoteTarget {
         Ok(RemoteTarget {
             addrs: addrs.to_vec(),
             nodes,
+            pids: Vec::new(),
         })
+    }
+
+    /// Counts the CPU of these processes (the services this harness started) in
+    /// [`Target::cpu_seconds`].
+    pub fn with_pids(mut self, pids: Vec<u32>) -> RemoteTarget {
+        self.pids = pids;
+        self
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -90,6 +100,20 @@ impl RemoteTarget {
 impl Target for RemoteTarget {
     fn nodes(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The service processes' CPU plus this process's (the driver, as in the embedded
+    /// target); unknown for a cluster this harness did not start, or once one of its
+    /// processes was replaced (a restart in a fault run).
+    fn cpu_seconds(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        let mut total = crate::target::process_cpu_seconds()?;
+        for &pid in &self.pids {
+            total += crate::target::pid_cpu_seconds(pid)?;
+        }
+        Some(total)
     }
 
     fn load(&self, req: &LoadRequest) -> Result<u64> {

@@ -355,6 +355,14 @@ impl Report<'_> {
                 }
                 let _ = writeln!(s);
             }
+        } else if let Some(us) = self.cpu_us_per_txn() {
+            // A target whose engine counters are not visible from here (remote nodes)
+            // may still have known processes.
+            let _ = writeln!(
+                s,
+                "\nCPU {us:.0} us per committed transaction (measurement window; the \
+                 service processes and this driver)"
+            );
         }
         let _ = writeln!(
             s,

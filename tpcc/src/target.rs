@@ -224,6 +224,21 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some(tv(u.user_time()) + tv(u.system_time()))
 }
 
+/// CPU time (user + system) of process `pid` so far, seconds, from `/proc/PID/stat`.
+pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, so split after its ')'):
+    // state is field 3, utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)?;
+    Some(ticks as f64 / hz as f64)
+}
+
 /// Compute nodes in this process.
 pub struct EngineTarget<'a> {
     nodes: &'a [ComputeNode],
