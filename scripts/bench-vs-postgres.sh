@@ -4,10 +4,16 @@
 # warehouses, terminals and duration, and the twelve consistency checks on both.
 #
 #   scripts/bench-vs-postgres.sh [--warehouses N] [--duration S] [--nodes N]
-#                                [--multi] [--seed N] [--quick] [--json FILE]
+#                                [--multi] [--locking-compare] [--seed N] [--quick]
+#                                [--json FILE]
 #
 # --multi: also runs the engine with 2 compute nodes, partitioned and random affinity
 # (the figures README's TPC-C table gives), all against the same PostgreSQL run.
+# --locking-compare: every run twice, with plain reads (the earlier mode: snapshot
+# reads, first updater wins; PostgreSQL at REPEATABLE READ) and with locking reads (the
+# default: SELECT ... FOR UPDATE semantics; PostgreSQL at READ COMMITTED). The summary
+# gives the most retryable aborts per commit of any transaction type and whether all
+# twelve checks passed.
 #
 # PostgreSQL 15 is installed from Debian's packages if missing. A private instance
 # runs in a temporary directory, on a Unix socket only, and is stopped (and its
@@ -26,8 +32,9 @@ nodes=1
 seed=""
 quick=0
 multi=0
+compare=0
 json=""
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --warehouses) warehouses="$2"; shift 2 ;;
@@ -36,6 +43,7 @@ while [ $# -gt 0 ]; do
     --seed) seed="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --multi) multi=1; shift ;;
+    --locking-compare) compare=1; shift ;;
     --json) json="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -133,7 +141,6 @@ cargo build --release -q -p tpcc
 bin="${CARGO_TARGET_DIR:-target}/release/tpcc"
 
 common=(--warehouses "$warehouses" --duration "$duration" --seed "$seed" --check "${scale[@]}")
-pg_json="$dir/pg.json"
 
 # Engine runs: label, then tpcc options.
 runs=("ours:--nodes $nodes")
@@ -141,21 +148,33 @@ if [ "$multi" = 1 ]; then
   runs=("ours-1-node:--nodes 1" "ours-2-nodes-partitioned:--nodes 2 --affinity partitioned"
         "ours-2-nodes-random:--nodes 2 --affinity random")
 fi
+modes=(":")
+[ "$compare" = 1 ] && modes=("-plain:--locking plain" "-for-update:--locking for-update")
 set +e
 ours_rc=0
 labels=()
-for r in "${runs[@]}"; do
-  label=${r%%:*}
-  read -r -a opts <<<"${r#*:}"
-  labels+=("$label")
-  step "$label: tpcc ${common[*]} ${opts[*]}"
-  "$bin" "${common[@]}" "${opts[@]}" --json "$dir/$label.json"
-  rc=$?; [ "$rc" = 0 ] || ours_rc=$rc
+for m in "${modes[@]}"; do
+  for r in "${runs[@]}"; do
+    label=${r%%:*}${m%%:*}
+    read -r -a opts <<<"${r#*:} ${m#*:}"
+    labels+=("$label")
+    step "$label: tpcc ${common[*]} ${opts[*]}"
+    "$bin" "${common[@]}" "${opts[@]}" --json "$dir/$label.json"
+    rc=$?; [ "$rc" = 0 ] || ours_rc=$rc
+  done
 done
 ours_json="$dir/${labels[0]}.json"
-step "PostgreSQL: tpcc --target $url ${common[*]}"
-"$bin" "${common[@]}" --target "$url" --json "$pg_json"
-pg_rc=$?
+pg_labels=()
+pg_rc=0
+for m in "${modes[@]}"; do
+  label=postgres${m%%:*}
+  read -r -a opts <<<"${m#*:}"
+  pg_labels+=("$label")
+  step "$label: tpcc --target $url ${common[*]} ${opts[*]}"
+  "$bin" "${common[@]}" "${opts[@]}" --target "$url" --json "$dir/$label.json"
+  rc=$?; [ "$rc" = 0 ] || pg_rc=$rc
+done
+pg_json="$dir/${pg_labels[0]}.json"
 set -e
 
 as_pg "$PGBIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null
@@ -168,19 +187,28 @@ ratio=$(awk -v a="$ours" -v b="$pg" 'BEGIN { if (b > 0) printf "%.3f", a / b; el
 spec=$([ "$quick" = 1 ] && echo false || echo true)
 
 step "summary"
-printf '%-26s %10s %8s %14s %14s\n' target tpmC txn/s 'NO p50/p99 ms' 'vs PostgreSQL'
-for label in "${labels[@]}" postgres; do
-  f="$dir/$label.json"; [ "$label" = postgres ] && f=$pg_json
-  [ -s "$f" ] || { printf '%-26s %10s\n' "$label" "no report"; continue; }
+printf '%-38s %10s %8s %14s %8s %6s %14s  %s\n' target tpmC txn/s 'NO p50/p99 ms' 'ab/com' checks \
+  'vs PostgreSQL' 'isolation / locking'
+for label in "${labels[@]}" "${pg_labels[@]}"; do
+  f="$dir/$label.json"
+  [ -s "$f" ] || { printf '%-38s %10s\n' "$label" "no report"; continue; }
   t=$(jq -r '.tpmC' "$f")
-  printf '%-26s %10.0f %8.1f %14s %14s\n' "$label" "$t" "$(jq -r '.txn_per_s' "$f")" \
+  # The PostgreSQL run of the same mode.
+  mode=${label#ours}; mode=${mode#-1-node}; mode=${mode#-2-nodes-partitioned}
+  mode=${mode#-2-nodes-random}; [ "${label#postgres}" != "$label" ] && mode=${label#postgres}
+  pgf="$dir/postgres$mode.json"
+  pgt=$([ -s "$pgf" ] && jq -r '.tpmC' "$pgf" || echo 0)
+  printf '%-38s %10.0f %8.1f %14s %8.3f %6s %14s  %s\n' "$label" "$t" "$(jq -r '.txn_per_s' "$f")" \
     "$(jq -r '"\(.transactions.new_order.p50_ms | floor)/\(.transactions.new_order.p99_ms | floor)"' "$f")" \
-    "$(awk -v a="$t" -v b="$pg" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "inf" }')"
+    "$(jq -r '[.transactions[] | .aborts_per_commit] | max' "$f")" \
+    "$(jq -r 'if ([.checks[] | (.passed == true or .passed == "not_applicable")] | all) and (.checks | length) == 12 then "12/12" else "FAIL" end' "$f")" \
+    "$(awk -v a="$t" -v b="$pgt" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')" \
+    "$(jq -r '"\(.isolation) / \(.locking)"' "$f")"
 done
 printf 'warehouses %s, duration %ss, seed %s, PostgreSQL %s%s\n' \
   "$warehouses" "$duration" "$seed" "$version" \
   "$([ "$quick" = 1 ] && echo ', NOT SPEC (10,000 items)')"
-printf 'tpmC ratio (%s / PostgreSQL): %s\n' "${labels[0]}" "$ratio"
+printf 'tpmC ratio (%s / %s): %s\n' "${labels[0]}" "${pg_labels[0]}" "$ratio"
 
 if [ -n "$json" ]; then
   {
@@ -189,7 +217,12 @@ if [ -n "$json" ]; then
         jq -c --arg l "$label" '{target: "engine", label: $l} + .' "$dir/$label.json"
       fi
     done
-    jq -c --arg v "$version" '{target: "postgres", server_version: $v} + .' "$pg_json"
+    for label in "${pg_labels[@]}"; do
+      if [ -s "$dir/$label.json" ]; then
+        jq -c --arg l "$label" --arg v "$version" \
+          '{target: "postgres", label: $l, server_version: $v} + .' "$dir/$label.json"
+      fi
+    done
     jq -nc --argjson a "$ours" --argjson b "$pg" --arg r "$ratio" \
       --argjson w "$warehouses" --argjson d "$duration" --argjson n "$nodes" \
       --argjson seed "$seed" --argjson spec "$spec" --arg v "$version" \

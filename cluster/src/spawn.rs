@@ -34,6 +34,8 @@ pub struct SpawnOptions {
     pub storage_memory_mb: u64,
     /// `lazy` or `eager`.
     pub lock_mode: &'static str,
+    /// `wound_wait`, `wait_die` or `no_wait` (the compute nodes' `wait_policy`).
+    pub wait_policy: &'static str,
     /// GTM lease in milliseconds (heartbeats go every lease/10).
     pub lease_ms: u64,
     /// Run directory (configs, data, logs); default: a fresh one under the temp dir,
@@ -213,10 +215,11 @@ impl ProcessCluster {
                 format!(
                     "listen = {listen:?}\n\n[node]\nnode_id = {i}\ngtm = {gtm_ep:?}\n\
                      storage = [{storage_ep:?}]\nkey_file = {}\nbuffer_frames = {}\n\
-                     lock_mode = {:?}\nheartbeat_ms = {}\n",
+                     lock_mode = {:?}\nwait_policy = {:?}\nheartbeat_ms = {}\n",
                     q(&key),
                     o.buffer_frames,
                     o.lock_mode,
+                    o.wait_policy,
                     (o.lease_ms / 10).max(10)
                 )
             };

@@ -228,3 +228,71 @@ fn invariant_6_a_paused_node_loses_its_lease_locks_and_transactions() {
     assert_eq!(tx.get(&t, b"k").unwrap(), Some(b"survivor".to_vec()));
     tx.commit().unwrap();
 }
+
+/// A locking read that waits for a holder whose node is killed (-9) gets the row once
+/// the holder's lease has run out: the newest committed value, not the dead holder's
+/// uncommitted one, and the waiter's write is kept.
+#[test]
+fn a_locking_read_waiting_for_a_killed_holder_gets_the_committed_row() {
+    let c = cluster();
+    let node = c.start_compute_node(51).unwrap();
+    let t = node.create_table("hot").unwrap();
+    let mut tx = node.begin().unwrap();
+    tx.put(&t, b"k", b"committed").unwrap();
+    tx.commit().unwrap();
+    let p = Probe::spawn(
+        &c,
+        8,
+        &["hold", "--table", "hot", "--key", "k", "--for-update"],
+    );
+    let line = p.next(Duration::from_secs(30)).expect("probe holds");
+    let holder = TxnId(
+        line.strip_prefix("HOLDING ")
+            .expect("HOLDING line")
+            .parse()
+            .unwrap(),
+    );
+    std::thread::scope(|s| {
+        // Retries a lock wait that times out (the lease and the GTM's reaper may take
+        // longer than one wait), as a client would.
+        let waiter = s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut tx = node.begin().unwrap();
+                let r = tx
+                    .get_for_update(&t, b"k")
+                    .and_then(|seen| tx.put(&t, b"k", b"after the holder").map(|_| seen))
+                    .and_then(|seen| tx.commit().map(|_| seen));
+                match r {
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => continue,
+                    r => return r,
+                }
+            }
+        });
+        // Kill the holder while the waiter waits for it.
+        let started = Instant::now();
+        while node
+            .engine()
+            .stats
+            .lock_waits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(started.elapsed() < Duration::from_secs(20), "never waited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        kill(p.pid(), Signal::SIGKILL).unwrap();
+        let seen = waiter.join().unwrap().expect("the waiter commits");
+        assert_eq!(seen.as_deref(), Some(&b"committed"[..]));
+    });
+    let status = node.engine().gtm().txn_status_batch(&[holder]).unwrap()[0];
+    assert_eq!(status, TxnStatus::Aborted);
+    let mut tx = node.begin().unwrap();
+    assert_eq!(
+        tx.get(&t, b"k").unwrap().as_deref(),
+        Some(&b"after the holder"[..])
+    );
+    tx.commit().unwrap();
+    drop(p);
+    node.shutdown().unwrap();
+}

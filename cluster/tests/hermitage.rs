@@ -13,7 +13,10 @@
 //! item writes). A step that blocks in PostgreSQL runs on a helper thread: under
 //! wait-die a *younger* second writer dies at once with a retryable conflict, an *older*
 //! one waits for the holder; the test then performs the step that unblocks it, and waits
-//! (with a generous timeout, so a bug fails instead of hanging) for the outcome.
+//! (with a generous timeout, so a bug fails instead of hanging) for the outcome. The
+//! nodes run wait-die for that (wound-wait, the default, would make an older second
+//! writer wound the younger holder after its grace period instead of waiting it out;
+//! `locking_reads.rs` covers wound-wait).
 //!
 //! The engine takes a snapshot at `begin` (PostgreSQL at a transaction's first
 //! statement); sessions begin where Hermitage's `begin` is, except where that would
@@ -74,6 +77,10 @@ fn cluster(nodes: usize) -> EmbeddedCluster {
         storage_memory: 32 << 20,
         pages_per_storage_node: 1 << 16,
         buffer_frames: 1024,
+        compute: compute_node::node::ComputeConfig {
+            wait_policy: compute_node::node::WaitPolicyConfig::WaitDie,
+            ..compute_node::node::ComputeConfig::default()
+        },
         ..ClusterOptions::default()
     })
     .expect("cluster starts")

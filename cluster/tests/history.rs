@@ -23,6 +23,7 @@ fn case(workload: Workload, nodes: usize, storage: usize) -> Case {
         keys: 8,
         threads_per_node: 3,
         notice_slots: common::storage::notice::NOTICE_CAPACITY,
+        locking: false,
         seed: 1,
     }
 }
@@ -125,4 +126,17 @@ fn invariant_7_and_10_processes_with_compute_nodes_killed() {
     c.threads_per_node = 2;
     c.seconds = 8.0;
     must_pass(&c);
+}
+
+/// Writers that take every key they read with a locking read (wound-wait across three
+/// nodes, heavy injection): the histories must be serializable, G2-item included.
+#[test]
+fn locking_reads_make_writer_histories_serializable() {
+    for w in [Workload::ListAppend, Workload::Bank] {
+        let mut c = case(w, 3, 1);
+        c.inject = Intensity::Heavy;
+        c.locking = true;
+        let r = must_pass(&c);
+        assert_eq!(r.anomalies.get("G2-item"), None, "{}", r.summary);
+    }
 }

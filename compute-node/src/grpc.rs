@@ -483,6 +483,7 @@ impl Inner {
             &call.input,
             call.now_us,
             call.history_key,
+            call.mode,
         )
         .map_err(|e| status_of(&e))?;
         self.sessions
@@ -819,6 +820,22 @@ impl Compute for ComputeService {
             inner
                 .sessions
                 .with_txn(req.txn_id, |t| t.get(&table, &req.key))
+        })
+        .await
+        .map(|value| Response::new(pb::GetResponse { value }))
+    }
+
+    async fn get_for_update(
+        &self,
+        req: Request<pb::GetForUpdateRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = req.into_inner();
+        check_key(&req.key)?;
+        self.blocking(move |inner| {
+            let table = inner.table(&req.table)?;
+            inner
+                .sessions
+                .with_txn(req.txn_id, |t| t.get_for_update(&table, &req.key))
         })
         .await
         .map(|value| Response::new(pb::GetResponse { value }))

@@ -231,6 +231,24 @@ impl RemoteNode {
             .map_err(Into::into)
     }
 
+    /// A locking read (`Txn::get_for_update`): the newest committed row, locked for
+    /// this transaction until it ends.
+    pub fn get_for_update(
+        &self,
+        txn: TxnId,
+        table: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
+        let req = pb::GetForUpdateRequest {
+            txn_id: txn.0,
+            table: table.to_string(),
+            key: key.to_vec(),
+        };
+        self.call(|mut c| async move { c.get_for_update(req).await })
+            .map(|r| r.into_inner().value)
+            .map_err(Into::into)
+    }
+
     pub fn put(
         &self,
         txn: TxnId,

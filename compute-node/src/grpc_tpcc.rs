@@ -8,9 +8,10 @@
 use crate::tpcc::check::{CheckResult, Verdict, NAMES};
 use crate::tpcc::random::NuRandConstants;
 use crate::tpcc::transactions::{
-    CustomerSel, DeliveryInput, Input, NewOrderInput, OrderLineInput, OrderStatusInput, Outcome,
-    PaymentInput, StockLevelInput,
+    CustomerSel, DeliveryInput, Input, Locking, Mode, NewOrderInput, OrderLineInput,
+    OrderStatusInput, Outcome, PaymentInput, StockLevelInput,
 };
+use crate::txn::Isolation;
 use common::proto::compute as pb;
 use pb::tpcc_response::Outcome as PbOutcome;
 
@@ -21,6 +22,38 @@ pub struct Call {
     pub input: Input,
     pub now_us: u64,
     pub history_key: (u32, u64),
+    pub mode: Mode,
+}
+
+pub fn mode_to_pb(m: &Mode) -> Option<pb::TpccMode> {
+    Some(pb::TpccMode {
+        isolation: match m.isolation {
+            None => pb::Isolation::Default,
+            Some(Isolation::Snapshot) => pb::Isolation::Snapshot,
+            Some(Isolation::ReadCommitted) => pb::Isolation::ReadCommitted,
+        } as i32,
+        plain_reads: m.locking == Locking::Plain,
+    })
+}
+
+pub fn mode_from_pb(m: Option<pb::TpccMode>) -> Result<Mode, String> {
+    let Some(m) = m else {
+        return Ok(Mode::default());
+    };
+    let isolation = match pb::Isolation::try_from(m.isolation) {
+        Ok(pb::Isolation::Default) => None,
+        Ok(pb::Isolation::Snapshot) => Some(Isolation::Snapshot),
+        Ok(pb::Isolation::ReadCommitted) => Some(Isolation::ReadCommitted),
+        Err(e) => return Err(format!("mode.isolation: {e}")),
+    };
+    Ok(Mode {
+        isolation,
+        locking: if m.plain_reads {
+            Locking::Plain
+        } else {
+            Locking::ForUpdate
+        },
+    })
 }
 
 fn customer_to_pb(c: &CustomerSel) -> pb::TpccCustomer {
@@ -51,6 +84,7 @@ pub enum Request {
 
 pub fn request_of(call: &Call) -> Request {
     let now_us = call.now_us;
+    let mode = mode_to_pb(&call.mode);
     match &call.input {
         Input::NewOrder(i) => Request::NewOrder(pb::TpccNewOrderRequest {
             warehouse: i.w,
@@ -66,6 +100,7 @@ pub fn request_of(call: &Call) -> Request {
                 })
                 .collect(),
             now_us,
+            mode,
         }),
         Input::Payment(i) => Request::Payment(pb::TpccPaymentRequest {
             warehouse: i.w,
@@ -77,21 +112,25 @@ pub fn request_of(call: &Call) -> Request {
             now_us,
             history_origin: call.history_key.0,
             history_seq: call.history_key.1,
+            mode,
         }),
         Input::OrderStatus(i) => Request::OrderStatus(pb::TpccOrderStatusRequest {
             warehouse: i.w,
             district: i.d,
             customer: Some(customer_to_pb(&i.customer)),
+            mode,
         }),
         Input::Delivery(i) => Request::Delivery(pb::TpccDeliveryRequest {
             warehouse: i.w,
             carrier: i.carrier,
             now_us,
+            mode,
         }),
         Input::StockLevel(i) => Request::StockLevel(pb::TpccStockLevelRequest {
             warehouse: i.w,
             district: i.d,
             threshold: i.threshold,
+            mode,
         }),
     }
 }
@@ -124,6 +163,7 @@ pub fn new_order_call(r: pb::TpccNewOrderRequest) -> Result<Call, String> {
         input,
         now_us: now_or_clock(r.now_us),
         history_key: (0, 0),
+        mode: mode_from_pb(r.mode)?,
     })
 }
 
@@ -144,6 +184,7 @@ pub fn payment_call(r: pb::TpccPaymentRequest) -> Result<Call, String> {
         input,
         now_us: now_or_clock(r.now_us),
         history_key: (r.history_origin, r.history_seq),
+        mode: mode_from_pb(r.mode)?,
     })
 }
 
@@ -158,6 +199,7 @@ pub fn order_status_call(r: pb::TpccOrderStatusRequest) -> Result<Call, String> 
         input,
         now_us: now_or_clock(0),
         history_key: (0, 0),
+        mode: mode_from_pb(r.mode)?,
     })
 }
 
@@ -171,6 +213,7 @@ pub fn delivery_call(r: pb::TpccDeliveryRequest) -> Result<Call, String> {
         input,
         now_us: now_or_clock(r.now_us),
         history_key: (0, 0),
+        mode: mode_from_pb(r.mode)?,
     })
 }
 
@@ -185,6 +228,7 @@ pub fn stock_level_call(r: pb::TpccStockLevelRequest) -> Result<Call, String> {
         input,
         now_us: now_or_clock(0),
         history_key: (0, 0),
+        mode: mode_from_pb(r.mode)?,
     })
 }
 
@@ -316,11 +360,24 @@ mod tests {
                 threshold: 15,
             }),
         ];
-        for input in inputs {
+        let modes = [
+            Mode::default(),
+            Mode {
+                isolation: Some(Isolation::ReadCommitted),
+                locking: Locking::ForUpdate,
+            },
+            Mode {
+                isolation: Some(Isolation::Snapshot),
+                locking: Locking::Plain,
+            },
+        ];
+        for (i, input) in inputs.into_iter().enumerate() {
+            let mode = modes[i % modes.len()];
             let call = Call {
                 input: input.clone(),
                 now_us: 99,
                 history_key: (5, 6),
+                mode,
             };
             let back = match request_of(&call) {
                 Request::NewOrder(r) => new_order_call(r),
@@ -331,6 +388,7 @@ mod tests {
             }
             .unwrap();
             assert_eq!(format!("{:?}", back.input), format!("{input:?}"));
+            assert_eq!(back.mode, mode);
         }
     }
 
@@ -342,6 +400,7 @@ mod tests {
             customer: 1,
             lines: vec![],
             now_us: 0,
+            mode: None,
         };
         assert!(new_order_call(bad).unwrap_err().contains("district 11"));
         let no_customer = pb::TpccPaymentRequest {
@@ -354,8 +413,14 @@ mod tests {
             now_us: 0,
             history_origin: 1,
             history_seq: 1,
+            mode: Some(pb::TpccMode {
+                isolation: 77,
+                plain_reads: false,
+            }),
         };
-        assert!(payment_call(no_customer).unwrap_err().contains("customer"));
+        assert!(payment_call(no_customer.clone())
+            .unwrap_err()
+            .contains("customer"));
         let bad_c = nurand_from_pb(Some(pb::TpccNuRand {
             c_last: 300,
             c_id: 1,

@@ -15,6 +15,16 @@
 //! [`WaitPolicy`]); if it committed at or after our snapshot, we lose with a retryable
 //! conflict; if it aborted, its version is dropped and the next one decides.
 //!
+//! **Locking reads** ([`Chain::lock`], `Txn::get_for_update`): a current read. The
+//! newest version decides as for a write (an in-progress writer must be waited for or
+//! died on); then, instead of a new row, the reader installs a *lock-only* version (no
+//! row, invisible to every reader, itself included) and gets the newest committed row —
+//! which may be newer than its snapshot. Its later write of the row turns the lock into
+//! a data version and never fails first-updater-wins: nobody else could write the row
+//! meanwhile. A lock-only version whose writer has finished (committed or aborted) means
+//! nothing and is dropped the next time the chain is rewritten, so a committed lock
+//! never makes a later writer lose first-updater-wins.
+//!
 //! Pruning: when a chain is rewritten, aborted versions are dropped and, of the
 //! committed versions with `cts < gc_watermark`, only the newest is kept: no snapshot
 //! at or above the watermark can see an older one.
@@ -30,8 +40,9 @@
 //!
 //! ```text
 //! count u16 (bit 15: truncated; bits 0..=14: number of versions), then per version (newest first):
-//!   writer txn u64 | cts u64 (0 = not stamped yet) | flags u8 (bit 0: tombstone) |
-//!   len u32 | len bytes of row
+//!   writer txn u64 | cts u64 (0 = not stamped yet) |
+//!   flags u8 (bit 0: tombstone, bit 1: lock-only; a lock-only version has bit 0 set and
+//!   no row) | len u32 | len bytes of row
 //! ```
 
 use common::ids::{Timestamp, TxnId};
@@ -50,16 +61,37 @@ pub trait StatusOracle {
     fn state_of(&self, writer: TxnId) -> Result<WriterState, MvccError>;
 }
 
-/// How a writer that meets another transaction's uncommitted version behaves. Both are
-/// deadlock-free.
+/// How a writer (or locking reader) that meets another transaction's uncommitted
+/// version behaves. All three are deadlock-free; every compute node of a cluster must
+/// use the same one (mixed, wait-die's old-waits-for-young and wound-wait's
+/// young-waits-for-old could close a cycle, broken only by the lock-wait timeout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WaitPolicy {
     /// Abort at once with a retryable conflict.
     NoWait,
     /// An older transaction (smaller id) waits for a younger holder; a younger one dies.
     /// Waits only ever point from older to younger, so no cycle can form.
-    #[default]
     WaitDie,
+    /// A younger transaction waits for an older holder; an older one waits for a
+    /// younger holder for a grace period (`EngineConfig::wound_after`) and then
+    /// *wounds* it: aborts it at the GTM (unless its commit already won) and goes on.
+    /// Every wait cycle holds an edge from an older waiter to a younger holder, and that
+    /// waiter breaks it within the grace period. Hot rows queue instead of aborting:
+    /// the usual newcomer is younger than the holder, and waits.
+    #[default]
+    WoundWait,
+}
+
+impl WaitPolicy {
+    /// Whether `me` may wait for `holder` (wound-wait: always; the caller wounds an
+    /// younger holder after the grace period).
+    fn may_wait(self, me: TxnId, holder: TxnId) -> bool {
+        match self {
+            WaitPolicy::NoWait => false,
+            WaitPolicy::WaitDie => me < holder,
+            WaitPolicy::WoundWait => true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,13 +116,40 @@ pub enum MvccError {
     RowTooLarge(usize, usize),
 }
 
+/// What a locking read found ([`Chain::lock`]): the row it returns (`None`: no row, or
+/// a tombstone), and whether the chain changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockRead {
+    /// The lock was taken now: write the chain back.
+    Acquired(Option<Vec<u8>>),
+    /// The transaction held it already (a lock or its own write): nothing to write.
+    Held(Option<Vec<u8>>),
+}
+
+impl LockRead {
+    pub fn into_row(self) -> Option<Vec<u8>> {
+        match self {
+            LockRead::Acquired(r) | LockRead::Held(r) => r,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version {
     pub writer: TxnId,
     /// `None` until stamped.
     pub cts: Option<Timestamp>,
-    /// `None` is a tombstone (the row was deleted).
+    /// `None` is a tombstone (the row was deleted), or, with `lock`, nothing.
     pub row: Option<Vec<u8>>,
+    /// A lock-only version (see the module doc, "Locking reads"): no row, invisible.
+    pub lock: bool,
+}
+
+impl Version {
+    /// Whether this version carries data (a row or a tombstone), not just a lock.
+    fn is_data(&self) -> bool {
+        !self.lock
+    }
 }
 
 /// A decoded version chain, newest first.
@@ -121,8 +180,12 @@ impl Chain {
             let writer = TxnId(u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8")));
             let cts = u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8"));
             let flags = take(&mut b, 1)?[0];
-            if flags & !1 != 0 {
+            if flags & !3 != 0 {
                 return Err(MvccError::Corrupt("unknown flags"));
+            }
+            let lock = flags & 2 != 0;
+            if lock && flags & 1 == 0 {
+                return Err(MvccError::Corrupt("lock-only version with a row"));
             }
             let len = u32::from_le_bytes(take(&mut b, 4)?.try_into().expect("4")) as usize;
             let body = take(&mut b, len)?;
@@ -137,6 +200,7 @@ impl Chain {
                 } else {
                     Some(body.to_vec())
                 },
+                lock,
             });
         }
         if !b.is_empty() {
@@ -153,7 +217,13 @@ impl Chain {
         2 + self
             .versions
             .iter()
-            .map(|v| 21 + v.row.as_ref().map_or(0, Vec::len))
+            .map(|v| {
+                21 + if v.lock {
+                    0
+                } else {
+                    v.row.as_ref().map_or(0, Vec::len)
+                }
+            })
             .sum::<usize>()
     }
 
@@ -161,7 +231,10 @@ impl Chain {
     /// the newest version and the newest committed one; marks the chain truncated.
     pub fn fit(&mut self, max: usize) -> Result<(), MvccError> {
         while self.encoded_len() > max {
-            let newest_committed = self.versions.iter().position(|v| v.cts.is_some());
+            let newest_committed = self
+                .versions
+                .iter()
+                .position(|v| v.cts.is_some() && v.is_data());
             let keep = newest_committed.map_or(1, |i| i + 1).max(1);
             if self.versions.len() <= keep {
                 return Err(MvccError::RowTooLarge(self.encoded_len(), max));
@@ -179,8 +252,12 @@ impl Chain {
         for v in &self.versions {
             o.extend_from_slice(&v.writer.0.to_le_bytes());
             o.extend_from_slice(&v.cts.map_or(0, |t| t.0).to_le_bytes());
-            o.push(v.row.is_none() as u8);
-            let row = v.row.as_deref().unwrap_or(&[]);
+            o.push((v.row.is_none() || v.lock) as u8 | (v.lock as u8) << 1);
+            let row = if v.lock {
+                &[][..]
+            } else {
+                v.row.as_deref().unwrap_or(&[])
+            };
             o.extend_from_slice(&(row.len() as u32).to_le_bytes());
             o.extend_from_slice(row);
         }
@@ -202,6 +279,9 @@ impl Chain {
         oracle: &dyn StatusOracle,
     ) -> Result<Option<&[u8]>, MvccError> {
         for v in &self.versions {
+            if v.lock {
+                continue;
+            }
             if v.writer == me {
                 return Ok(v.row.as_deref());
             }
@@ -217,9 +297,50 @@ impl Chain {
         Ok(None)
     }
 
+    /// Resolves every unstamped writer but `me` once (stamping commit timestamps),
+    /// drops aborted versions and every lock-only version whose writer has finished.
+    fn resolve(&mut self, me: TxnId, oracle: &dyn StatusOracle) -> Result<(), MvccError> {
+        let mut kept = Vec::with_capacity(self.versions.len() + 1);
+        for mut v in std::mem::take(&mut self.versions) {
+            if v.writer != me {
+                if v.cts.is_none() {
+                    match oracle.state_of(v.writer) {
+                        Ok(WriterState::Committed(cts)) => v.cts = Some(cts),
+                        Ok(WriterState::Aborted) => continue,
+                        Ok(WriterState::InProgress) => {}
+                        Err(e) => {
+                            kept.push(v);
+                            self.versions = kept;
+                            return Err(e);
+                        }
+                    }
+                }
+                if v.lock && v.cts.is_some() {
+                    continue;
+                }
+            }
+            kept.push(v);
+        }
+        self.versions = kept;
+        Ok(())
+    }
+
+    /// After [`Chain::resolve`]: refuses if another transaction's version (a write or a
+    /// lock) is the newest and still in progress.
+    fn check_not_locked(&self, me: TxnId, policy: WaitPolicy) -> Result<(), MvccError> {
+        match self.versions.first() {
+            Some(newest) if newest.writer != me && newest.cts.is_none() => Err(MvccError::Locked {
+                holder: newest.writer,
+                may_wait: policy.may_wait(me, newest.writer),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Installs `me`'s new version (`row: None` deletes) under snapshot isolation, first
-    /// updater wins. Stamps known commit timestamps and prunes below `gc_watermark` on
-    /// the way (see module doc).
+    /// updater wins — unless `me` holds the row's lock ([`Chain::lock`]), which makes
+    /// the write its own. Stamps known commit timestamps and prunes below
+    /// `gc_watermark` on the way (see module doc).
     pub fn write(
         &mut self,
         me: TxnId,
@@ -229,38 +350,17 @@ impl Chain {
         policy: WaitPolicy,
         oracle: &dyn StatusOracle,
     ) -> Result<(), MvccError> {
-        // Resolve every unstamped writer once; drop aborted versions.
-        let mut kept = Vec::with_capacity(self.versions.len() + 1);
-        for mut v in std::mem::take(&mut self.versions) {
-            if v.cts.is_none() && v.writer != me {
-                match oracle.state_of(v.writer) {
-                    Ok(WriterState::Committed(cts)) => v.cts = Some(cts),
-                    Ok(WriterState::Aborted) => continue,
-                    Ok(WriterState::InProgress) => {}
-                    Err(e) => {
-                        self.versions = kept;
-                        return Err(e);
-                    }
-                }
-            }
-            kept.push(v);
-        }
-        self.versions = kept;
-        if let Some(newest) = self.versions.first() {
+        self.resolve(me, oracle)?;
+        self.check_not_locked(me, policy)?;
+        if let Some(newest) = self.versions.first_mut() {
             if newest.writer == me {
-                self.versions[0].row = row;
+                newest.row = row;
+                newest.lock = false;
                 self.prune(gc_watermark);
                 return Ok(());
             }
-            match newest.cts {
-                None => {
-                    return Err(MvccError::Locked {
-                        holder: newest.writer,
-                        may_wait: policy == WaitPolicy::WaitDie && me < newest.writer,
-                    })
-                }
-                Some(cts) if cts >= snapshot => return Err(MvccError::WriteConflict),
-                Some(_) => {}
+            if newest.cts.is_some_and(|cts| cts >= snapshot) {
+                return Err(MvccError::WriteConflict);
             }
         }
         self.versions.insert(
@@ -269,10 +369,52 @@ impl Chain {
                 writer: me,
                 cts: None,
                 row,
+                lock: false,
             },
         );
         self.prune(gc_watermark);
         Ok(())
+    }
+
+    /// A locking read (see the module doc): takes `me`'s write intent on the row unless
+    /// it holds one already, and returns the newest committed row (or `me`'s own write).
+    /// [`LockRead::Held`] leaves the chain as it was; [`LockRead::Acquired`] means the
+    /// chain (now with `me`'s lock-only version first) must be written back.
+    pub fn lock(
+        &mut self,
+        me: TxnId,
+        gc_watermark: Timestamp,
+        policy: WaitPolicy,
+        oracle: &dyn StatusOracle,
+    ) -> Result<LockRead, MvccError> {
+        self.resolve(me, oracle)?;
+        self.check_not_locked(me, policy)?;
+        if let Some(newest) = self.versions.first() {
+            if newest.writer == me {
+                let row = if newest.lock {
+                    self.versions[1..]
+                        .iter()
+                        .find(|v| v.is_data() && v.cts.is_some())
+                        .and_then(|v| v.row.clone())
+                } else {
+                    newest.row.clone()
+                };
+                return Ok(LockRead::Held(row));
+            }
+        }
+        // Every version left is committed, and none is a lock: the first is the newest.
+        let row = self.versions.first().and_then(|v| v.row.clone());
+        self.versions.insert(
+            0,
+            Version {
+                writer: me,
+                cts: None,
+                row: None,
+                lock: true,
+            },
+        );
+        self.prune(gc_watermark);
+        Ok(LockRead::Acquired(row))
     }
 
     /// Removes `me`'s version again (statement-level undo is not needed: a transaction
@@ -288,7 +430,7 @@ impl Chain {
         if let Some(i) = self
             .versions
             .iter()
-            .position(|v| v.cts.is_some_and(|c| c < gc_watermark))
+            .position(|v| v.is_data() && v.cts.is_some_and(|c| c < gc_watermark))
         {
             self.versions.truncate(i + 1);
             // The oldest kept version is below the watermark: no snapshot that could
@@ -301,6 +443,7 @@ impl Chain {
     /// committed below the watermark. Such a row may be removed from the tree.
     pub fn is_dead(&self, gc_watermark: Timestamp) -> bool {
         matches!(self.versions.as_slice(), [v] if v.row.is_none() && v.cts.is_some_and(|c| c < gc_watermark))
+            || self.versions.iter().all(|v| v.lock && v.cts.is_some())
             || self.versions.is_empty()
     }
 }
@@ -399,6 +542,138 @@ mod tests {
         assert_eq!(c.versions.len(), 2, "aborted version dropped");
     }
 
+    fn put(c: &mut Chain, me: u64, snap: u64, v: &[u8], st: &Table) -> Result<(), MvccError> {
+        c.write(
+            TxnId(me),
+            Timestamp(snap),
+            Some(v.to_vec()),
+            Timestamp(0),
+            WaitPolicy::WoundWait,
+            st,
+        )
+    }
+
+    fn lock(c: &mut Chain, me: u64, st: &Table) -> Result<LockRead, MvccError> {
+        c.lock(TxnId(me), Timestamp(0), WaitPolicy::WoundWait, st)
+    }
+
+    #[test]
+    fn a_locking_read_returns_the_newest_commit_and_its_write_never_loses() {
+        let mut st = Table(HashMap::new());
+        let mut c = Chain::default();
+        put(&mut c, 1, 10, b"v1", &st).unwrap();
+        st.0.insert(TxnId(1), WriterState::Committed(Timestamp(11)));
+        // T2's snapshot (5) predates T1's commit: a plain write loses ...
+        assert_eq!(
+            put(&mut c.clone(), 2, 5, b"x", &st),
+            Err(MvccError::WriteConflict)
+        );
+        // ... a locking read returns T1's row, newer than the snapshot, and the write
+        // that follows is T2's own.
+        assert_eq!(
+            lock(&mut c, 2, &st).unwrap(),
+            LockRead::Acquired(Some(b"v1".to_vec()))
+        );
+        assert!(c.versions[0].lock && c.versions[0].writer == TxnId(2));
+        assert_eq!(
+            lock(&mut c, 2, &st).unwrap(),
+            LockRead::Held(Some(b"v1".to_vec()))
+        );
+        // The lock is invisible, to its holder too (its snapshot rule still applies).
+        assert_eq!(c.visible(TxnId(2), Timestamp(5), &st).unwrap(), None);
+        assert_eq!(
+            c.visible(TxnId(3), Timestamp(12), &st).unwrap(),
+            Some(&b"v1"[..])
+        );
+        // Others wait for (or die on) the lock like on a write.
+        assert_eq!(
+            put(&mut c.clone(), 3, 12, b"y", &st),
+            Err(MvccError::Locked {
+                holder: TxnId(2),
+                may_wait: true
+            })
+        );
+        assert!(matches!(
+            lock(&mut c.clone(), 3, &st),
+            Err(MvccError::Locked {
+                holder: TxnId(2),
+                ..
+            })
+        ));
+        put(&mut c, 2, 5, b"v2", &st).unwrap();
+        assert!(!c.versions[0].lock && c.versions[0].row.as_deref() == Some(&b"v2"[..]));
+        assert_eq!(
+            lock(&mut c, 2, &st).unwrap(),
+            LockRead::Held(Some(b"v2".to_vec()))
+        );
+        assert_eq!(Chain::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_finished_lock_means_nothing() {
+        let mut st = Table(HashMap::new());
+        let mut c = Chain::default();
+        put(&mut c, 1, 10, b"v1", &st).unwrap();
+        st.0.insert(TxnId(1), WriterState::Committed(Timestamp(11)));
+        assert_eq!(
+            lock(&mut c, 2, &st).unwrap(),
+            LockRead::Acquired(Some(b"v1".to_vec()))
+        );
+        // Committed without writing: a later writer whose snapshot predates that
+        // commit (but not T1's) does not lose first-updater-wins to a lock.
+        st.0.insert(TxnId(2), WriterState::Committed(Timestamp(20)));
+        put(&mut c, 3, 15, b"v3", &st).unwrap();
+        assert_eq!(c.versions.len(), 2, "the committed lock was dropped");
+        // An aborted locker's lock goes too.
+        st.0.insert(TxnId(3), WriterState::Committed(Timestamp(21)));
+        lock(&mut c, 4, &st).unwrap();
+        st.0.insert(TxnId(4), WriterState::Aborted);
+        assert_eq!(
+            lock(&mut c, 5, &st).unwrap(),
+            LockRead::Acquired(Some(b"v3".to_vec()))
+        );
+        assert_eq!(c.versions.len(), 3);
+        // A lock on a key without a row returns nothing and still excludes writers.
+        let mut empty = Chain::default();
+        assert_eq!(lock(&mut empty, 6, &st).unwrap(), LockRead::Acquired(None));
+        assert!(matches!(
+            put(&mut empty.clone(), 7, 30, b"z", &st),
+            Err(MvccError::Locked {
+                holder: TxnId(6),
+                ..
+            })
+        ));
+        assert_eq!(empty.visible(TxnId(7), Timestamp(30), &st).unwrap(), None);
+        st.0.insert(TxnId(6), WriterState::Committed(Timestamp(31)));
+        put(&mut empty, 7, 30, b"z", &st).unwrap();
+        assert_eq!(empty.versions.len(), 1, "only T7's row is left");
+    }
+
+    #[test]
+    fn wait_policies_decide_who_may_wait() {
+        let st = Table(HashMap::new());
+        let mut c = Chain::default();
+        put(&mut c, 5, 10, b"v", &st).unwrap();
+        for (policy, me, may_wait) in [
+            (WaitPolicy::WaitDie, 4, true),
+            (WaitPolicy::WaitDie, 6, false),
+            (WaitPolicy::WoundWait, 4, true),
+            (WaitPolicy::WoundWait, 6, true),
+            (WaitPolicy::NoWait, 4, false),
+        ] {
+            assert_eq!(
+                c.clone()
+                    .lock(TxnId(me), Timestamp(0), policy, &st)
+                    .unwrap_err(),
+                MvccError::Locked {
+                    holder: TxnId(5),
+                    may_wait
+                },
+                "{policy:?} T{me}"
+            );
+        }
+    }
+
     #[test]
     fn overgrown_chains_are_trimmed_and_old_snapshots_told_so() {
         let st = Table(HashMap::new());
@@ -410,6 +685,7 @@ mod tests {
                     writer: TxnId(i),
                     cts: Some(Timestamp(10 * i)),
                     row: Some(vec![0; 100]),
+                    lock: false,
                 },
             );
         }
@@ -436,6 +712,7 @@ mod tests {
             writer: TxnId(1),
             cts: None,
             row: Some(vec![0; 900]),
+            lock: false,
         });
         assert!(matches!(big.fit(500), Err(MvccError::RowTooLarge(..))));
     }
@@ -446,6 +723,7 @@ mod tests {
                 1u64..50,
                 proptest::option::of(1u64..1000),
                 proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+                any::<bool>(),
             ),
             0..6,
         )
@@ -453,10 +731,11 @@ mod tests {
             truncated: vs.len() % 2 == 1,
             versions: vs
                 .into_iter()
-                .map(|(w, c, r)| Version {
+                .map(|(w, c, r, lock)| Version {
                     writer: TxnId(w),
                     cts: c.map(Timestamp),
-                    row: r,
+                    row: if lock { None } else { r },
+                    lock,
                 })
                 .collect(),
         })
@@ -504,7 +783,7 @@ mod tests {
             sorted.dedup();
             let st = Table(HashMap::new());
             let full = Chain { truncated: false, versions: sorted.iter().rev().enumerate().map(|(i, c)| Version {
-                writer: TxnId(100 + i as u64), cts: Some(Timestamp(*c)), row: Some(vec![i as u8]) }).collect() };
+                writer: TxnId(100 + i as u64), cts: Some(Timestamp(*c)), row: Some(vec![i as u8]), lock: false }).collect() };
             let mut pruned = full.clone();
             pruned.prune(Timestamp(wm));
             let snap = Timestamp(wm + snap_off);

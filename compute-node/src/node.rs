@@ -86,8 +86,13 @@ pub struct ComputeConfig {
     pub lock_mode: LockMode,
     /// `snapshot` (default) or `read_committed`.
     pub isolation: Isolation,
-    /// Writers meeting an uncommitted version: `wait_die` (default) or `no_wait`.
+    /// Writers and locking readers meeting an uncommitted version: `wound_wait`
+    /// (default: the younger waits; the older waits `wound_after_ms`, then wounds),
+    /// `wait_die` (the younger aborts) or `no_wait`. The same on every node.
     pub wait_policy: WaitPolicyConfig,
+    /// Wound-wait: milliseconds an older transaction waits for a younger holder before
+    /// it aborts it (also the longest a deadlock can stall).
+    pub wound_after_ms: u64,
     /// Milliseconds between lease heartbeats (keep well below the GTM's lease).
     pub heartbeat_ms: u64,
     /// Seconds a call to a storage node or the GTM may take (lock waits included).
@@ -98,6 +103,7 @@ pub struct ComputeConfig {
 #[serde(rename_all = "snake_case")]
 pub enum WaitPolicyConfig {
     #[default]
+    WoundWait,
     WaitDie,
     NoWait,
 }
@@ -113,7 +119,8 @@ impl Default for ComputeConfig {
             validation: ValidationMode::Batched,
             lock_mode: LockMode::Lazy,
             isolation: Isolation::Snapshot,
-            wait_policy: WaitPolicyConfig::WaitDie,
+            wait_policy: WaitPolicyConfig::WoundWait,
+            wound_after_ms: 200,
             heartbeat_ms: 300,
             rpc_timeout_s: 30,
         }
@@ -190,9 +197,11 @@ impl Incarnation {
             EngineConfig {
                 isolation: cfg.isolation,
                 wait_policy: match cfg.wait_policy {
+                    WaitPolicyConfig::WoundWait => WaitPolicy::WoundWait,
                     WaitPolicyConfig::WaitDie => WaitPolicy::WaitDie,
                     WaitPolicyConfig::NoWait => WaitPolicy::NoWait,
                 },
+                wound_after: Duration::from_millis(cfg.wound_after_ms),
                 ..EngineConfig::default()
             },
         );

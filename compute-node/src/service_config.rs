@@ -87,8 +87,11 @@ validation = "batched"
 lock_mode = "lazy"
 # Default isolation: snapshot or read_committed
 isolation = "snapshot"
-# Writers meeting an uncommitted version: wait_die or no_wait
-wait_policy = "wait_die"
+# Writers and locking readers meeting an uncommitted version: wound_wait (the younger
+# waits; the older waits wound_after_ms, then aborts the younger), wait_die or no_wait.
+# The same on every node.
+wait_policy = "wound_wait"
+wound_after_ms = 200
 # Milliseconds between lease heartbeats (keep well below the GTM's lease)
 heartbeat_ms = 300
 # Seconds a call to a storage node or the GTM may take (lock waits included)

@@ -54,7 +54,7 @@
 
 use crate::btree::{BTree, BTreeError};
 use crate::coherence::{CoherentPager, TxnView};
-use crate::mvcc::{Chain, MvccError, StatusOracle, WaitPolicy, WriterState};
+use crate::mvcc::{Chain, LockRead, MvccError, StatusOracle, WaitPolicy, WriterState};
 use crate::pager::{Pager, PagerError};
 use common::gtm::{GtmClient, GtmError, TxnStatus};
 use common::ids::{PageId, Timestamp, TxnId};
@@ -236,16 +236,23 @@ pub struct Table {
 pub struct EngineConfig {
     pub isolation: Isolation,
     pub wait_policy: WaitPolicy,
-    /// How long a writer waits (wait-die) for an older holder before giving up.
+    /// How long a writer (or locking reader) waits for a row's holder before it gives
+    /// up with a retryable conflict.
     pub lock_wait: Duration,
+    /// Wound-wait: how long an older transaction waits for a younger holder before it
+    /// wounds it (aborts it at the GTM). Longer than a holder usually holds a row, so
+    /// that only a wait cycle (a deadlock) costs an abort; that is also how long a
+    /// deadlock can stall.
+    pub wound_after: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             isolation: Isolation::Snapshot,
-            wait_policy: WaitPolicy::WaitDie,
+            wait_policy: WaitPolicy::WoundWait,
             lock_wait: Duration::from_secs(5),
+            wound_after: Duration::from_millis(200),
         }
     }
 }
@@ -327,6 +334,10 @@ pub struct EngineStats {
     pub aborted: AtomicU64,
     pub conflicts: AtomicU64,
     pub lock_waits: AtomicU64,
+    /// Locking reads ([`Txn::get_for_update`]).
+    pub lock_reads: AtomicU64,
+    /// Younger holders this node's transactions wounded (wound-wait).
+    pub wounds: AtomicU64,
     /// Commits that ended with an unknown outcome ([`TxnError::Unknown`]).
     pub unknown_outcomes: AtomicU64,
 }
@@ -358,6 +369,10 @@ impl Engine {
         &self.pager
     }
 
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     pub fn gtm(&self) -> &Arc<GtmClient> {
         &self.gtm
     }
@@ -378,10 +393,36 @@ impl Engine {
     /// then known here); any other is polled in the status table, fine-grained at first
     /// (a holder usually commits within a couple of log forces).
     pub fn wait_until_resolved(&self, txn: TxnId, deadline: Instant) -> Result<bool, TxnError> {
+        self.wait_resolved_or_wounded(txn, None, deadline)
+    }
+
+    /// [`Engine::wait_until_resolved`] for a waiter `me` (if given) that a wound-wait
+    /// wound may end: a wounded waiter stops waiting with a retryable conflict.
+    fn wait_resolved_or_wounded(
+        &self,
+        txn: TxnId,
+        me: Option<TxnId>,
+        deadline: Instant,
+    ) -> Result<bool, TxnError> {
+        let wounded = |s: Option<TxnStatus>| {
+            if s == Some(TxnStatus::Aborted) {
+                Err(TxnError::Conflict(format!(
+                    "wounded by an older transaction while waiting for transaction {txn}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
         {
             let mut w = self.writers.lock();
             if w.contains(&txn) {
                 while w.contains(&txn) {
+                    if let Some(me) = me {
+                        // A wound by this node's transactions is learned here.
+                        if self.oracle.resolved.get(&me).map(|s| *s) == Some(WriterState::Aborted) {
+                            return wounded(Some(TxnStatus::Aborted)).map(|_| false);
+                        }
+                    }
                     if self.writers_done.wait_until(&mut w, deadline).timed_out() {
                         return Ok(!w.contains(&txn));
                     }
@@ -390,8 +431,11 @@ impl Engine {
             }
         }
         let mut pause = Duration::from_micros(20);
+        let ids: Vec<TxnId> = std::iter::once(txn).chain(me).collect();
         loop {
-            match self.gtm.txn_status_batch_nowait(&[txn])?.pop() {
+            let st = self.gtm.txn_status_batch_nowait(&ids)?;
+            wounded(st.get(1).copied())?;
+            match st.first() {
                 Some(TxnStatus::InProgress) | Some(TxnStatus::Committing(_)) => {}
                 _ => return Ok(true),
             }
@@ -400,6 +444,33 @@ impl Engine {
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_micros(500));
+        }
+    }
+
+    /// Wound-wait: aborts the younger `holder` at the GTM so the older waiter can go
+    /// on. True if `holder` is now finished (wounded, or its commit had won); false if
+    /// its commit is being decided (wait for it: it waits for nothing).
+    fn wound(&self, holder: TxnId) -> Result<bool, TxnError> {
+        match self.gtm.abort(holder) {
+            Ok(()) => {
+                self.stats.wounds.fetch_add(1, Ordering::Relaxed);
+                self.oracle.learn(holder, WriterState::Aborted);
+                // Waiters of this node wait for it locally: it no longer blocks them.
+                if self.writers.lock().remove(&holder) {
+                    self.writers_done.notify_all();
+                }
+                tracing::debug!(%holder, "wounded");
+                Ok(true)
+            }
+            Err(GtmError::AlreadyCommitted(ts)) => {
+                self.oracle.learn(holder, WriterState::Committed(ts));
+                Ok(true)
+            }
+            // Committing: its commit record is on its way to disk.
+            Err(GtmError::Busy(_)) => Ok(false),
+            // Already ended and retired from the status table.
+            Err(GtmError::UnknownTxn(_)) => Ok(true),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -601,10 +672,14 @@ impl Txn {
         Ok(())
     }
 
-    /// Read committed: every statement sees what committed before it started.
+    /// Read committed: every statement sees what committed before it started. The
+    /// statement's snapshot is read one-sided from the GTM's status table header
+    /// ([`GtmClient::published_timestamp`]: no GTM round trip), its view is a
+    /// notice-based validation round (the pages changed since the last round), so a
+    /// statement costs two one-sided reads when nothing changed.
     fn statement_view(&mut self) -> Result<(), TxnError> {
         if self.isolation == Isolation::ReadCommitted {
-            self.snapshot = self.engine.gtm.timestamp()?;
+            self.snapshot = self.engine.gtm.published_timestamp()?.max(self.snapshot);
             let fresh = self.engine.pager.view();
             // Keep the touched-set of earlier statements: commit forces all of it.
             fresh.merge_touched(&self.view);
@@ -647,15 +722,47 @@ impl Txn {
         Ok(existed)
     }
 
+    /// A **locking read** (SQL's `SELECT … FOR UPDATE`, InnoDB's current read): waits
+    /// for an in-progress writer of the row as a write would (the engine's
+    /// [`WaitPolicy`]; wound-wait by default), takes this transaction's write intent on
+    /// the row, and returns the newest committed row — which may be newer than the
+    /// snapshot — or this transaction's own write of it. Until the transaction ends no
+    /// other transaction can write or lock the row, so a later [`Txn::put`] or
+    /// [`Txn::delete`] of it never fails first-updater-wins. Everything else keeps
+    /// reading the snapshot, also [`Txn::get`] of this row (a plain read does not see
+    /// the newer row a locking read returned). A key without a row is locked too (an
+    /// insert by another transaction waits). Committing without writing the row leaves
+    /// it as it was; the lock ends with the transaction either way.
+    ///
+    /// A failure leaves the transaction good only for an abort, as a failed write does.
+    pub fn get_for_update(
+        &mut self,
+        table: &Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, TxnError> {
+        self.engine.stats.lock_reads.fetch_add(1, Ordering::Relaxed);
+        self.modify(table, key, RowOp::Lock)
+    }
+
     /// Writes the row; a failure that may have changed something, or that lost a
     /// conflict, leaves the transaction good only for an abort (see `failed`).
     fn write(&mut self, table: &Table, key: &[u8], row: Option<Vec<u8>>) -> Result<(), TxnError> {
+        self.modify(table, key, RowOp::Write(row)).map(|_| ())
+    }
+
+    /// A write or a locking read of one row, with the failure handling both share.
+    fn modify(
+        &mut self,
+        table: &Table,
+        key: &[u8],
+        op: RowOp,
+    ) -> Result<Option<Vec<u8>>, TxnError> {
         self.check_open()?;
         if !self.registered {
             self.engine.writers.lock().insert(self.id);
             self.registered = true;
         }
-        let r = self.write_row(table, key, row);
+        let r = self.modify_row(table, key, op);
         if let Err(e) = &r {
             if !matches!(e, TxnError::BadRequest(_) | TxnError::NoSuchTable(_)) {
                 self.failed = Some((e.is_retryable(), e.to_string()));
@@ -664,14 +771,17 @@ impl Txn {
         r
     }
 
-    fn write_row(
+    fn modify_row(
         &mut self,
         table: &Table,
         key: &[u8],
-        row: Option<Vec<u8>>,
-    ) -> Result<(), TxnError> {
+        op: RowOp,
+    ) -> Result<Option<Vec<u8>>, TxnError> {
         self.blocker = None;
-        self.statement_view()?;
+        if matches!(op, RowOp::Write(_)) {
+            // A locking read needs no snapshot: it reads the newest commit.
+            self.statement_view()?;
+        }
         self.engine.gtm.check_lease()?;
         let tree = self.tree(table)?;
         let deadline = Instant::now() + self.engine.config.lock_wait;
@@ -680,24 +790,36 @@ impl Txn {
         loop {
             let watermark = self.engine.gc_watermark();
             let oracle = &self.engine.oracle;
-            let row = row.clone();
+            let mut read = None;
             let res = tree.upsert(key, |old| {
                 let mut chain = match old {
                     Some(b) => Chain::decode(b).map_err(UpsertFail::Mvcc)?,
                     None => Chain::default(),
                 };
-                chain
-                    .write(me, snapshot, row, watermark, policy, oracle)
-                    .map_err(UpsertFail::Mvcc)?;
+                match &op {
+                    RowOp::Write(row) => chain
+                        .write(me, snapshot, row.clone(), watermark, policy, oracle)
+                        .map_err(UpsertFail::Mvcc)?,
+                    RowOp::Lock => match chain
+                        .lock(me, watermark, policy, oracle)
+                        .map_err(UpsertFail::Mvcc)?
+                    {
+                        LockRead::Held(row) => {
+                            read = row;
+                            return Err(UpsertFail::Unchanged);
+                        }
+                        LockRead::Acquired(row) => read = row,
+                    },
+                }
                 chain
                     .fit(crate::btree::MAX_ENTRY_LEN.saturating_sub(key.len()))
                     .map_err(UpsertFail::Mvcc)?;
                 Ok::<_, UpsertFail>(Some(chain.encode()))
             });
             match res {
-                Ok(_) => {
+                Ok(_) | Err(UpsertFail::Unchanged) => {
                     self.wrote = true;
-                    return Ok(());
+                    return Ok(read);
                 }
                 Err(UpsertFail::Mvcc(MvccError::Locked {
                     holder,
@@ -718,9 +840,20 @@ impl Txn {
         }
     }
 
-    /// Waits (polling the status table, backing off) until `holder` resolves.
+    /// Waits until `holder` resolves (or `deadline`); under wound-wait, an older
+    /// transaction waits for a younger holder only `wound_after`, then wounds it.
     fn wait_for(&self, holder: TxnId, deadline: Instant) -> Result<(), TxnError> {
-        if self.engine.wait_until_resolved(holder, deadline)? {
+        let engine = &self.engine;
+        let wounds = engine.config.wait_policy == WaitPolicy::WoundWait && self.id < holder;
+        let patience = if wounds {
+            deadline.min(Instant::now() + engine.config.wound_after)
+        } else {
+            deadline
+        };
+        if engine.wait_resolved_or_wounded(holder, Some(self.id), patience)? {
+            return Ok(());
+        }
+        if wounds && (engine.wound(holder)? || engine.wait_until_resolved(holder, deadline)?) {
             return Ok(());
         }
         Err(TxnError::Conflict(format!(
@@ -955,10 +1088,20 @@ fn mvcc_err(e: MvccError) -> TxnError {
     }
 }
 
-/// How an upsert failed: the row logic refused, or the tree did.
+/// How an upsert failed: the row logic refused, or the tree did — or nothing needs
+/// writing (`Unchanged`: a lock the transaction held already).
 enum UpsertFail {
     Mvcc(MvccError),
     Tree(BTreeError),
+    Unchanged,
+}
+
+/// What [`Txn::modify`] does to a row.
+enum RowOp {
+    /// A new version (`None`: a tombstone).
+    Write(Option<Vec<u8>>),
+    /// A locking read.
+    Lock,
 }
 
 impl From<BTreeError> for UpsertFail {

@@ -326,7 +326,14 @@ fn tables_and_transactions_over_grpc() {
 #[test]
 fn conflicts_are_retryable() {
     let c = cluster();
-    let server = Server::start(&write_config(&c, 1, ""));
+    let gtm = c.gtm_endpoint().to_string();
+    let server = Server::start(&write_config_via(
+        &c,
+        1,
+        "",
+        &gtm,
+        "wait_policy = \"wait_die\"",
+    ));
     let node = server.connect();
     node.create_table("t").unwrap();
 
@@ -396,6 +403,64 @@ fn conflicts_are_retryable() {
     let st = node.cluster_status().unwrap();
     assert!(st.engine.unwrap().conflicts >= 2);
     assert_eq!(st.sessions.unwrap().open, 0);
+}
+
+/// `GetForUpdate`: a current read that waits for the row's writer and whose write after
+/// it never loses first-updater-wins; the same interleaving with `Get` conflicts.
+#[test]
+fn locking_reads_over_grpc() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let node = Arc::new(server.connect());
+    node.create_table("t").unwrap();
+    let t = node.begin().unwrap();
+    node.put(t, "t", b"row", b"v1").unwrap();
+    node.commit(t).unwrap();
+
+    let stale = node.begin().unwrap();
+    let fresh = node.begin().unwrap();
+    node.put(fresh, "t", b"row", b"v2").unwrap();
+    node.commit(fresh).unwrap();
+    assert_eq!(node.get(stale, "t", b"row").unwrap(), Some(b"v1".to_vec()));
+    assert_eq!(
+        node.get_for_update(stale, "t", b"row").unwrap(),
+        Some(b"v2".to_vec()),
+        "the newest commit, newer than the snapshot"
+    );
+    node.put(stale, "t", b"row", b"v3").unwrap();
+    node.commit(stale).unwrap();
+
+    // A holder makes a locking reader wait, then hands it its commit.
+    let holder = node.begin().unwrap();
+    assert_eq!(
+        node.get_for_update(holder, "t", b"row").unwrap(),
+        Some(b"v3".to_vec())
+    );
+    let waiter = node.begin().unwrap();
+    let n = node.clone();
+    let h = std::thread::spawn(move || n.get_for_update(waiter, "t", b"row"));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!h.is_finished(), "the locking read waits for the holder");
+    node.put(holder, "t", b"row", b"v4").unwrap();
+    node.commit(holder).unwrap();
+    assert_eq!(h.join().unwrap().unwrap(), Some(b"v4".to_vec()));
+    node.put(waiter, "t", b"row", b"v5").unwrap();
+    node.commit(waiter).unwrap();
+    let t = node.begin().unwrap();
+    assert_eq!(node.get(t, "t", b"row").unwrap(), Some(b"v5".to_vec()));
+    node.commit(t).unwrap();
+
+    // Bad input: an unknown table, a session that does not exist.
+    let t = node.begin().unwrap();
+    expect_kind(
+        node.get_for_update(t, "nope", b"row"),
+        ErrorKind::NoSuchTable,
+    );
+    node.abort(t).unwrap();
+    let e = node
+        .get_for_update(common::ids::TxnId(u64::MAX), "t", b"row")
+        .unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
 }
 
 #[test]
@@ -624,6 +689,7 @@ fn tpcc_stored_procedures_over_grpc() {
         input,
         now_us: 0,
         history_key: (1, 1),
+        mode: Mode::default(),
     };
     let stock_level = || {
         call(Input::StockLevel(StockLevelInput {

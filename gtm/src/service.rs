@@ -365,6 +365,7 @@ impl Inner {
                 m.tso_grants.fetch_add(1, Ordering::Relaxed);
                 m.timestamps_granted.fetch_add(ts_needed, Ordering::Relaxed);
             }
+            let last_granted = (ts_needed > 0).then(|| Timestamp(next_ts + ts_needed - 1));
             // For slot reuse: below every snapshot of this batch and every active one.
             let wm = watermark::compute(
                 st.table.oldest_snapshot(),
@@ -499,6 +500,13 @@ impl Inner {
                     }
                 };
                 replies.push((replier, r));
+            }
+            // Published after every commit of the batch is marked committing, before
+            // any answer goes out: a reader of the word then finds every commit with a
+            // timestamp at or below it decided or being decided (read-committed
+            // statement snapshots, `GtmClient::published_timestamp`).
+            if let Some(ts) = last_granted {
+                st.table.region.publish_last_granted(ts);
             }
         }
         for (replier, r) in replies {

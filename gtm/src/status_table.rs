@@ -222,6 +222,15 @@ impl StatusRegion {
         }
     }
 
+    /// Publishes the highest timestamp granted so far (monotonic: callers hold the
+    /// state lock, and grants only grow).
+    pub fn publish_last_granted(&self, ts: Timestamp) {
+        let m = self.region.mem();
+        if m.load_u64(layout::OFF_LAST_GRANTED).unwrap_or(0) < ts.0 {
+            let _ = m.store_u64(layout::OFF_LAST_GRANTED, ts.0);
+        }
+    }
+
     pub fn publish_gc_watermark(&self, ts: Timestamp) {
         let m = self.region.mem();
         let _ = m.store_u64(layout::OFF_GC_WATERMARK, ts.0);

@@ -98,6 +98,48 @@ fn invariant_5_a_combined_timestamp_is_above_every_commit_that_returned_before_i
     );
 }
 
+/// Read-committed statement snapshots: the published "last granted" word, read
+/// one-sided, is above every commit acknowledged before the read, also while other
+/// threads commit and draw timestamps, and it only grows.
+#[test]
+fn invariant_5_a_published_timestamp_is_above_every_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_gtm, ep) = start(dir.path(), 4096);
+    let client = Arc::new(GtmClient::connect(&ep, &opts()).unwrap());
+    client.register(NodeId(1)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (t, _) = c.begin().unwrap();
+                    c.commit(t).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut last = client.published_timestamp().unwrap();
+    for _ in 0..300 {
+        let (txn, _) = client.begin().unwrap();
+        let cts = client.commit(txn).unwrap();
+        let ts = client.published_timestamp().unwrap();
+        assert!(
+            ts > cts,
+            "published snapshot {ts} read after commit {cts} returned"
+        );
+        assert!(
+            ts >= last,
+            "published timestamps went back: {last} then {ts}"
+        );
+        last = ts;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in busy {
+        h.join().unwrap();
+    }
+}
+
 #[test]
 fn invariant_4_commit_racing_abort_has_exactly_one_winner() {
     let dir = tempfile::tempdir().unwrap();

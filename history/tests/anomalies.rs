@@ -227,6 +227,17 @@ fn write_skew_is_reported_but_valid() {
     assert!(report.is_valid());
     assert_eq!(report.forbidden(), 0);
     assert!(report.summary().contains("VALID"));
+    // Judged against serializability (histories of locking reads), it is not.
+    let strict = check(
+        &b.h,
+        &CheckOptions {
+            serializable: true,
+            ..CheckOptions::default()
+        },
+    );
+    assert_kinds(&strict, &[WriteSkew]);
+    assert!(!strict.is_valid());
+    assert!(strict.summary().contains("INVALID"));
 }
 
 #[test]

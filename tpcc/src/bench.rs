@@ -25,6 +25,37 @@ pub enum LockModeArg {
     Eager,
 }
 
+/// `--isolation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    /// The engine: snapshot; PostgreSQL: READ COMMITTED with locking reads, REPEATABLE
+    /// READ with plain reads (the like-for-like pairs).
+    Auto,
+    /// The engine's snapshot isolation; PostgreSQL's REPEATABLE READ.
+    Snapshot,
+    /// A snapshot per statement (needs locking reads); PostgreSQL's READ COMMITTED.
+    ReadCommitted,
+}
+
+/// `--wait-policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitPolicyArg {
+    /// Wound-wait with locking reads, wait-die with plain reads (the earlier mode).
+    Auto,
+    WoundWait,
+    WaitDie,
+    NoWait,
+}
+
+/// `--locking`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockingArg {
+    /// Locking reads of the rows a transaction updates (SELECT … FOR UPDATE).
+    ForUpdate,
+    /// Snapshot reads, then first-updater-wins writes (the earlier mode).
+    Plain,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClusterMode {
     /// Storage node, GTM and compute nodes in this process over shared memory.
@@ -99,6 +130,18 @@ pub struct Options {
     /// released after every change: the baseline).
     #[arg(long, value_enum, default_value_t = LockModeArg::Lazy)]
     pub lock_mode: LockModeArg,
+    /// Isolation level of the transactions (see the values).
+    #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+    pub isolation: IsolationArg,
+    /// How the rows a transaction updates are read: `for-update` (locking reads: Payment's
+    /// warehouse, district and customer, New-Order's district and stock, Delivery's
+    /// new-order row and customer) or `plain` (the earlier mode).
+    #[arg(long, value_enum, default_value_t = LockingArg::ForUpdate)]
+    pub locking: LockingArg,
+    /// The compute nodes' wait policy for a row another transaction is writing (embedded
+    /// and spawned clusters; a `--connect`ed cluster keeps its own).
+    #[arg(long, value_enum, default_value_t = WaitPolicyArg::Auto)]
+    pub wait_policy: WaitPolicyArg,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -166,6 +209,67 @@ fn print_checks(phase: &str, checks: &[CheckResult], quiet: bool) {
     }
 }
 
+/// The engine's transaction mode the options ask for.
+fn engine_mode(o: &Options) -> Result<crate::transactions::Mode> {
+    use compute_node::txn::Isolation;
+    let locking = locking_of(o);
+    let isolation = match o.isolation {
+        IsolationArg::Auto | IsolationArg::Snapshot => Isolation::Snapshot,
+        IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+    };
+    crate::transactions::Mode::check(isolation, locking).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(crate::transactions::Mode {
+        isolation: Some(isolation),
+        locking,
+    })
+}
+
+fn locking_of(o: &Options) -> crate::transactions::Locking {
+    match o.locking {
+        LockingArg::ForUpdate => crate::transactions::Locking::ForUpdate,
+        LockingArg::Plain => crate::transactions::Locking::Plain,
+    }
+}
+
+/// The compute nodes' wait policy the options ask for.
+fn wait_policy_of(o: &Options) -> compute_node::node::WaitPolicyConfig {
+    use compute_node::node::WaitPolicyConfig as W;
+    match o.wait_policy {
+        WaitPolicyArg::Auto => match o.locking {
+            LockingArg::ForUpdate => W::WoundWait,
+            LockingArg::Plain => W::WaitDie,
+        },
+        WaitPolicyArg::WoundWait => W::WoundWait,
+        WaitPolicyArg::WaitDie => W::WaitDie,
+        WaitPolicyArg::NoWait => W::NoWait,
+    }
+}
+
+fn policy_name(o: &Options) -> &'static str {
+    match wait_policy_of(o) {
+        compute_node::node::WaitPolicyConfig::WoundWait => "wound-wait",
+        compute_node::node::WaitPolicyConfig::WaitDie => "wait-die",
+        compute_node::node::WaitPolicyConfig::NoWait => "no-wait",
+    }
+}
+
+/// PostgreSQL's.
+fn pg_mode(o: &Options) -> Result<crate::pg::PgMode> {
+    let locking = locking_of(o);
+    let read_committed = match o.isolation {
+        IsolationArg::Auto => locking == crate::transactions::Locking::ForUpdate,
+        IsolationArg::Snapshot => false,
+        IsolationArg::ReadCommitted => true,
+    };
+    if read_committed && locking == crate::transactions::Locking::Plain {
+        bail!("TPC-C at read committed needs locking reads (--locking for-update)");
+    }
+    Ok(crate::pg::PgMode {
+        read_committed,
+        locking,
+    })
+}
+
 pub fn run(o: &Options) -> Result<Outcome> {
     if o.warehouses == 0 || o.nodes == 0 || o.terminals_per_warehouse == 0 {
         bail!("--warehouses, --nodes and --terminals-per-warehouse must be at least 1");
@@ -208,13 +312,19 @@ pub fn run(o: &Options) -> Result<Outcome> {
         .unwrap_or((16_384 + 24_576 * w as usize).min(1 << 20));
     let storage_memory_mb = o.storage_memory_mb.unwrap_or(512 + 384 * w);
     let t0 = Instant::now();
+    let mode = if o.target.is_some() {
+        None
+    } else {
+        Some(engine_mode(o)?)
+    };
     if let Some(url) = &o.target {
         let terminals = o.warehouses as usize * o.terminals_per_warehouse as usize;
-        let target = crate::pg::PgTarget::connect(url, terminals)?;
+        let target = crate::pg::PgTarget::connect(url, terminals, pg_mode(o)?)?;
         return run_on(o, &target, "postgres", t0, None);
     }
     if !o.connect.is_empty() {
-        let target = RemoteTarget::connect(&o.connect, Duration::from_secs(30))?;
+        let target = RemoteTarget::connect(&o.connect, Duration::from_secs(30))?
+            .with_mode(engine_mode(o)?, "the nodes' wait policy");
         return run_on(o, &target, "connect", t0, None);
     }
     match o.cluster {
@@ -228,12 +338,18 @@ pub fn run(o: &Options) -> Result<Outcome> {
                     LockModeArg::Lazy => "lazy",
                     LockModeArg::Eager => "eager",
                 },
+                wait_policy: match wait_policy_of(o) {
+                    compute_node::node::WaitPolicyConfig::WoundWait => "wound_wait",
+                    compute_node::node::WaitPolicyConfig::WaitDie => "wait_die",
+                    compute_node::node::WaitPolicyConfig::NoWait => "no_wait",
+                },
                 lease_ms: o.lease_ms,
                 dir: o.run_dir.clone(),
             })
             .context("starting the service processes")?;
             let target = RemoteTarget::connect(&cluster.compute_addrs, Duration::from_secs(60))?
-                .with_pids(cluster.services().iter().filter_map(|s| s.pid()).collect());
+                .with_pids(cluster.services().iter().filter_map(|s| s.pid()).collect())
+                .with_mode(mode.expect("an engine target"), policy_name(o));
             let label = match o.transport {
                 SpawnTransport::Tcp => "spawn (tcp)",
                 SpawnTransport::Shm => "spawn (shm)",
@@ -256,12 +372,13 @@ pub fn run(o: &Options) -> Result<Outcome> {
                         LockModeArg::Lazy => compute_node::coherence::LockMode::Lazy,
                         LockModeArg::Eager => compute_node::coherence::LockMode::Eager,
                     },
+                    wait_policy: wait_policy_of(o),
                     ..compute_node::node::ComputeConfig::default()
                 },
                 ..ClusterOptions::default()
             };
             let cluster = EmbeddedCluster::start(copts).context("starting the embedded cluster")?;
-            let target = EngineTarget::new(&cluster.nodes)?;
+            let target = EngineTarget::new(&cluster.nodes, mode.expect("an engine target"))?;
             let out = run_on(o, &target, "embedded", t0, None);
             drop(target);
             cluster.shutdown().context("shutting the cluster down")?;
@@ -442,6 +559,7 @@ fn run_on(
         timeline: &res.timeline,
         counters: &res.counters,
         cpu_s: res.cpu_s,
+        mode: &target.txn_mode(),
         extra: serde_json::json!({
             "seed": seed,
             "nurand_c_load": c_load,

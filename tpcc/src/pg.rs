@@ -14,10 +14,17 @@
 //!   one transaction per job; keys and indexes are built afterwards, then VACUUM
 //!   ANALYZE and a CHECKPOINT so the run starts clean.
 //! * **Transactions** ([`STATEMENTS`]): each profile of
-//!   [`crate::transactions`] as prepared statements in one transaction at REPEATABLE
-//!   READ, PostgreSQL's snapshot isolation: a write to a row that changed after the
-//!   snapshot fails with SQLSTATE 40001 (first updater wins), as in the engine.
-//!   Read-then-write of one row is one `UPDATE ... RETURNING`.
+//!   [`crate::transactions`] as prepared statements in one transaction.
+//!   Read-then-write of one row is one `UPDATE ... RETURNING`, which locks the row
+//!   and (at READ COMMITTED) reads its newest version, as the engine's locking read
+//!   and write do. With locking reads (the default, [`PgMode`]) the transaction runs
+//!   at READ COMMITTED and Delivery takes its NEW-ORDER row with `SELECT … FOR
+//!   UPDATE` (a row another Delivery took meanwhile is skipped, the next one locked):
+//!   a hot row costs a wait, as kits for PostgreSQL run TPC-C. With plain reads (the
+//!   earlier mode) it runs at REPEATABLE READ, PostgreSQL's snapshot isolation: a write
+//!   to a row that changed after the snapshot fails with SQLSTATE 40001 (first updater
+//!   wins), as in the engine's plain mode; at REPEATABLE READ that holds with locking
+//!   too (a locked row that changed after the snapshot still aborts).
 //! * **Errors** ([`classify`]): 40001 and 40P01 are retryable, a lost connection or a
 //!   server shutting down is "unavailable", anything else ends the run.
 //! * **Checks** ([`CHECKS`]): each condition is one or two queries returning the
@@ -29,10 +36,11 @@ use crate::schema::{
     Customer, District, History, Item, Order, OrderLine, Stock, Warehouse, CUSTOMERS_PER_DISTRICT,
     DISTRICTS_PER_WAREHOUSE, ORDERS_PER_DISTRICT,
 };
+use crate::target::ModeReport;
 use crate::target::{AttemptError, LoadRequest, OrderId, Target};
 use crate::transactions::{
-    CustomerSel, DeliveryInput, Input, NewOrderInput, OrderLineInput, OrderStatusInput, Outcome,
-    PaymentInput, StockLevelInput,
+    stock_order, CustomerSel, DeliveryInput, Input, Locking, NewOrderInput, OrderStatusInput,
+    Outcome, PaymentInput, StockLevelInput,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::{Condvar, Mutex};
@@ -245,6 +253,7 @@ pub struct PgTarget {
     /// Sessions open (idle or checked out).
     open: AtomicUsize,
     max_open: usize,
+    mode: PgMode,
 }
 
 /// One connection of the pool with its prepared statements (prepared on first use,
@@ -254,10 +263,37 @@ struct Session {
     st: Option<Statements>,
 }
 
+/// The isolation level and locking the PostgreSQL target's transactions run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PgMode {
+    /// `true`: READ COMMITTED; `false`: REPEATABLE READ.
+    pub read_committed: bool,
+    pub locking: Locking,
+}
+
+impl PgMode {
+    /// The like-for-like counterpart of the engine's default (locking reads at READ
+    /// COMMITTED) and of its plain mode (REPEATABLE READ).
+    pub fn for_locking(locking: Locking) -> PgMode {
+        PgMode {
+            read_committed: locking == Locking::ForUpdate,
+            locking,
+        }
+    }
+
+    fn level(&self) -> IsolationLevel {
+        if self.read_committed {
+            IsolationLevel::ReadCommitted
+        } else {
+            IsolationLevel::RepeatableRead
+        }
+    }
+}
+
 impl PgTarget {
     /// Parses `url` (`postgres://...` or `key=value ...`), connects once to check the
     /// server is there, and allows up to `terminals` connections.
-    pub fn connect(url: &str, terminals: usize) -> Result<PgTarget> {
+    pub fn connect(url: &str, terminals: usize, mode: PgMode) -> Result<PgTarget> {
         let mut config: Config = url
             .parse()
             .with_context(|| format!("--target: not a PostgreSQL connection string: {url:?}"))?;
@@ -283,6 +319,7 @@ impl PgTarget {
             returned: Condvar::new(),
             open: AtomicUsize::new(1),
             max_open: terminals.max(1),
+            mode,
         })
     }
 
@@ -467,9 +504,27 @@ impl Target for PgTarget {
         history_key: (u32, u64),
     ) -> Result<Outcome, AttemptError> {
         let mut s = self.checkout()?;
-        let res = s.run(input, now, history_key).map_err(attempt_error);
+        let res = s
+            .run(input, now, history_key, self.mode)
+            .map_err(attempt_error);
         self.checkin(s);
         res
+    }
+
+    fn txn_mode(&self) -> ModeReport {
+        ModeReport {
+            isolation: if self.mode.read_committed {
+                "read committed".into()
+            } else {
+                "repeatable read".into()
+            },
+            locking: match self.mode.locking {
+                Locking::ForUpdate => {
+                    "for-update (UPDATE … RETURNING, Delivery SELECT … FOR UPDATE)".into()
+                }
+                Locking::Plain => "plain (UPDATE … RETURNING, first updater wins)".into(),
+            },
+        }
     }
 
     fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>> {
@@ -995,6 +1050,12 @@ statements! {
     dl_new_order = "DELETE FROM new_order WHERE no_w_id = $1 AND no_d_id = $2
         AND no_o_id = (SELECT min(no_o_id) FROM new_order WHERE no_w_id = $1 AND no_d_id = $2)
         RETURNING no_o_id";
+    // The same with a locking read: the oldest row nobody else holds; one a concurrent
+    // Delivery deleted while this one waited for it is skipped and the next one locked
+    // (LockRows sits below the LIMIT), then deleted.
+    dl_new_order_for_update = "SELECT no_o_id FROM new_order WHERE no_w_id = $1 AND no_d_id = $2
+        ORDER BY no_o_id LIMIT 1 FOR UPDATE";
+    dl_delete_new_order = "DELETE FROM new_order WHERE no_w_id = $1 AND no_d_id = $2 AND no_o_id = $3";
     dl_order = "UPDATE orders SET o_carrier_id = $4
         WHERE o_w_id = $1 AND o_d_id = $2 AND o_id = $3 RETURNING o_c_id";
     dl_lines = "UPDATE order_line SET ol_delivery_d = $4
@@ -1010,13 +1071,15 @@ statements! {
 }
 
 impl Session {
-    /// One attempt: begin at REPEATABLE READ, run the profile, commit (or roll back
-    /// New-Order's unused item). An error drops the transaction, which rolls it back.
+    /// One attempt: begin at the mode's isolation level, run the profile, commit (or
+    /// roll back New-Order's unused item). An error drops the transaction, which rolls
+    /// it back.
     fn run(
         &mut self,
         input: &Input,
         now: u64,
         history_key: (u32, u64),
+        mode: PgMode,
     ) -> Result<Outcome, TxError> {
         if self.st.is_none() {
             self.st = Some(Statements::prepare(&mut self.client)?);
@@ -1025,14 +1088,14 @@ impl Session {
         let mut tx = self
             .client
             .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
+            .isolation_level(mode.level())
             .start()?;
         let now = ts(now).unwrap_or(UNIX_EPOCH);
         let out = match input {
             Input::NewOrder(i) => new_order(&mut tx, st, i, now)?,
             Input::Payment(i) => payment(&mut tx, st, i, now, history_key)?,
             Input::OrderStatus(i) => order_status(&mut tx, st, i)?,
-            Input::Delivery(i) => delivery(&mut tx, st, i, now)?,
+            Input::Delivery(i) => delivery(&mut tx, st, i, now, mode.locking)?,
             Input::StockLevel(i) => stock_level(&mut tx, st, i)?,
         };
         if out == Outcome::RolledBack {
@@ -1116,19 +1179,6 @@ fn new_order(
     let _total =
         total as f64 * (1.0 - c_discount as f64 / 1e4) * (1.0 + (w_tax + d_tax) as f64 / 1e4);
     Ok(Outcome::Ordered { o_id: o as u32 })
-}
-
-/// The order lines in the order their STOCK rows are locked: by (supply warehouse,
-/// item), each with its position in the input (its OL_NUMBER - 1). PostgreSQL makes a
-/// writer wait for any earlier writer of the row, so two New-Orders taking the same
-/// two stock rows in opposite orders deadlock, and one stalls for `deadlock_timeout`
-/// (1 s) before it aborts; a common lock order avoids that. The engine needs none:
-/// wait-die never lets a writer wait for a younger one. The rows read and written are
-/// the engine's; only their order differs.
-fn stock_order(lines: &[OrderLineInput]) -> Vec<(usize, &OrderLineInput)> {
-    let mut v: Vec<_> = lines.iter().enumerate().collect();
-    v.sort_by_key(|(n, l)| (l.supply_w_id, l.i_id, *n));
-    v
 }
 
 /// The customer a selection names: by last name, the one at position ceil(n/2) in
@@ -1234,16 +1284,30 @@ fn delivery(
     st: &Statements,
     inp: &DeliveryInput,
     now: SystemTime,
+    locking: Locking,
 ) -> Result<Outcome, TxError> {
     let w = i32_of(inp.w);
     let carrier = i32_of(inp.carrier);
     let mut skipped = 0;
     for d in 1..=DISTRICTS_PER_WAREHOUSE as i32 {
-        let Some(no) = tx.query_opt(&st.dl_new_order, &[&w, &d])? else {
-            skipped += 1;
-            continue;
+        let o: i32 = match locking {
+            Locking::Plain => match tx.query_opt(&st.dl_new_order, &[&w, &d])? {
+                Some(no) => no.get(0),
+                None => {
+                    skipped += 1;
+                    continue;
+                }
+            },
+            Locking::ForUpdate => {
+                let Some(no) = tx.query_opt(&st.dl_new_order_for_update, &[&w, &d])? else {
+                    skipped += 1;
+                    continue;
+                };
+                let o: i32 = no.get(0);
+                tx.execute(&st.dl_delete_new_order, &[&w, &d, &o])?;
+                o
+            }
         };
-        let o: i32 = no.get(0);
         let c: i32 = tx
             .query_opt(&st.dl_order, &[&w, &d, &o, &carrier])?
             .ok_or_else(|| TxError::Bad(format!("NEW_ORDER {w}/{d}/{o} has no ORDER row")))?
@@ -1700,7 +1764,7 @@ mod tests {
 
     #[test]
     fn stock_rows_are_locked_in_key_order() {
-        let l = |i_id, supply_w_id| OrderLineInput {
+        let l = |i_id, supply_w_id| crate::transactions::OrderLineInput {
             i_id,
             supply_w_id,
             quantity: 1,

@@ -7,8 +7,8 @@
 use crate::check::CheckResult;
 use crate::driver::partition_of;
 use crate::schema::key;
-use crate::target::{AttemptError, LoadRequest, OrderId, Target};
-use crate::transactions::{Input, Outcome};
+use crate::target::{AttemptError, LoadRequest, ModeReport, OrderId, Target};
+use crate::transactions::{Input, Mode, Outcome};
 use anyhow::{anyhow, bail, Context, Result};
 use common::proto::compute as pb;
 use compute_node::grpc::ErrorKind;
@@ -22,6 +22,9 @@ pub struct RemoteTarget {
     nodes: Vec<RemoteNode>,
     /// The service processes, when this harness started them (their CPU is known).
     pids: Vec<u32>,
+    mode: Mode,
+    /// The nodes' wait policy, for the report.
+    policy: &'static str,
 }
 
 impl From<RemoteError> for AttemptError {
@@ -82,6 +85,8 @@ impl RemoteTarget {
             addrs: addrs.to_vec(),
             nodes,
             pids: Vec::new(),
+            mode: Mode::default(),
+            policy: "the nodes' wait policy",
         })
     }
 
@@ -89,6 +94,14 @@ impl RemoteTarget {
     /// [`Target::cpu_seconds`].
     pub fn with_pids(mut self, pids: Vec<u32>) -> RemoteTarget {
         self.pids = pids;
+        self
+    }
+
+    /// Runs the procedures with this isolation and locking; `policy` names the nodes'
+    /// wait policy in the report.
+    pub fn with_mode(mut self, mode: Mode, policy: &'static str) -> RemoteTarget {
+        self.mode = mode;
+        self.policy = policy;
         self
     }
 
@@ -198,8 +211,13 @@ impl Target for RemoteTarget {
             input: input.clone(),
             now_us: now,
             history_key,
+            mode: self.mode,
         };
         self.nodes[node].tpcc(&call).map_err(AttemptError::from)
+    }
+
+    fn txn_mode(&self) -> ModeReport {
+        ModeReport::of_engine(&self.mode, self.policy)
     }
 
     fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>> {

@@ -141,6 +141,8 @@ pub struct Report<'a> {
     pub counters: &'a [crate::target::NodeCounters],
     /// CPU seconds the target spent in the window, if known.
     pub cpu_s: Option<f64>,
+    /// The isolation level and row locking the target's transactions ran with.
+    pub mode: &'a crate::target::ModeReport,
     pub extra: Value,
 }
 
@@ -217,6 +219,7 @@ impl Report<'_> {
                     "failed": t.failed,
                     "rollbacks": t.rollbacks,
                     "abort_rate": t.aborts as f64 / (t.count + t.aborts).max(1) as f64,
+                    "aborts_per_commit": t.aborts as f64 / t.count.max(1) as f64,
                     "p50_ms": q(0.50),
                     "p90_ms": q(0.90),
                     "p95_ms": q(0.95),
@@ -249,6 +252,8 @@ impl Report<'_> {
             "workers": self.workers,
             "items": self.items,
             "spec_compliant": self.spec_compliant(),
+            "isolation": self.mode.isolation,
+            "locking": self.mode.locking,
             "load": {"rows": self.load_rows, "seconds": self.load_s},
             "transactions": txns,
             "input_variability": var,
@@ -277,18 +282,24 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
+            "isolation: {}   locking: {}",
+            self.mode.isolation, self.mode.locking
+        );
+        let _ = writeln!(
+            s,
             "tpmC {:.0}   txn/s {:.1}\n",
             self.tpmc(),
             self.txn_per_s()
         );
         let _ = writeln!(
             s,
-            "{:<13} {:>8} {:>6} {:>7} {:>7} {:>9} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:<13} {:>8} {:>6} {:>7} {:>7} {:>7} {:>9} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "transaction",
             "count",
             "mix%",
             "rollbk",
             "aborts",
+            "ab/com",
             "chainfull",
             "retry",
             "failed",
@@ -310,12 +321,13 @@ impl Report<'_> {
             };
             let _ = writeln!(
                 s,
-                "{:<13} {:>8} {:>6.2} {:>7} {:>7} {:>9} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<13} {:>8} {:>6.2} {:>7} {:>7} {:>7.3} {:>9} {:>6} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 k.name(),
                 t.count,
                 t.count as f64 * 100.0 / total as f64,
                 t.rollbacks,
                 t.aborts,
+                t.aborts as f64 / t.count.max(1) as f64,
                 t.chain_full,
                 t.retries,
                 t.failed,

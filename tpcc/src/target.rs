@@ -12,7 +12,7 @@ use crate::check::{self, CheckResult};
 use crate::load::{Loader, Scale};
 use crate::random::NuRandConstants;
 use crate::schema::{key, Tables};
-use crate::transactions::{self as tx, Input, Outcome};
+use crate::transactions::{self as tx, Input, Locking, Mode, Outcome};
 use anyhow::{Context, Result};
 use compute_node::node::ComputeNode;
 use compute_node::txn::TxnError;
@@ -74,6 +74,32 @@ impl From<TxnError> for AttemptError {
     }
 }
 
+/// How a target's transactions read and lock, for the report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ModeReport {
+    /// E.g. `snapshot`, `read committed`, `repeatable read`.
+    pub isolation: String,
+    /// E.g. `for-update (wound-wait)`, `plain (first updater wins)`.
+    pub locking: String,
+}
+
+impl ModeReport {
+    /// An engine's: `mode` as the harness asked for it, `policy` the nodes' wait policy.
+    pub fn of_engine(mode: &Mode, policy: &str) -> ModeReport {
+        ModeReport {
+            isolation: match mode.isolation {
+                None => "node default".into(),
+                Some(compute_node::txn::Isolation::Snapshot) => "snapshot".into(),
+                Some(compute_node::txn::Isolation::ReadCommitted) => "read committed".into(),
+            },
+            locking: match mode.locking {
+                Locking::ForUpdate => format!("for-update ({policy})"),
+                Locking::Plain => format!("plain (first updater wins, {policy})"),
+            },
+        }
+    }
+}
+
 /// What the loader is asked to load.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadRequest {
@@ -110,6 +136,9 @@ pub trait Target: Sync {
     fn counters(&self) -> Vec<NodeCounters> {
         Vec::new()
     }
+    /// The isolation level and row locking its transactions run with, as the report
+    /// states them.
+    fn txn_mode(&self) -> ModeReport;
     /// CPU time (user + system) of the processes that serve the target so far, in
     /// seconds, if known (the embedded cluster: this process).
     fn cpu_seconds(&self) -> Option<f64> {
@@ -243,11 +272,12 @@ pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
 pub struct EngineTarget<'a> {
     nodes: &'a [ComputeNode],
     tables: Vec<Tables>,
+    mode: Mode,
 }
 
 impl<'a> EngineTarget<'a> {
     /// Creates the schema (once) and opens every table on every node.
-    pub fn new(nodes: &'a [ComputeNode]) -> Result<EngineTarget<'a>> {
+    pub fn new(nodes: &'a [ComputeNode], mode: Mode) -> Result<EngineTarget<'a>> {
         anyhow::ensure!(!nodes.is_empty(), "no compute nodes");
         Tables::ensure(&nodes[0]).context("creating the schema")?;
         let tables = nodes
@@ -255,7 +285,11 @@ impl<'a> EngineTarget<'a> {
             .map(Tables::ensure)
             .collect::<Result<Vec<_>, _>>()
             .context("opening the schema")?;
-        Ok(EngineTarget { nodes, tables })
+        Ok(EngineTarget {
+            nodes,
+            tables,
+            mode,
+        })
     }
 }
 
@@ -308,8 +342,18 @@ impl Target for EngineTarget<'_> {
             input,
             now,
             history_key,
+            self.mode,
         )
         .map_err(AttemptError::from)
+    }
+
+    fn txn_mode(&self) -> ModeReport {
+        let policy = match self.nodes[0].engine().config().wait_policy {
+            compute_node::mvcc::WaitPolicy::WoundWait => "wound-wait",
+            compute_node::mvcc::WaitPolicy::WaitDie => "wait-die",
+            compute_node::mvcc::WaitPolicy::NoWait => "no-wait",
+        };
+        ModeReport::of_engine(&self.mode, policy)
     }
 
     fn missing_orders(&self, acked: &[OrderId]) -> Result<Vec<OrderId>> {

@@ -8,16 +8,19 @@
 //!    count;
 //! 2. the target's API on that database: New-Order's business rollback, a missing
 //!    warehouse (fatal), a write that loses first-updater-wins (retryable, SQLSTATE
-//!    40001), and the lookup of acknowledged orders;
+//!    40001) at REPEATABLE READ with plain reads, the same write waiting and then
+//!    going through at READ COMMITTED with locking reads, Delivery with locking reads,
+//!    and the lookup of acknowledged orders;
 //! 3. the twelve checks again, still passing.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tpcc::check::Verdict;
-use tpcc::pg::PgTarget;
+use tpcc::pg::{PgMode, PgTarget};
 use tpcc::target::{AttemptError, Target};
 use tpcc::transactions::{
-    CustomerSel, Input, NewOrderInput, OrderLineInput, Outcome, PaymentInput,
+    CustomerSel, DeliveryInput, Input, Locking, NewOrderInput, OrderLineInput, Outcome,
+    PaymentInput,
 };
 
 const ITEMS: u32 = 2000;
@@ -67,7 +70,8 @@ fn postgres_target_runs_tpcc_and_keeps_every_condition() {
     }
 
     // 2. The target's API on the loaded database.
-    let target = PgTarget::connect(&url, 4).unwrap();
+    let target = PgTarget::connect(&url, 4, PgMode::for_locking(Locking::Plain)).unwrap();
+    let locking = PgTarget::connect(&url, 4, PgMode::for_locking(Locking::ForUpdate)).unwrap();
     let next_o_id = |c: &mut postgres::Client| -> i32 {
         c.query_one(
             "SELECT d_next_o_id FROM tpcc.district WHERE d_w_id = 1 AND d_id = 1",
@@ -129,52 +133,62 @@ fn postgres_target_runs_tpcc_and_keeps_every_condition() {
         other => panic!("payment on a missing warehouse: {other:?}"),
     }
 
-    // First updater wins: a Payment that waits for the district row of a transaction
-    // that then commits fails with 40001, which the driver retries.
-    let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let mut tx = holder
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .start()
+    // A Payment that waits for the district row of a transaction that then commits:
+    // at REPEATABLE READ (plain reads) it fails with 40001, which the driver retries;
+    // at READ COMMITTED (locking reads) it goes through on the newest row.
+    let waits_then = |t: &PgTarget, raw: &mut postgres::Client, seq: u64| {
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .unwrap();
+        tx.execute(
+            "UPDATE tpcc.district SET d_ytd = d_ytd WHERE d_w_id = 1 AND d_id = 1",
+            &[],
+        )
         .unwrap();
-    tx.execute(
-        "UPDATE tpcc.district SET d_ytd = d_ytd WHERE d_w_id = 1 AND d_id = 1",
-        &[],
-    )
-    .unwrap();
-    std::thread::scope(|s| {
-        let waiter = s.spawn(|| target.attempt(0, &payment(1), 1, (1, 4)));
-        // Commit only once the Payment is waiting for the row (so it has a snapshot).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let waiting: i64 = raw
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE wait_event_type = 'Lock' AND application_name = 'tpcc'",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| t.attempt(0, &payment(1), 1, (1, seq)));
+            // Commit only once the Payment is waiting for the row (so it has a snapshot).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let waiting: i64 = raw
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE wait_event_type = 'Lock' AND application_name = 'tpcc'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                if waiting > 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the Payment never waited");
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(Instant::now() < deadline, "the Payment never waited");
-            std::thread::sleep(Duration::from_millis(20));
+            tx.commit().unwrap();
+            waiter.join().unwrap()
+        })
+    };
+    match waits_then(&target, &mut raw, 4) {
+        Err(AttemptError::Retryable { msg, chain_full }) => {
+            assert!(msg.contains("40001"), "{msg}");
+            assert!(!chain_full);
         }
-        tx.commit().unwrap();
-        match waiter.join().unwrap() {
-            Err(AttemptError::Retryable { msg, chain_full }) => {
-                assert!(msg.contains("40001"), "{msg}");
-                assert!(!chain_full);
-            }
-            other => panic!("expected a serialization failure, got {other:?}"),
-        }
-    });
+        other => panic!("expected a serialization failure, got {other:?}"),
+    }
     // The retry goes through.
     assert_eq!(
         target.attempt(0, &payment(1), 1, (1, 5)).unwrap(),
         Outcome::Done
     );
+    assert_eq!(waits_then(&locking, &mut raw, 6).unwrap(), Outcome::Done);
+    let delivery = Input::Delivery(DeliveryInput { w: 1, carrier: 3 });
+    assert!(matches!(
+        locking.attempt(0, &delivery, 1, (0, 0)).unwrap(),
+        Outcome::Delivered { .. }
+    ));
 
     // Acknowledged orders that are not there are reported.
     let missing = target

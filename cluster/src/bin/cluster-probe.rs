@@ -51,6 +51,9 @@ enum Cmd {
         table: String,
         #[arg(long)]
         key: String,
+        /// Take the row with a locking read first (`get_for_update`), then write it.
+        #[arg(long)]
+        for_update: bool,
     },
 }
 
@@ -112,9 +115,17 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Hold { table, key } => {
+        Cmd::Hold {
+            table,
+            key,
+            for_update,
+        } => {
             let t = node.ensure_table(&table).unwrap_or_else(|e| fail(&e));
             let mut tx = node.begin().unwrap_or_else(|e| fail(&e));
+            if for_update {
+                tx.get_for_update(&t, key.as_bytes())
+                    .unwrap_or_else(|e| fail(&e));
+            }
             tx.put(&t, key.as_bytes(), b"probe")
                 .unwrap_or_else(|e| fail(&e));
             say(format!("HOLDING {}", tx.id()));

@@ -55,6 +55,9 @@ struct Args {
     /// Slots of each storage node's change-notice ring (embedded mode)
     #[arg(long, default_value_t = common::storage::notice::NOTICE_CAPACITY)]
     notice_slots: u32,
+    /// Writing transactions read with locking reads; the history must be serializable
+    #[arg(long)]
+    locking: bool,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Run this many seeds (seed, seed+1, ...) of the case
@@ -120,6 +123,7 @@ fn matrix(kind: &str, seconds: f64) -> Vec<Case> {
         keys: 8,
         threads_per_node: 3,
         notice_slots: common::storage::notice::NOTICE_CAPACITY,
+        locking: false,
         seed: 0,
     };
     use Faults::*;
@@ -156,6 +160,19 @@ fn matrix(kind: &str, seconds: f64) -> Vec<Case> {
         for w in [Workload::ListAppend, Workload::Bank] {
             let mut c = base(w, Embedded, n, s, Lazy, Shm, f, Light);
             c.notice_slots = 16;
+            cases.push(c);
+        }
+    }
+    // Writers with locking reads (wound-wait): histories must be serializable.
+    for (n, s, l, t, f, i) in [
+        (2, 1, Lazy, Shm, None, Light),
+        (3, 1, Lazy, Shm, None, Heavy),
+        (3, 2, Lazy, Shm, Crash, Light),
+        (2, 1, Eager, Tcp, None, Light),
+    ] {
+        for w in [Workload::ListAppend, Workload::Bank, Workload::Register] {
+            let mut c = base(w, Embedded, n, s, l, t, f, i);
+            c.locking = true;
             cases.push(c);
         }
     }
@@ -255,6 +272,7 @@ fn main() {
             keys: a.keys,
             threads_per_node: a.threads,
             notice_slots: a.notice_slots,
+            locking: a.locking,
             seed: a.seed,
         }],
     };

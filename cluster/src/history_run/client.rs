@@ -40,6 +40,8 @@ pub trait Session {
     fn txn_id(&self) -> Option<u64>;
     fn snapshot(&self) -> Option<u64>;
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Failure>;
+    /// A locking read (`Txn::get_for_update`).
+    fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Failure>;
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Failure>;
     /// Commits; the commit timestamp if the engine gives one.
     fn commit(self: Box<Self>) -> Result<Option<u64>, Failure>;
@@ -116,6 +118,13 @@ impl Session for EmbeddedSession<'_> {
         let table = self.table;
         self.txn()
             .get(table, key)
+            .map_err(|e| Failure::Aborted(e.to_string()))
+    }
+
+    fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
+        let table = self.table;
+        self.txn()
+            .get_for_update(table, key)
             .map_err(|e| Failure::Aborted(e.to_string()))
     }
 
@@ -219,6 +228,12 @@ impl Session for RemoteSession<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
         self.node
             .get(self.txn, self.table, key)
+            .map_err(|e| Failure::Aborted(e.to_string()))
+    }
+
+    fn get_for_update(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Failure> {
+        self.node
+            .get_for_update(self.txn, self.table, key)
             .map_err(|e| Failure::Aborted(e.to_string()))
     }
 

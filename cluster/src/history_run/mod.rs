@@ -17,6 +17,12 @@
 //!   of every account; the total never changes. Values are unique too
 //!   ([`history::model::bank_value`]), so the register checks apply as well.
 //!
+//! With [`RunOptions::locking`], every read of a transaction that writes is a locking
+//! read (`get_for_update`), held to its end: the writers are then strictly two-phase
+//! locked on every key they touch, the read-only transactions read snapshots, and the
+//! history must be serializable (the checker's `serializable` option: G2-item
+//! forbidden too).
+//!
 //! After the run (faults healed) every compute node reads every key once more: those
 //! final reads are what "lost write" is judged against.
 
@@ -75,6 +81,8 @@ pub struct RunOptions {
     pub max_ops: usize,
     /// Share of bank transactions that read every account.
     pub read_fraction: f64,
+    /// Transactions that write read with locking reads (see the module doc).
+    pub locking: bool,
     pub seed: u64,
 }
 
@@ -87,6 +95,7 @@ impl Default for RunOptions {
             duration: Duration::from_secs(3),
             max_ops: 4,
             read_fraction: 0.3,
+            locking: false,
             seed: 1,
         }
     }
@@ -226,7 +235,8 @@ pub fn run(
                     let mut out = Vec::new();
                     while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
                         let plan = Plan::draw(o, lists, &mut rng, &mut uniq);
-                        match attempt(client, node, p as u32, &plan, nanos) {
+                        let locking = o.locking && plan.writes();
+                        match attempt(client, node, p as u32, &plan, locking, nanos) {
                             Some(rec) => {
                                 if rec.outcome == Outcome::Aborted {
                                     // Back off a little so a hot key's losers spread out.
@@ -298,6 +308,17 @@ enum Step {
 }
 
 impl Plan {
+    /// Whether the plan writes anything.
+    fn writes(&self) -> bool {
+        match self {
+            Plan::Ops(steps) => steps
+                .iter()
+                .any(|s| matches!(s, Step::Append(..) | Step::Rmw(..))),
+            Plan::Transfer { .. } => true,
+            Plan::ReadAll(_) => false,
+        }
+    }
+
     fn draw(o: &RunOptions, lists: &ListKeys, rng: &mut StdRng, uniq: &mut Uniq) -> Plan {
         match o.workload {
             Workload::ListAppend => {
@@ -356,6 +377,7 @@ fn attempt(
     node: usize,
     process: u32,
     plan: &Plan,
+    locking: bool,
     nanos: impl Fn() -> u64,
 ) -> Option<TxnRecord> {
     let start = nanos();
@@ -371,7 +393,7 @@ fn attempt(
         snapshot: s.snapshot(),
         commit_ts: None,
     };
-    let body = run_plan(&mut *s, plan, &mut rec.ops);
+    let body = run_plan(&mut *s, plan, locking, &mut rec.ops);
     rec.outcome = match body {
         Err(_) => {
             s.abort();
@@ -391,10 +413,22 @@ fn attempt(
 }
 
 /// Runs the plan's operations, recording each as it completes (a failed read is
-/// recorded without a value).
-fn run_plan(s: &mut dyn Session, plan: &Plan, ops: &mut Vec<Op>) -> Result<(), Failure> {
+/// recorded without a value); with `locking`, every read is a locking read.
+fn run_plan(
+    s: &mut dyn Session,
+    plan: &Plan,
+    locking: bool,
+    ops: &mut Vec<Op>,
+) -> Result<(), Failure> {
+    let get = |s: &mut dyn Session, key: Key| {
+        if locking {
+            s.get_for_update(&key_bytes(key))
+        } else {
+            s.get(&key_bytes(key))
+        }
+    };
     let read_list = |s: &mut dyn Session, ops: &mut Vec<Op>, key: Key| {
-        let r = s.get(&key_bytes(key)).and_then(decode_list);
+        let r = get(s, key).and_then(decode_list);
         ops.push(Op::ReadList {
             key,
             value: r.as_ref().ok().cloned(),
@@ -402,7 +436,7 @@ fn run_plan(s: &mut dyn Session, plan: &Plan, ops: &mut Vec<Op>) -> Result<(), F
         r
     };
     let read_reg = |s: &mut dyn Session, ops: &mut Vec<Op>, key: Key| {
-        let r = s.get(&key_bytes(key)).and_then(decode_reg);
+        let r = get(s, key).and_then(decode_reg);
         ops.push(Op::ReadReg {
             key,
             value: r.as_ref().ok().copied(),
@@ -538,7 +572,7 @@ fn final_read(
         };
         let (txn_id, snapshot) = (s.txn_id(), s.snapshot());
         let mut ops = Vec::new();
-        match run_plan(&mut *s, &plan, &mut ops) {
+        match run_plan(&mut *s, &plan, false, &mut ops) {
             Ok(()) => match s.commit() {
                 Ok(ts) => {
                     return Ok(TxnRecord {

@@ -404,6 +404,22 @@ impl GtmClient {
         }
     }
 
+    /// A snapshot timestamp without a round trip to the GTM's CPU: one more than the
+    /// highest timestamp the GTM has granted, read one-sided from the status table
+    /// header. It sees every commit acknowledged before the read (the GTM publishes a
+    /// batch's grants before answering it, after marking its commits committing; a
+    /// commit still committing is waited out by readers, as for any snapshot). Not
+    /// registered with the GTM, so it does not hold back the GC watermark: only for
+    /// statements of a transaction whose registered snapshot is older (read
+    /// committed). Falls back to a granted timestamp if the GTM publishes none.
+    pub fn published_timestamp(&self) -> Result<Timestamp, GtmError> {
+        let b = read_one(&self.conn, self.region, layout::OFF_LAST_GRANTED, 8)?;
+        match u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) {
+            0 => self.timestamp(),
+            last => Ok(Timestamp(last + 1)),
+        }
+    }
+
     /// The GC watermark as last published in the status table header (one-sided read).
     pub fn published_gc_watermark(&self) -> Result<Timestamp, GtmError> {
         let b = read_one(&self.conn, self.region, layout::OFF_GC_WATERMARK, 8)?;

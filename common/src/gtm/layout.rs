@@ -14,7 +14,12 @@
 //! 32      8     gc_watermark     oldest active snapshot timestamp (DESIGN.md 5)
 //! 40      8     boot_txn_floor   txn ids < this were issued before the GTM's last start;
 //!                                ones without a durable commit record are Aborted
-//! 48      16    reserved (zero)
+//! 48      8     last_granted     the highest timestamp granted so far (0: none yet),
+//!                                stored after the batch that granted it marked its
+//!                                commits committing and before it answers; S =
+//!                                last_granted + 1 is a snapshot that sees every commit
+//!                                acknowledged before it was read
+//! 56      8     reserved (zero)
 //! 64      32*C  entries; txn t lives in entry t % C
 //! ```
 //!
@@ -65,6 +70,7 @@ pub const OFF_CAPACITY: u64 = 16;
 pub const OFF_RETIRED_BELOW: u64 = 24;
 pub const OFF_GC_WATERMARK: u64 = 32;
 pub const OFF_BOOT_TXN_FLOOR: u64 = 40;
+pub const OFF_LAST_GRANTED: u64 = 48;
 /// Bytes before the first entry.
 pub const HEADER_LEN: u64 = 64;
 /// Bytes per entry.

@@ -5,13 +5,66 @@
 //! Execution functions take an open transaction and leave commit or abort to the
 //! caller (the TPC-C driver); New-Order returns [`Outcome::RolledBack`] for its
 //! unused-item case, which the caller aborts as a business rollback.
+//!
+//! [`Mode`] says how the rows a transaction updates are read. By default with locking
+//! reads ([`Txn::get_for_update`]), where the kits of MVCC engines take row locks
+//! (MySQL/InnoDB's current reads, PostgreSQL's `SELECT … FOR UPDATE`): Payment's
+//! warehouse, district and customer, New-Order's district and stock rows, Delivery's
+//! new-order row and customer. A hot row (W_YTD, D_NEXT_O_ID) then costs a wait, not a
+//! first-updater-wins abort. [`Locking::Plain`] keeps the earlier mode: snapshot reads,
+//! then writes that lose first-updater-wins to a concurrent commit. New-Order takes its
+//! stock rows in (supply warehouse, item) order in both modes, as PostgreSQL kits do, so
+//! that two New-Orders never wait for each other's stock rows in a cycle.
 
 use super::random::{self, NuRandConstants};
 use super::schema::*;
-use crate::txn::{Row, Table, Txn, TxnError};
+use crate::txn::{Isolation, Row, Table, Txn, TxnError};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::fmt;
+
+/// How the rows a transaction updates are read (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Locking {
+    /// Locking reads of the rows it updates (the default).
+    #[default]
+    ForUpdate,
+    /// Snapshot reads, then first-updater-wins writes (the earlier mode).
+    Plain,
+}
+
+impl Locking {
+    pub fn name(self) -> &'static str {
+        match self {
+            Locking::ForUpdate => "for-update",
+            Locking::Plain => "plain",
+        }
+    }
+}
+
+/// The isolation and locking a TPC-C transaction runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Mode {
+    /// `None`: the compute node's default.
+    pub isolation: Option<Isolation>,
+    pub locking: Locking,
+}
+
+impl Mode {
+    /// Refuses read committed with plain reads: a read and the write after it are two
+    /// statements with two snapshots, so Payment's W_YTD update would lose concurrent
+    /// ones (the consistency checks fail).
+    pub fn check(isolation: Isolation, locking: Locking) -> Result<(), TxnError> {
+        if isolation == Isolation::ReadCommitted && locking == Locking::Plain {
+            return Err(TxnError::BadRequest(
+                "TPC-C at read committed needs locking reads: with plain reads each \
+                 read-then-write loses concurrent updates"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Transaction types, in mix order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -356,6 +409,46 @@ fn read_home<R: RowCodec>(
     R::decode(&v).map_err(|e| corrupt(what, e))
 }
 
+/// Reads a row the transaction will update: a locking read unless `plain`.
+fn get_to_update(
+    txn: &mut Txn,
+    lk: Locking,
+    t: &Table,
+    k: &[u8],
+) -> Result<Option<Vec<u8>>, TxnError> {
+    match lk {
+        Locking::ForUpdate => txn.get_for_update(t, k),
+        Locking::Plain => txn.get(t, k),
+    }
+}
+
+/// [`read`] of a row the transaction will update.
+fn read_to_update<R: RowCodec>(
+    txn: &mut Txn,
+    lk: Locking,
+    t: &Table,
+    k: &[u8],
+    what: &str,
+) -> Result<R, TxnError> {
+    let v = get_to_update(txn, lk, t, k)?
+        .ok_or_else(|| TxnError::Corrupt(format!("missing {what} row (key {k:02x?})")))?;
+    R::decode(&v).map_err(|e| corrupt(what, e))
+}
+
+/// [`read_home`] of a row the transaction will update.
+fn read_home_to_update<R: RowCodec>(
+    txn: &mut Txn,
+    lk: Locking,
+    t: &Table,
+    k: &[u8],
+    what: &str,
+    w: u32,
+) -> Result<R, TxnError> {
+    let v = get_to_update(txn, lk, t, k)?
+        .ok_or_else(|| TxnError::BadRequest(format!("no {what} row for warehouse {w}")))?;
+    R::decode(&v).map_err(|e| corrupt(what, e))
+}
+
 fn write<R: RowCodec>(txn: &mut Txn, t: &Table, k: &[u8], row: &R) -> Result<(), TxnError> {
     txn.put(t, k, &row.encode())
 }
@@ -381,6 +474,7 @@ fn select_customer(
     w: u32,
     d: u32,
     sel: &CustomerSel,
+    lk: Option<Locking>,
 ) -> Result<(u32, Customer), TxnError> {
     let c = match sel {
         CustomerSel::Id(c) => *c,
@@ -396,7 +490,11 @@ fn select_customer(
             key::customer_by_name_id(k).map_err(|e| corrupt("customer_by_name key", e))?
         }
     };
-    let row = read(txn, &t.customer, &key::customer(w, d, c), "customer")?;
+    let k = key::customer(w, d, c);
+    let row = match lk {
+        Some(lk) => read_to_update(txn, lk, &t.customer, &k, "customer")?,
+        None => read(txn, &t.customer, &k, "customer")?,
+    };
     Ok((c, row))
 }
 
@@ -406,11 +504,12 @@ pub fn new_order(
     t: &Tables,
     inp: &NewOrderInput,
     now: u64,
+    lk: Locking,
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
     let wh: Warehouse = read_home(txn, &t.warehouse, &key::warehouse(w), "warehouse", w)?;
     let dk = key::district(w, d);
-    let mut dist: District = read_home(txn, &t.district, &dk, "district", w)?;
+    let mut dist: District = read_home_to_update(txn, lk, &t.district, &dk, "district", w)?;
     let o = dist.next_o_id;
     dist.next_o_id += 1;
     write(txn, &t.district, &dk, &dist)?;
@@ -431,14 +530,14 @@ pub fn new_order(
         &[],
     )?;
     let mut total = 0i64;
-    for (n, line) in inp.lines.iter().enumerate() {
+    for (n, line) in stock_order(&inp.lines) {
         let Some(iv) = txn.get(&t.item, &key::item(line.i_id))? else {
             // "Item number is not valid": the whole transaction rolls back.
             return Ok(Outcome::RolledBack);
         };
         let item = Item::decode(&iv).map_err(|e| corrupt("item", e))?;
         let sk = key::stock(line.supply_w_id, line.i_id);
-        let mut st: Stock = read(txn, &t.stock, &sk, "stock")?;
+        let mut st: Stock = read_to_update(txn, lk, &t.stock, &sk, "stock")?;
         st.quantity = if st.quantity >= line.quantity + 10 {
             st.quantity - line.quantity
         } else {
@@ -476,6 +575,17 @@ pub fn new_order(
     Ok(Outcome::Ordered { o_id: o })
 }
 
+/// The order lines in the order their STOCK rows are taken: by (supply warehouse,
+/// item), each with its position in the input (its OL_NUMBER - 1). Two New-Orders that
+/// lock the same two stock rows in opposite orders would wait for each other; with
+/// one order they cannot (wound-wait would break such a cycle, at the price of an
+/// abort and a stall of `wound_after`).
+pub fn stock_order(lines: &[OrderLineInput]) -> Vec<(usize, &OrderLineInput)> {
+    let mut v: Vec<_> = lines.iter().enumerate().collect();
+    v.sort_by_key(|(n, l)| (l.supply_w_id, l.i_id, *n));
+    v
+}
+
 /// Clause 2.5.2. `history_key` makes the HISTORY row's key unique.
 pub fn payment(
     txn: &mut Txn,
@@ -483,17 +593,18 @@ pub fn payment(
     inp: &PaymentInput,
     now: u64,
     history_key: (u32, u64),
+    lk: Locking,
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
     let wk = key::warehouse(w);
-    let mut wh: Warehouse = read_home(txn, &t.warehouse, &wk, "warehouse", w)?;
+    let mut wh: Warehouse = read_home_to_update(txn, lk, &t.warehouse, &wk, "warehouse", w)?;
     wh.ytd += inp.amount;
     write(txn, &t.warehouse, &wk, &wh)?;
     let dk = key::district(w, d);
-    let mut dist: District = read_home(txn, &t.district, &dk, "district", w)?;
+    let mut dist: District = read_home_to_update(txn, lk, &t.district, &dk, "district", w)?;
     dist.ytd += inp.amount;
     write(txn, &t.district, &dk, &dist)?;
-    let (c, mut cust) = select_customer(txn, t, inp.c_w, inp.c_d, &inp.customer)?;
+    let (c, mut cust) = select_customer(txn, t, inp.c_w, inp.c_d, &inp.customer, Some(lk))?;
     cust.balance -= inp.amount;
     cust.ytd_payment += inp.amount;
     cust.payment_cnt += 1;
@@ -536,7 +647,7 @@ pub fn order_status(
     inp: &OrderStatusInput,
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
-    let (c, _cust) = select_customer(txn, t, w, d, &inp.customer)?;
+    let (c, _cust) = select_customer(txn, t, w, d, &inp.customer, None)?;
     let latest = scan_prefix(
         txn,
         &t.orders_by_customer,
@@ -572,35 +683,73 @@ pub fn delivery(
     t: &Tables,
     inp: &DeliveryInput,
     now: u64,
+    lk: Locking,
 ) -> Result<Outcome, TxnError> {
     let w = inp.w;
     let mut skipped = 0;
     for d in 1..=DISTRICTS_PER_WAREHOUSE {
-        let oldest = scan_prefix(txn, &t.new_order, &key::prefix(&[w, d]), false, Some(1))?;
-        let Some((nk, _)) = oldest.first() else {
+        let Some(nk) = oldest_new_order(txn, t, w, d, lk)? else {
             skipped += 1;
             continue;
         };
-        let o = key::u32_at(nk, 2);
-        txn.delete(&t.new_order, nk)?;
+        let o = key::u32_at(&nk, 2);
+        txn.delete(&t.new_order, &nk)?;
         let ok = key::order(w, d, o);
         let mut order: Order = read(txn, &t.orders, &ok, "orders")?;
         order.carrier_id = inp.carrier;
         write(txn, &t.orders, &ok, &order)?;
         let mut sum = 0i64;
-        for (lk, lv) in scan_prefix(txn, &t.order_line, &key::prefix(&[w, d, o]), false, None)? {
-            let mut ol = OrderLine::decode(&lv).map_err(|e| corrupt("order_line", e))?;
+        for (olk, olv) in scan_prefix(txn, &t.order_line, &key::prefix(&[w, d, o]), false, None)? {
+            let mut ol = OrderLine::decode(&olv).map_err(|e| corrupt("order_line", e))?;
             sum += ol.amount;
             ol.delivery_d = now;
-            write(txn, &t.order_line, &lk, &ol)?;
+            write(txn, &t.order_line, &olk, &ol)?;
         }
         let ck = key::customer(w, d, order.c_id);
-        let mut cust: Customer = read(txn, &t.customer, &ck, "customer")?;
+        let mut cust: Customer = read_to_update(txn, lk, &t.customer, &ck, "customer")?;
         cust.balance += sum;
         cust.delivery_cnt += 1;
         write(txn, &t.customer, &ck, &cust)?;
     }
     Ok(Outcome::Delivered { skipped })
+}
+
+/// The key of district `d`'s oldest undelivered NEW-ORDER row, locked for this
+/// transaction with locking reads. Its snapshot may still show rows a concurrent
+/// Delivery has taken since: the locking read of such a row answers that it is gone
+/// (the newest commit deleted it), and the next one is tried. The ORDER and
+/// ORDER-LINE rows of the order need no lock then: only the holder of its NEW-ORDER
+/// row's lock delivers it.
+fn oldest_new_order(
+    txn: &mut Txn,
+    t: &Tables,
+    w: u32,
+    d: u32,
+    lk: Locking,
+) -> Result<Option<Vec<u8>>, TxnError> {
+    const BATCH: usize = 4;
+    let prefix = key::prefix(&[w, d]);
+    let succ = prefix_successor(&prefix);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let b = (
+            match &after {
+                Some(k) => std::ops::Bound::Excluded(k.clone()),
+                None => std::ops::Bound::Included(prefix.clone()),
+            },
+            prefix_bounds(&prefix, &succ).1,
+        );
+        let rows = txn.scan(&t.new_order, as_ref(&b), false, Some(BATCH))?;
+        for (k, _) in &rows {
+            if lk == Locking::Plain || txn.get_for_update(&t.new_order, k)?.is_some() {
+                return Ok(Some(k.clone()));
+            }
+        }
+        match rows.last() {
+            Some((k, _)) if rows.len() == BATCH => after = Some(k.clone()),
+            _ => return Ok(None),
+        }
+    }
 }
 
 /// Clause 2.8.2 (read-only): distinct items of the district's last 20 orders whose
@@ -654,13 +803,17 @@ pub fn run_once(
     input: &Input,
     now: u64,
     history_key: (u32, u64),
+    mode: Mode,
 ) -> Result<Outcome, TxnError> {
-    let mut txn = node.begin()?;
+    let isolation = mode.isolation.unwrap_or(node.engine().config().isolation);
+    Mode::check(isolation, mode.locking)?;
+    let mut txn = node.begin_with(isolation)?;
+    let lk = mode.locking;
     let res = match input {
-        Input::NewOrder(i) => new_order(&mut txn, t, i, now),
-        Input::Payment(i) => payment(&mut txn, t, i, now, history_key),
+        Input::NewOrder(i) => new_order(&mut txn, t, i, now, lk),
+        Input::Payment(i) => payment(&mut txn, t, i, now, history_key, lk),
         Input::OrderStatus(i) => order_status(&mut txn, t, i),
-        Input::Delivery(i) => delivery(&mut txn, t, i, now),
+        Input::Delivery(i) => delivery(&mut txn, t, i, now, lk),
         Input::StockLevel(i) => stock_level(&mut txn, t, i),
     };
     match res {
