@@ -7,7 +7,10 @@
 #   scripts/cluster.sh stop      # SIGTERM everything (clean shutdown), wait
 #
 # State, logs and pid files live in ./run (RUN_DIR overrides; the configs' relative paths
-# are resolved from the repository root, so start it from there).
+# are resolved from the repository root, so start it from there). Clients authenticate
+# with the token in run/client-tokens (made at the first start), e.g.
+#   cargo run --release -p tpcc -- --connect 127.0.0.1:7501,127.0.0.1:7502 \
+#       --token-file run/client-tokens --check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-run}
@@ -50,6 +53,9 @@ case "${1:-}" in
     if [ ! -f "$RUN_DIR/cluster.key" ]; then
       head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN_DIR/cluster.key"
       chmod 600 "$RUN_DIR/cluster.key"
+    fi
+    if [ ! -f "$RUN_DIR/client-tokens" ]; then
+      "$BIN/dsb-certs" token --out "$RUN_DIR/client-tokens" --name ops >/dev/null
     fi
     services | while read -r name bin cfg; do start_one "$name" "$bin" "$cfg"; done
     ;;

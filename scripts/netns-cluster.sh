@@ -10,6 +10,11 @@
 #
 # Hosts: dsb-storage 10.77.0.10, dsb-gtm 10.77.0.20, dsb-compute-N 10.77.0.(100+N),
 # dsb-client 10.77.0.200 (for drivers). State and logs in ./run-netns (RUN_DIR overrides).
+# The client API speaks TLS (a test CA in run-netns/certs) and wants the token in
+# run-netns/client-tokens, e.g. from the client namespace:
+#   sudo scripts/netns-cluster.sh exec client target/release/tpcc \
+#       --connect 10.77.0.101:7500,10.77.0.102:7500 --token-file run-netns/client-tokens \
+#       --tls-ca run-netns/certs/ca.pem --check
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-run-netns}
@@ -61,6 +66,11 @@ case "${1:-}" in
     if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release -q -p storage-node -p gtm -p compute-node; fi
     mkdir -p "$RUN_DIR"
     [ -f "$RUN_DIR/cluster.key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN_DIR/cluster.key"
+    # Client token (tpcc --token-file) and a test CA: the client API speaks TLS across
+    # the namespaces.
+    [ -f "$RUN_DIR/client-tokens" ] || "$BIN/dsb-certs" token --out "$RUN_DIR/client-tokens" --name ops >/dev/null
+    hosts_csv=$(for i in $(seq 1 "$n"); do printf '%s,' "$(ip_of "compute-$i")"; done)
+    [ -f "$RUN_DIR/certs/server.pem" ] || "$BIN/dsb-certs" pki --dir "$RUN_DIR/certs" --hosts "localhost,${hosts_csv%,}"
     ip link show "$BR" >/dev/null 2>&1 || { ip link add "$BR" type bridge; ip addr add "$NET.1/24" dev "$BR"; ip link set "$BR" up; }
     for h in storage gtm client $(seq -f 'compute-%g' 1 "$n"); do
       ip netns list | grep -q "^dsb-$h\b" || add_host "$h"
@@ -80,6 +90,9 @@ TOML
       cat >"$RUN_DIR/compute-$i.toml" <<TOML
 listen = "$(ip_of compute-$i):7500"
 metrics_listen = "$(ip_of compute-$i):9500"
+client_tokens_file = "$RUN_DIR/client-tokens"
+tls_cert_file = "$RUN_DIR/certs/server.pem"
+tls_key_file = "$RUN_DIR/certs/server.key"
 [node]
 node_id = $i
 gtm = "tcp://$(ip_of gtm):7400"

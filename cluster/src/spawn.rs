@@ -36,6 +36,9 @@ pub struct SpawnOptions {
     pub lock_mode: &'static str,
     /// `wound_wait`, `wait_die` or `no_wait` (the compute nodes' `wait_policy`).
     pub wait_policy: &'static str,
+    /// The client API over TLS (a test CA and server certificate in `certs/`);
+    /// clients authenticate with a token (`client-tokens`) either way.
+    pub client_tls: bool,
     /// GTM lease in milliseconds (heartbeats go every lease/10).
     pub lease_ms: u64,
     /// Run directory (configs, data, logs); default: a fresh one under the temp dir,
@@ -66,6 +69,9 @@ pub struct ProcessCluster {
     services: Vec<Service>,
     /// gRPC `host:port` of each compute node.
     pub compute_addrs: Vec<String>,
+    /// How a client reaches the compute nodes: the token of `client-tokens` (and the
+    /// test CA, with `client_tls`).
+    pub client: compute_node::grpc_client::ConnectOptions,
 }
 
 /// Where the service binaries are; builds them first under `cargo run` / `cargo test`.
@@ -151,6 +157,44 @@ impl ProcessCluster {
             let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
             fs::write(&key, hex)?;
         }
+        // Client credentials: a token for the harness, and a test CA with a server
+        // certificate for TLS.
+        let tokens = dir.join("client-tokens");
+        if !tokens.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let line = format!("harness {}\n", compute_node::grpc_auth::random_token());
+            fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tokens)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+                .with_context(|| format!("writing {}", tokens.display()))?;
+        }
+        let mut client = compute_node::grpc_client::ConnectOptions::token_file(&tokens)
+            .map_err(anyhow::Error::msg)?;
+        let certs = dir.join("certs");
+        let mut tls_keys = String::new();
+        if o.client_tls {
+            if !certs.join("server.pem").exists() {
+                compute_node::tls::make_test_pki(
+                    &certs,
+                    &["localhost".into(), "127.0.0.1".into()],
+                    &[],
+                )
+                .map_err(anyhow::Error::msg)?;
+            }
+            tls_keys = format!(
+                "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+                certs.join("server.pem").display().to_string(),
+                certs.join("server.key").display().to_string()
+            );
+            client = client.with_tls(compute_node::tls::ClientTls {
+                ca: certs.join("ca.pem"),
+                domain: Some("localhost".into()),
+                identity: None,
+            });
+        }
         let transport = match o.transport {
             SpawnTransport::Tcp => "tcp",
             SpawnTransport::Shm => "shm",
@@ -178,6 +222,7 @@ impl ProcessCluster {
             remove_dir,
             services: Vec::new(),
             compute_addrs: Vec::new(),
+            client,
         };
         c.add(
             "storage-0",
@@ -213,9 +258,10 @@ impl ProcessCluster {
             let name = format!("compute-{i}");
             let compute_config = |listen: &str| {
                 format!(
-                    "listen = {listen:?}\n\n[node]\nnode_id = {i}\ngtm = {gtm_ep:?}\n\
+                    "listen = {listen:?}\nclient_tokens_file = {}\n{tls_keys}\n[node]\nnode_id = {i}\ngtm = {gtm_ep:?}\n\
                      storage = [{storage_ep:?}]\nkey_file = {}\nbuffer_frames = {}\n\
                      lock_mode = {:?}\nwait_policy = {:?}\nheartbeat_ms = {}\n",
+                    q(&tokens),
                     q(&key),
                     o.buffer_frames,
                     o.lock_mode,

@@ -1,11 +1,17 @@
 //! The gRPC server: the embedding API ([`crate::node`], [`crate::txn`]) over tonic,
 //! protocol `common/proto/compute.proto` (DESIGN.md §6 "APIs").
 //!
-//! ## Sessions
+//! ## Clients and sessions
+//!
+//! Every call is authenticated first ([`crate::grpc_auth`]: a client token or a client
+//! certificate; `UNAUTHENTICATED` otherwise, before any handler runs).
 //!
 //! A transaction lives on the server between calls: `Begin` starts a [`Txn`] and files
-//! it under its engine id ([`TxnId`], unique in the cluster, so an id from before a
-//! restart is simply unknown); the client names that id in every later call.
+//! it under a fresh random 128-bit **session handle** bound to the client that began it;
+//! the client names that handle in every later call. Handles reveal nothing (the
+//! engine's transaction id, sequential, is only told to the owner in `BeginResponse`
+//! for diagnostics) and another client's handle is answered exactly like one that does
+//! not exist. A client may hold `max_sessions_per_client` sessions at once.
 //!
 //! 1. Each session has its own mutex: calls on one transaction run one at a time (a
 //!    second call waits for the first), calls on different transactions in parallel.
@@ -15,7 +21,7 @@
 //!    client aborts it (a retryable error says: abort and run again). `Commit` always
 //!    ends the session, whatever its outcome.
 //! 4. A reaper aborts sessions idle longer than `idle_timeout` (a session whose mutex is
-//!    held is busy, not idle). Their ids are remembered for a while, so a late call
+//!    held is busy, not idle). Their handles are remembered for a while, so a late call
 //!    hears a retryable ABORTED rather than "unknown".
 //! 5. Shutdown ([`ComputeService::close`]) refuses new `Begin`s and aborts every open
 //!    session after its running call finishes.
@@ -43,6 +49,7 @@
 
 use crate::btree::{MAX_ENTRY_LEN, MAX_KEY_LEN};
 use crate::coherence::{LockMode, ValidationMode};
+use crate::grpc_auth::{client_of, AuthInterceptor, ClientAuth, ClientId};
 use crate::grpc_tpcc;
 use crate::node::ComputeNode;
 use crate::tpcc::{self, schema::Tables};
@@ -51,7 +58,7 @@ use common::ids::TxnId;
 use common::proto::compute as pb;
 use common::proto::compute::compute_server::{Compute, ComputeServer};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,6 +99,8 @@ pub enum ErrorKind {
     Internal,
     /// The call did not reach the engine: connection refused or lost, deadline, ...
     Transport,
+    /// Missing or unknown client credentials (the call touched nothing).
+    Unauthenticated,
     /// Not retryable: the commit may or may not have happened (the GTM's answer was
     /// lost). Resolve the transaction by its id (`ResolveOutcome`) before running it
     /// again; from `ResolveOutcome` itself: no decision could be reached yet, ask again.
@@ -136,6 +145,7 @@ impl ErrorKind {
             ErrorKind::Transport => Code::Unavailable,
             ErrorKind::Corrupt => Code::DataLoss,
             ErrorKind::Internal => Code::Internal,
+            ErrorKind::Unauthenticated => Code::Unauthenticated,
             // Not UNAVAILABLE: generic clients retry that, and a retried commit would
             // not tell them the outcome either.
             ErrorKind::OutcomeUnknown => Code::Unknown,
@@ -157,6 +167,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
             ErrorKind::Transport => "transport",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::OutcomeUnknown => "outcome_unknown",
         }
     }
@@ -196,6 +207,7 @@ impl ErrorKind {
             Code::InvalidArgument | Code::OutOfRange => ErrorKind::BadRequest,
             Code::ResourceExhausted => ErrorKind::TooManySessions,
             Code::DataLoss => ErrorKind::Corrupt,
+            Code::Unauthenticated => ErrorKind::Unauthenticated,
             _ => ErrorKind::Internal,
         })
     }
@@ -259,6 +271,8 @@ pub struct SessionOptions {
     pub idle_timeout: Duration,
     /// Open sessions at most.
     pub max_sessions: usize,
+    /// Open sessions of one client at most.
+    pub max_sessions_per_client: usize,
     /// Rows one Scan answers at most.
     pub max_scan_rows: u32,
 }
@@ -268,15 +282,45 @@ impl Default for SessionOptions {
         SessionOptions {
             idle_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
+            max_sessions_per_client: 1_000,
             max_scan_rows: 10_000,
         }
     }
 }
 
+/// A session handle: 128 random bits.
+pub type Handle = [u8; 16];
+
 struct Session {
     /// `None` once Commit or Abort took it.
     txn: Option<Txn>,
     last_used: Instant,
+}
+
+/// An open session and the client it belongs to (fixed at Begin).
+struct Entry {
+    owner: ClientId,
+    session: Arc<Mutex<Session>>,
+}
+
+/// The open sessions by handle, and how many each client holds.
+#[derive(Default)]
+struct Open {
+    by_handle: HashMap<Handle, Entry>,
+    per_client: HashMap<ClientId, usize>,
+}
+
+impl Open {
+    fn remove(&mut self, h: &Handle) -> Option<Entry> {
+        let e = self.by_handle.remove(h)?;
+        if let Some(n) = self.per_client.get_mut(&e.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&e.owner);
+            }
+        }
+        Some(e)
+    }
 }
 
 #[derive(Default)]
@@ -289,21 +333,22 @@ struct SessionCounters {
     procedures: AtomicU64,
 }
 
-/// Ids of recently idle-aborted sessions (bounded, oldest forgotten first).
+/// Handles of recently idle-aborted sessions and their owners (bounded, oldest
+/// forgotten first).
 #[derive(Default)]
 struct Reaped {
-    order: VecDeque<TxnId>,
-    set: HashSet<TxnId>,
+    order: VecDeque<Handle>,
+    owners: HashMap<Handle, ClientId>,
 }
 
 impl Reaped {
-    fn remember(&mut self, id: TxnId) {
-        if self.set.insert(id) {
-            self.order.push_back(id);
+    fn remember(&mut self, h: Handle, owner: ClientId) {
+        if self.owners.insert(h, owner).is_none() {
+            self.order.push_back(h);
         }
         while self.order.len() > REMEMBERED_REAPED {
             if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+                self.owners.remove(&old);
             }
         }
     }
@@ -311,7 +356,7 @@ impl Reaped {
 
 /// The open transactions of this server (see module doc).
 struct Sessions {
-    open: Mutex<HashMap<TxnId, Arc<Mutex<Session>>>>,
+    open: Mutex<Open>,
     reaped: Mutex<Reaped>,
     closed: AtomicBool,
     opts: SessionOptions,
@@ -319,50 +364,51 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn parse_id(raw: u64) -> Result<TxnId, Status> {
-        if raw == 0 {
-            return Err(bad_request(
-                "txn_id 0 is not a transaction (call Begin first)",
-            ));
-        }
-        Ok(TxnId(raw))
+    fn parse_handle(raw: &[u8]) -> Result<Handle, Status> {
+        raw.try_into().map_err(|_| {
+            bad_request(format!(
+                "session: {} bytes; a session is the 16-byte handle Begin answered",
+                raw.len()
+            ))
+        })
     }
 
-    fn unknown(&self, id: TxnId) -> Status {
-        if self.reaped.lock().set.contains(&id) {
+    /// The answer for a handle that is not `client`'s open session: the same whether it
+    /// never existed, ended, or belongs to another client.
+    fn unknown(&self, h: &Handle, client: &ClientId) -> Status {
+        if self.reaped.lock().owners.get(h) == Some(client) {
             ErrorKind::Conflict.status(format!(
-                "transaction {id} was aborted after being idle for more than {} ms",
+                "the session was aborted after being idle for more than {} ms",
                 self.opts.idle_timeout.as_millis()
             ))
         } else if self.closed.load(Ordering::Acquire) {
-            ErrorKind::ShuttingDown.status(format!("transaction {id}: the server is shutting down"))
+            ErrorKind::ShuttingDown.status("the server is shutting down")
         } else {
-            bad_request(format!(
-                "unknown transaction {id} (not begun on this node, or already finished)"
-            ))
+            bad_request("unknown session (not begun on this node, or already finished)")
         }
     }
 
-    fn lookup(&self, id: TxnId) -> Result<Arc<Mutex<Session>>, Status> {
-        self.open
-            .lock()
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| self.unknown(id))
+    fn lookup(&self, h: &Handle, client: &ClientId) -> Result<Arc<Mutex<Session>>, Status> {
+        match self.open.lock().by_handle.get(h) {
+            Some(e) if &e.owner == client => Ok(e.session.clone()),
+            _ => Err(self.unknown(h, client)),
+        }
     }
 
-    /// Runs `f` on the open transaction `id` (one call at a time per transaction).
+    /// Runs `f` on `client`'s open transaction `raw` (one call at a time per session).
     fn with_txn<R>(
         &self,
-        raw_id: u64,
+        client: &ClientId,
+        raw: &[u8],
         f: impl FnOnce(&mut Txn) -> Result<R, TxnError>,
     ) -> Result<R, Status> {
-        let id = Self::parse_id(raw_id)?;
-        let session = self.lookup(id)?;
+        let h = Self::parse_handle(raw)?;
+        let session = self.lookup(&h, client)?;
         let mut s = session.lock();
         let Some(txn) = s.txn.as_mut() else {
-            return Err(self.unknown(id));
+            return Err(self.unknown(&h, client));
         };
+        let id = txn.id();
         let r = f(txn);
         s.last_used = Instant::now();
         r.map_err(|e| {
@@ -371,58 +417,87 @@ impl Sessions {
         })
     }
 
-    /// Unfiles `id` and takes its transaction once no call runs on it.
-    fn take(&self, raw_id: u64) -> Result<Txn, Status> {
-        let id = Self::parse_id(raw_id)?;
-        let session = self
-            .open
-            .lock()
-            .remove(&id)
-            .ok_or_else(|| self.unknown(id))?;
-        let txn = session.lock().txn.take();
-        txn.ok_or_else(|| self.unknown(id))
+    /// Unfiles `client`'s session `raw` and takes its transaction once no call runs on
+    /// it.
+    fn take(&self, client: &ClientId, raw: &[u8]) -> Result<Txn, Status> {
+        let h = Self::parse_handle(raw)?;
+        // Waits for a running call (its lock) before unfiling, so the owner check and
+        // the removal see the same session.
+        let session = self.lookup(&h, client)?;
+        let mut s = session.lock();
+        match self.open.lock().by_handle.get(&h) {
+            Some(e) if Arc::ptr_eq(&e.session, &session) => {}
+            _ => return Err(self.unknown(&h, client)),
+        }
+        self.open.lock().remove(&h);
+        s.txn.take().ok_or_else(|| self.unknown(&h, client))
     }
 
-    fn insert(&self, txn: Txn) -> Result<(), Status> {
+    /// Files `txn` for `owner` under a fresh random handle.
+    fn insert(&self, txn: Txn, owner: ClientId) -> Result<Handle, Status> {
+        use rand::RngCore;
         let mut open = self.open.lock();
         if self.closed.load(Ordering::Acquire) {
             return Err(ErrorKind::ShuttingDown.status("the server is shutting down"));
         }
-        if open.len() >= self.opts.max_sessions {
+        if open.by_handle.len() >= self.opts.max_sessions {
             return Err(ErrorKind::TooManySessions.status(format!(
                 "{} transactions are open (max_sessions)",
-                open.len()
+                open.by_handle.len()
             )));
         }
-        open.insert(
-            txn.id(),
-            Arc::new(Mutex::new(Session {
-                txn: Some(txn),
-                last_used: Instant::now(),
-            })),
+        let mine = open.per_client.get(&owner).copied().unwrap_or(0);
+        if mine >= self.opts.max_sessions_per_client {
+            return Err(ErrorKind::TooManySessions.status(format!(
+                "this client has {mine} transactions open (max_sessions_per_client)"
+            )));
+        }
+        let mut h = [0u8; 16];
+        loop {
+            rand::rngs::OsRng.fill_bytes(&mut h);
+            if !open.by_handle.contains_key(&h) {
+                break;
+            }
+        }
+        *open.per_client.entry(owner.clone()).or_insert(0) += 1;
+        open.by_handle.insert(
+            h,
+            Entry {
+                owner,
+                session: Arc::new(Mutex::new(Session {
+                    txn: Some(txn),
+                    last_used: Instant::now(),
+                })),
+            },
         );
-        Ok(())
+        Ok(h)
     }
 
     /// Unfiles the sessions idle longer than the timeout and returns their transactions.
     fn take_idle(&self, now: Instant) -> Vec<Txn> {
         let mut out = Vec::new();
         let mut reaped = Vec::new();
-        self.open
-            .lock()
-            .retain(|id, session| match session.try_lock() {
-                Some(mut s)
-                    if now.saturating_duration_since(s.last_used) > self.opts.idle_timeout =>
-                {
+        let mut open = self.open.lock();
+        // A session whose lock is held is busy (a call runs), not idle; an idle one's
+        // transaction is taken under its lock, so a call that comes later finds none.
+        let mut idle = Vec::new();
+        for (h, e) in &open.by_handle {
+            if let Some(mut s) = e.session.try_lock() {
+                if now.saturating_duration_since(s.last_used) > self.opts.idle_timeout {
                     out.extend(s.txn.take());
-                    reaped.push(*id);
-                    false
+                    idle.push(*h);
                 }
-                _ => true,
-            });
+            }
+        }
+        for h in idle {
+            if let Some(e) = open.remove(&h) {
+                reaped.push((h, e.owner));
+            }
+        }
+        drop(open);
         let mut r = self.reaped.lock();
-        for id in reaped {
-            r.remember(id);
+        for (h, owner) in reaped {
+            r.remember(h, owner);
         }
         out
     }
@@ -430,7 +505,11 @@ impl Sessions {
     /// Refuses new sessions and takes every open transaction (waiting for running calls).
     fn take_all(&self) -> Vec<Txn> {
         self.closed.store(true, Ordering::Release);
-        let sessions: Vec<_> = self.open.lock().drain().map(|(_, s)| s).collect();
+        let sessions: Vec<_> = {
+            let mut open = self.open.lock();
+            open.per_client.clear();
+            open.by_handle.drain().map(|(_, e)| e.session).collect()
+        };
         sessions
             .into_iter()
             .filter_map(|s| s.lock().txn.take())
@@ -452,6 +531,7 @@ impl Sessions {
 
 struct Inner {
     node: Arc<ComputeNode>,
+    auth: Arc<ClientAuth>,
     sessions: Sessions,
     /// The TPC-C tables, opened on first use by a stored procedure.
     tpcc: Mutex<Option<Arc<Tables>>>,
@@ -551,13 +631,21 @@ pub struct ComputeService {
 }
 
 impl ComputeService {
-    pub fn new(node: Arc<ComputeNode>, opts: SessionOptions) -> ComputeService {
+    /// A service for `node` that lets in the clients `auth` accepts.
+    pub fn new(node: Arc<ComputeNode>, opts: SessionOptions, auth: ClientAuth) -> ComputeService {
+        if auth.is_insecure() {
+            tracing::warn!(
+                "INSECURE: the client API accepts every call without credentials \
+                 (`insecure = true`); for local development only"
+            );
+        }
         ComputeService {
             inner: Arc::new(Inner {
                 node,
+                auth: Arc::new(auth),
                 tpcc: Mutex::new(None),
                 sessions: Sessions {
-                    open: Mutex::new(HashMap::new()),
+                    open: Mutex::new(Open::default()),
                     reaped: Mutex::new(Reaped::default()),
                     closed: AtomicBool::new(false),
                     opts,
@@ -567,14 +655,25 @@ impl ComputeService {
         }
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn server(&self) -> ComputeServer<ComputeService> {
-        ComputeServer::new(self.clone())
+    /// The tonic service to add to a `tonic::transport::Server`: every call is
+    /// authenticated first ([`crate::grpc_auth`]).
+    pub fn server(
+        &self,
+    ) -> tonic::service::interceptor::InterceptedService<
+        ComputeServer<ComputeService>,
+        AuthInterceptor,
+    > {
+        ComputeServer::with_interceptor(self.clone(), AuthInterceptor(self.inner.auth.clone()))
+    }
+
+    /// Calls refused for missing or unknown credentials so far.
+    pub fn auth_failures(&self) -> u64 {
+        self.inner.auth.failures()
     }
 
     /// Transactions open now.
     pub fn open_sessions(&self) -> usize {
-        self.inner.sessions.open.lock().len()
+        self.inner.sessions.open.lock().by_handle.len()
     }
 
     /// Starts the idle-session reaper on the current tokio runtime; it ends after
@@ -696,16 +795,21 @@ impl ComputeService {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting and
-/// lets running calls finish.
+/// Serves `service` on `listener` (over TLS with `tls`) until `shutdown` resolves,
+/// then stops accepting and lets running calls finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: &ComputeService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
         .expect("TcpIncoming::from_listener cannot fail");
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(service.server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -775,6 +879,7 @@ impl Compute for ComputeService {
         &self,
         req: Request<pb::BeginRequest>,
     ) -> Result<Response<pb::BeginResponse>, Status> {
+        let client = client_of(&req)?;
         let isolation = match pb::Isolation::try_from(req.into_inner().isolation) {
             Ok(pb::Isolation::Default) => None,
             Ok(pb::Isolation::Snapshot) => Some(Isolation::Snapshot),
@@ -785,7 +890,7 @@ impl Compute for ComputeService {
         if sessions.closed.load(Ordering::Acquire) {
             return Err(ErrorKind::ShuttingDown.status("the server is shutting down"));
         }
-        if sessions.open.lock().len() >= sessions.opts.max_sessions {
+        if sessions.open.lock().by_handle.len() >= sessions.opts.max_sessions {
             return Err(ErrorKind::TooManySessions.status("max_sessions transactions are open"));
         }
         self.blocking(move |inner| {
@@ -796,7 +901,7 @@ impl Compute for ComputeService {
             .map_err(|e| status_of(&e))?;
             let (id, snapshot) = (txn.id(), txn.snapshot());
             // A refused insert drops the transaction, which aborts it.
-            inner.sessions.insert(txn)?;
+            let session = inner.sessions.insert(txn, client)?;
             inner
                 .sessions
                 .counters
@@ -806,6 +911,7 @@ impl Compute for ComputeService {
             Ok(pb::BeginResponse {
                 txn_id: id.0,
                 snapshot: snapshot.0,
+                session: session.to_vec(),
             })
         })
         .await
@@ -813,13 +919,14 @@ impl Compute for ComputeService {
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let client = client_of(&req)?;
         let req = req.into_inner();
         check_key(&req.key)?;
         self.blocking(move |inner| {
             let table = inner.table(&req.table)?;
             inner
                 .sessions
-                .with_txn(req.txn_id, |t| t.get(&table, &req.key))
+                .with_txn(&client, &req.session, |t| t.get(&table, &req.key))
         })
         .await
         .map(|value| Response::new(pb::GetResponse { value }))
@@ -829,19 +936,21 @@ impl Compute for ComputeService {
         &self,
         req: Request<pb::GetForUpdateRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let client = client_of(&req)?;
         let req = req.into_inner();
         check_key(&req.key)?;
         self.blocking(move |inner| {
             let table = inner.table(&req.table)?;
-            inner
-                .sessions
-                .with_txn(req.txn_id, |t| t.get_for_update(&table, &req.key))
+            inner.sessions.with_txn(&client, &req.session, |t| {
+                t.get_for_update(&table, &req.key)
+            })
         })
         .await
         .map(|value| Response::new(pb::GetResponse { value }))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let client = client_of(&req)?;
         let req = req.into_inner();
         check_key(&req.key)?;
         if req.key.len() + req.value.len() > MAX_ENTRY_LEN {
@@ -853,9 +962,9 @@ impl Compute for ComputeService {
         }
         self.blocking(move |inner| {
             let table = inner.table(&req.table)?;
-            inner
-                .sessions
-                .with_txn(req.txn_id, |t| t.put(&table, &req.key, &req.value))
+            inner.sessions.with_txn(&client, &req.session, |t| {
+                t.put(&table, &req.key, &req.value)
+            })
         })
         .await
         .map(|()| Response::new(pb::PutResponse {}))
@@ -865,13 +974,14 @@ impl Compute for ComputeService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let client = client_of(&req)?;
         let req = req.into_inner();
         check_key(&req.key)?;
         self.blocking(move |inner| {
             let table = inner.table(&req.table)?;
             inner
                 .sessions
-                .with_txn(req.txn_id, |t| t.delete(&table, &req.key))
+                .with_txn(&client, &req.session, |t| t.delete(&table, &req.key))
         })
         .await
         .map(|existed| Response::new(pb::DeleteResponse { existed }))
@@ -881,6 +991,7 @@ impl Compute for ComputeService {
         &self,
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let client = client_of(&req)?;
         let req = req.into_inner();
         let start = bound(req.start)?;
         let end = bound(req.end)?;
@@ -893,7 +1004,7 @@ impl Compute for ComputeService {
         let fetch = wanted.unwrap_or(usize::MAX).min(cap + 1);
         self.blocking(move |inner| {
             let table = inner.table(&req.table)?;
-            inner.sessions.with_txn(req.txn_id, |t| {
+            inner.sessions.with_txn(&client, &req.session, |t| {
                 t.scan(
                     &table,
                     (as_slice(&start), as_slice(&end)),
@@ -920,9 +1031,10 @@ impl Compute for ComputeService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let raw = req.into_inner().txn_id;
+        let client = client_of(&req)?;
+        let raw = req.into_inner().session;
         self.blocking(move |inner| {
-            let txn = inner.sessions.take(raw)?;
+            let txn = inner.sessions.take(&client, &raw)?;
             let id = txn.id();
             let counters = &inner.sessions.counters;
             match txn.commit() {
@@ -951,7 +1063,11 @@ impl Compute for ComputeService {
         // Any transaction of the cluster, not only this server's sessions: an open
         // session named here is aborted at the GTM (its later calls fail), which is
         // what makes the answer final.
-        let id = Sessions::parse_id(req.into_inner().txn_id)?;
+        let raw = req.into_inner().txn_id;
+        if raw == 0 {
+            return Err(bad_request("txn_id 0 is not a transaction"));
+        }
+        let id = TxnId(raw);
         self.blocking(move |inner| {
             let r = inner.node.resolve_outcome(id).map_err(|e| {
                 tracing::debug!(txn = %id, error = %e, "resolve failed");
@@ -977,9 +1093,10 @@ impl Compute for ComputeService {
         &self,
         req: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
-        let raw = req.into_inner().txn_id;
+        let client = client_of(&req)?;
+        let raw = req.into_inner().session;
         self.blocking(move |inner| {
-            let txn = inner.sessions.take(raw)?;
+            let txn = inner.sessions.take(&client, &raw)?;
             inner
                 .sessions
                 .counters
@@ -1203,12 +1320,13 @@ fn status_snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
             lock_waits: load(&e.lock_waits),
         }),
         sessions: Some(pb::SessionStats {
-            open: inner.sessions.open.lock().len() as u64,
+            open: inner.sessions.open.lock().by_handle.len() as u64,
             begun: load(&s.begun),
             committed: load(&s.committed),
             aborted: load(&s.aborted),
             idle_aborted: load(&s.idle_aborted),
             procedures: load(&s.procedures),
+            auth_failures: inner.auth.failures(),
         }),
     }
 }
@@ -1222,7 +1340,7 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
     let e = st.engine.unwrap_or_default();
     let s = st.sessions.unwrap_or_default();
     #[rustfmt::skip]
-    let metrics: [(&str, &str, i128, &str); 26] = [
+    let metrics: [(&str, &str, i128, &str); 27] = [
         ("node_id", G, st.node_id.into(), "This node's id."),
         ("epoch", G, st.epoch.into(), "This incarnation's epoch."),
         ("lease_remaining_ms", G, st.lease_remaining_ms.into(), "Milliseconds until writes must stop."),
@@ -1248,6 +1366,7 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
         ("grpc_sessions_committed_total", C, s.committed.into(), "gRPC transactions committed."),
         ("grpc_sessions_aborted_total", C, s.aborted.into(), "gRPC transactions aborted."),
         ("grpc_sessions_idle_aborted_total", C, s.idle_aborted.into(), "gRPC transactions aborted for idleness."),
+        ("grpc_auth_failures_total", C, s.auth_failures.into(), "gRPC calls refused for missing or unknown client credentials."),
         ("tpcc_procedures_total", C, s.procedures.into(), "TPC-C stored-procedure calls completed."),
     ];
     let mut out = String::new();
@@ -1323,15 +1442,21 @@ mod tests {
     }
 
     #[test]
-    fn reaped_ids_are_bounded() {
+    fn reaped_handles_are_bounded() {
         let mut r = Reaped::default();
+        let h = |i: u64| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&i.to_le_bytes());
+            b
+        };
+        let who = ClientId("alice".into());
         for i in 0..(REMEMBERED_REAPED as u64 + 10) {
-            r.remember(TxnId(i + 1));
+            r.remember(h(i + 1), who.clone());
         }
         assert_eq!(r.order.len(), REMEMBERED_REAPED);
-        assert_eq!(r.set.len(), REMEMBERED_REAPED);
-        assert!(!r.set.contains(&TxnId(1)));
-        assert!(r.set.contains(&TxnId(REMEMBERED_REAPED as u64 + 10)));
+        assert_eq!(r.owners.len(), REMEMBERED_REAPED);
+        assert!(!r.owners.contains_key(&h(1)));
+        assert_eq!(r.owners.get(&h(REMEMBERED_REAPED as u64 + 10)), Some(&who));
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! `Send + Sync`, and many threads may call it at once (calls multiplex on the channel).
 //! Its methods block, so it is for synchronous code: calling (or dropping) it inside an
 //! async runtime panics.
-//! A transaction is its [`TxnId`] (from [`RemoteNode::begin`]); errors are
+//! Connecting ([`RemoteNode::connect_with`], [`ConnectOptions`]) presents a client
+//! token and/or speaks TLS (with a client certificate for mutual TLS); a server
+//! refuses calls without credentials (`UNAUTHENTICATED`) unless it runs `insecure`.
+//! A transaction is a [`RemoteTxn`] (from [`RemoteNode::begin`]: the server's random
+//! session handle, and the engine's transaction id for diagnostics); errors are
 //! [`RemoteError`]s whose [`RemoteError::is_retryable`] and [`RemoteError::is_unknown`]
 //! answer as [`crate::txn::TxnError::is_retryable`] and `is_unknown` do. A commit with
 //! an unknown outcome — the server said so, or the `Commit` call itself failed without
@@ -15,7 +19,9 @@
 //! ```no_run
 //! use compute_node::grpc_client::RemoteNode;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let node = RemoteNode::connect("127.0.0.1:7500")?;
+//! use compute_node::grpc_client::ConnectOptions;
+//! let opts = ConnectOptions::token("0123456789abcdef0123456789abcdef");
+//! let node = RemoteNode::connect_with("127.0.0.1:7500", &opts)?;
 //! node.ensure_table("accounts")?;
 //! let txn = node.begin()?;
 //! node.put(txn, "accounts", b"alice", b"100")?;
@@ -25,7 +31,9 @@
 //! ```
 
 use crate::grpc::ErrorKind;
+use crate::grpc_auth::Credentials;
 use crate::grpc_tpcc;
+use crate::tls::ClientTls;
 use crate::tpcc::check::CheckResult;
 use crate::tpcc::transactions::Outcome;
 use crate::txn::{Isolation, Resolved, Row};
@@ -34,8 +42,94 @@ use common::proto::compute as pb;
 use common::proto::compute::compute_client::ComputeClient;
 use std::future::Future;
 use std::ops::Bound;
+use std::path::Path;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// The generated client with this connection's credentials on every call.
+pub type Client = ComputeClient<InterceptedService<Channel, Credentials>>;
+
+/// An open transaction on a remote node: the server's session handle (random, bound
+/// to this client) and the engine's transaction id (diagnostics, `resolve_outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteTxn {
+    pub id: TxnId,
+    handle: [u8; 16],
+}
+
+impl RemoteTxn {
+    /// A transaction with a handle of the caller's choosing (tests of the server's
+    /// handle checks).
+    pub fn from_parts(id: TxnId, handle: [u8; 16]) -> RemoteTxn {
+        RemoteTxn { id, handle }
+    }
+
+    pub fn handle(&self) -> [u8; 16] {
+        self.handle
+    }
+}
+
+impl std::fmt::Display for RemoteTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.id)
+    }
+}
+
+/// How to reach a server: credentials, TLS, connect timeout.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// A client token (sent as `authorization: Bearer ...`).
+    pub token: Option<String>,
+    /// Speak TLS (`https`), trusting this CA (and presenting a client certificate).
+    pub tls: Option<ClientTls>,
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            token: None,
+            tls: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// A client token, plaintext.
+    pub fn token(token: &str) -> ConnectOptions {
+        ConnectOptions {
+            token: Some(token.to_string()),
+            ..ConnectOptions::default()
+        }
+    }
+
+    /// The first token of a tokens file (the file the server reads, or one with only
+    /// the token).
+    pub fn token_file(path: &Path) -> Result<ConnectOptions, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
+        let token = match crate::grpc_auth::parse_tokens(&text) {
+            Ok(v) if !v.is_empty() => v[0].1.clone(),
+            _ => text.trim().to_string(),
+        };
+        if token.is_empty() {
+            return Err(format!("{}: no token", path.display()));
+        }
+        Ok(ConnectOptions::token(&token))
+    }
+
+    pub fn with_tls(mut self, tls: ClientTls) -> ConnectOptions {
+        self.tls = Some(tls);
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> ConnectOptions {
+        self.timeout = timeout;
+        self
+    }
+}
 
 /// A failed remote call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -118,18 +212,31 @@ const MAX_ANSWER: usize = 256 << 20;
 
 /// A connection to one compute node's gRPC server.
 pub struct RemoteNode {
-    client: ComputeClient<Channel>,
+    client: Client,
     // Declared after the channel: dropped last, so the channel's tasks stop with it.
     rt: tokio::runtime::Runtime,
 }
 
 impl RemoteNode {
-    /// Connects to `addr` (`host:port` or `http://host:port`).
+    /// Connects to `addr` (`host:port` or `http://host:port`) without credentials (a
+    /// server running `insecure`).
     pub fn connect(addr: &str) -> Result<RemoteNode, RemoteError> {
-        RemoteNode::connect_timeout(addr, Duration::from_secs(5))
+        RemoteNode::connect_with(addr, &ConnectOptions::default())
     }
 
     pub fn connect_timeout(addr: &str, timeout: Duration) -> Result<RemoteNode, RemoteError> {
+        RemoteNode::connect_with(addr, &ConnectOptions::default().with_timeout(timeout))
+    }
+
+    /// Connects to `addr` (`host:port`, `http://...` or `https://...`; TLS settings make
+    /// it `https`) with `opts`' credentials.
+    pub fn connect_with(addr: &str, opts: &ConnectOptions) -> Result<RemoteNode, RemoteError> {
+        let bad = |message: String| RemoteError {
+            kind: ErrorKind::BadRequest,
+            code: tonic::Code::InvalidArgument,
+            message,
+            txn: None,
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(1)
@@ -137,30 +244,42 @@ impl RemoteNode {
             .enable_all()
             .build()
             .map_err(|e| RemoteError::transport(format!("starting the client runtime: {e}")))?;
-        let uri = if addr.contains("://") {
-            addr.to_string()
+        let bare = addr
+            .strip_prefix("http://")
+            .or_else(|| addr.strip_prefix("https://"))
+            .unwrap_or(addr);
+        let scheme = if opts.tls.is_some() || addr.starts_with("https://") {
+            "https"
         } else {
-            format!("http://{addr}")
+            "http"
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| RemoteError {
-                kind: ErrorKind::BadRequest,
-                code: tonic::Code::InvalidArgument,
-                message: format!("bad address {addr:?}: {e}"),
-                txn: None,
-            })?
-            .connect_timeout(timeout)
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{bare}"))
+            .map_err(|e| bad(format!("bad address {addr:?}: {e}")))?
+            .connect_timeout(opts.timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &opts.tls {
+            let host = bare.rsplit_once(':').map_or(bare, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let cfg = tls.config(host).map_err(bad)?;
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| bad(format!("TLS settings: {e}")))?;
+        }
+        let creds = match &opts.token {
+            Some(t) => Credentials::token(t).map_err(bad)?,
+            None => Credentials::none(),
+        };
         let channel = rt
             .block_on(endpoint.connect())
-            .map_err(|e| RemoteError::transport(format!("connecting to {addr}: {e}")))?;
-        let client = ComputeClient::new(channel).max_decoding_message_size(MAX_ANSWER);
+            .map_err(|e| RemoteError::transport(format!("connecting to {addr}: {e:?}")))?;
+        let client =
+            ComputeClient::with_interceptor(channel, creds).max_decoding_message_size(MAX_ANSWER);
         Ok(RemoteNode { client, rt })
     }
 
     /// Runs `f` with a client on this node's runtime (for calls this wrapper does not
     /// cover, e.g. raw requests in tests).
-    pub fn call<F, R>(&self, f: impl FnOnce(ComputeClient<Channel>) -> F) -> R
+    pub fn call<F, R>(&self, f: impl FnOnce(Client) -> F) -> R
     where
         F: Future<Output = R>,
     {
@@ -200,29 +319,41 @@ impl RemoteNode {
     }
 
     /// Begins a transaction with the node's default isolation.
-    pub fn begin(&self) -> Result<TxnId, RemoteError> {
+    pub fn begin(&self) -> Result<RemoteTxn, RemoteError> {
         self.begin_isolation(pb::Isolation::Default)
     }
 
-    pub fn begin_with(&self, isolation: Isolation) -> Result<TxnId, RemoteError> {
+    pub fn begin_with(&self, isolation: Isolation) -> Result<RemoteTxn, RemoteError> {
         self.begin_isolation(match isolation {
             Isolation::Snapshot => pb::Isolation::Snapshot,
             Isolation::ReadCommitted => pb::Isolation::ReadCommitted,
         })
     }
 
-    fn begin_isolation(&self, isolation: pb::Isolation) -> Result<TxnId, RemoteError> {
+    fn begin_isolation(&self, isolation: pb::Isolation) -> Result<RemoteTxn, RemoteError> {
         let req = pb::BeginRequest {
             isolation: isolation as i32,
         };
-        self.call(|mut c| async move { c.begin(req).await })
-            .map(|r| TxnId(r.into_inner().txn_id))
-            .map_err(Into::into)
+        let r = self
+            .call(|mut c| async move { c.begin(req).await })?
+            .into_inner();
+        let handle = r.session.as_slice().try_into().map_err(|_| {
+            RemoteError::bad_answer(format!("a session handle of {} bytes", r.session.len()))
+        })?;
+        Ok(RemoteTxn {
+            id: TxnId(r.txn_id),
+            handle,
+        })
     }
 
-    pub fn get(&self, txn: TxnId, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, RemoteError> {
+    pub fn get(
+        &self,
+        txn: RemoteTxn,
+        table: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
         let req = pb::GetRequest {
-            txn_id: txn.0,
+            session: txn.handle.to_vec(),
             table: table.to_string(),
             key: key.to_vec(),
         };
@@ -235,12 +366,12 @@ impl RemoteNode {
     /// this transaction until it ends.
     pub fn get_for_update(
         &self,
-        txn: TxnId,
+        txn: RemoteTxn,
         table: &str,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, RemoteError> {
         let req = pb::GetForUpdateRequest {
-            txn_id: txn.0,
+            session: txn.handle.to_vec(),
             table: table.to_string(),
             key: key.to_vec(),
         };
@@ -251,13 +382,13 @@ impl RemoteNode {
 
     pub fn put(
         &self,
-        txn: TxnId,
+        txn: RemoteTxn,
         table: &str,
         key: &[u8],
         value: &[u8],
     ) -> Result<(), RemoteError> {
         let req = pb::PutRequest {
-            txn_id: txn.0,
+            session: txn.handle.to_vec(),
             table: table.to_string(),
             key: key.to_vec(),
             value: value.to_vec(),
@@ -268,9 +399,9 @@ impl RemoteNode {
     }
 
     /// Deletes the row; returns whether a visible row was there.
-    pub fn delete(&self, txn: TxnId, table: &str, key: &[u8]) -> Result<bool, RemoteError> {
+    pub fn delete(&self, txn: RemoteTxn, table: &str, key: &[u8]) -> Result<bool, RemoteError> {
         let req = pb::DeleteRequest {
-            txn_id: txn.0,
+            session: txn.handle.to_vec(),
             table: table.to_string(),
             key: key.to_vec(),
         };
@@ -284,7 +415,7 @@ impl RemoteNode {
     /// (`max_scan_rows`) are continued from the last key.
     pub fn scan(
         &self,
-        txn: TxnId,
+        txn: RemoteTxn,
         table: &str,
         range: (Bound<&[u8]>, Bound<&[u8]>),
         reverse: bool,
@@ -309,7 +440,7 @@ impl RemoteNode {
                 return Ok(out);
             }
             let req = pb::ScanRequest {
-                txn_id: txn.0,
+                session: txn.handle.to_vec(),
                 table: table.to_string(),
                 start: start.clone(),
                 end: end.clone(),
@@ -343,11 +474,13 @@ impl RemoteNode {
     /// [`RemoteError::is_unknown`] (the server lost the GTM's answer, or this call got
     /// no answer at all) must be resolved ([`RemoteNode::resolve_outcome`]) before the
     /// transaction runs again.
-    pub fn commit(&self, txn: TxnId) -> Result<Timestamp, RemoteError> {
-        let req = pb::CommitRequest { txn_id: txn.0 };
+    pub fn commit(&self, txn: RemoteTxn) -> Result<Timestamp, RemoteError> {
+        let req = pb::CommitRequest {
+            session: txn.handle.to_vec(),
+        };
         self.call(|mut c| async move { c.commit(req).await })
             .map(|r| Timestamp(r.into_inner().commit_ts))
-            .map_err(|s| RemoteError::of_commit(txn, s.into()))
+            .map_err(|s| RemoteError::of_commit(txn.id, s.into()))
     }
 
     /// The final outcome of `txn` (any node's; see [`crate::txn::Engine::resolve_outcome`]).
@@ -377,8 +510,10 @@ impl RemoteNode {
         })
     }
 
-    pub fn abort(&self, txn: TxnId) -> Result<(), RemoteError> {
-        let req = pb::AbortRequest { txn_id: txn.0 };
+    pub fn abort(&self, txn: RemoteTxn) -> Result<(), RemoteError> {
+        let req = pb::AbortRequest {
+            session: txn.handle.to_vec(),
+        };
         self.call(|mut c| async move { c.abort(req).await })
             .map(|_| ())
             .map_err(Into::into)

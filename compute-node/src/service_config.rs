@@ -24,6 +24,21 @@ pub struct ServiceConfig {
     pub session_idle_timeout_ms: u64,
     /// Transactions open at once over gRPC, at most (`Begin` beyond: RESOURCE_EXHAUSTED).
     pub max_sessions: usize,
+    /// Transactions one client may have open at once.
+    pub max_sessions_per_client: usize,
+    /// Client tokens: a file of `name token` lines (`#` comments); a client sends
+    /// `authorization: Bearer <token>`. Several lines let a token be rotated.
+    pub client_tokens_file: String,
+    /// Accept every call without credentials: for local development only (logged
+    /// loudly). Exclusive with tokens and a client CA.
+    pub insecure: bool,
+    /// TLS for the client API: the server's certificate chain and key (PEM); empty:
+    /// plaintext.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// Mutual TLS: clients presenting a certificate this CA (PEM) signed are let in
+    /// (required of every client when there are no tokens).
+    pub tls_client_ca_file: String,
     /// Rows one `Scan` answers at most (more: `truncated`, continue from the last key).
     pub max_scan_rows: u32,
     /// Async worker threads (gRPC I/O only; engine calls run on the blocking pool).
@@ -42,6 +57,12 @@ impl Default for ServiceConfig {
             metrics_listen: String::new(),
             session_idle_timeout_ms: 60_000,
             max_sessions: 10_000,
+            max_sessions_per_client: 1_000,
+            client_tokens_file: String::new(),
+            insecure: false,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
             max_scan_rows: 10_000,
             worker_threads: 2,
             max_blocking_threads: 64,
@@ -61,6 +82,19 @@ metrics_listen = ""
 session_idle_timeout_ms = 60000
 # Transactions open at once over gRPC, at most (Begin beyond: RESOURCE_EXHAUSTED)
 max_sessions = 10000
+# Transactions one client may have open at once
+max_sessions_per_client = 1000
+# Client authentication (one of these is required):
+# a file of `name token` lines; clients send `authorization: Bearer <token>`
+client_tokens_file = ""
+# or mutual TLS: clients present a certificate this CA signed (needs tls_cert_file)
+tls_client_ca_file = ""
+# or, for local development only, no authentication at all (logged loudly)
+insecure = false
+# TLS for the client API: certificate chain and key (PEM); empty: plaintext
+# (`dsb-certs --dir DIR` makes a CA and certificates for a test cluster)
+tls_cert_file = ""
+tls_key_file = ""
 # Rows one Scan answers at most (more: the answer is marked truncated)
 max_scan_rows = 10000
 # Async worker threads (gRPC I/O only)
@@ -124,8 +158,8 @@ impl ServiceConfig {
         if self.max_sessions == 0 {
             return bad("max_sessions", "must be at least 1".into());
         }
-        if self.max_scan_rows == 0 {
-            return bad("max_scan_rows", "must be at least 1".into());
+        if self.max_sessions_per_client == 0 {
+            return bad("max_sessions_per_client", "must be at least 1".into());
         }
         if !(1..=64).contains(&self.worker_threads) {
             return bad(
@@ -169,6 +203,38 @@ impl ServiceConfig {
         if n.rpc_timeout_s == 0 {
             return bad("node.rpc_timeout_s", "must be at least 1".into());
         }
+        // Last: every other mistake is named first.
+        let credentials =
+            !self.client_tokens_file.is_empty() || !self.tls_client_ca_file.is_empty();
+        if self.insecure && credentials {
+            return bad(
+                "insecure",
+                "true while client_tokens_file or tls_client_ca_file is set: choose one".into(),
+            );
+        }
+        if !self.insecure && !credentials {
+            return bad(
+                "client_tokens_file",
+                "no client authentication configured: set client_tokens_file, \
+                 tls_client_ca_file (mutual TLS), or insecure = true (local development only)"
+                    .into(),
+            );
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return bad(
+                "tls_key_file",
+                "tls_cert_file and tls_key_file go together".into(),
+            );
+        }
+        if !self.tls_client_ca_file.is_empty() && self.tls_cert_file.is_empty() {
+            return bad(
+                "tls_client_ca_file",
+                "mutual TLS needs the server's tls_cert_file and tls_key_file".into(),
+            );
+        }
+        if self.max_scan_rows == 0 {
+            return bad("max_scan_rows", "must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -182,8 +248,40 @@ impl ServiceConfig {
         SessionOptions {
             idle_timeout: Duration::from_millis(self.session_idle_timeout_ms),
             max_sessions: self.max_sessions,
+            max_sessions_per_client: self.max_sessions_per_client,
             max_scan_rows: self.max_scan_rows,
         }
+    }
+}
+
+impl ServiceConfig {
+    /// The client authentication these settings ask for (reads the tokens file).
+    pub fn client_auth(&self) -> Result<crate::grpc_auth::ClientAuth, String> {
+        use crate::grpc_auth::ClientAuth;
+        if self.insecure {
+            return Ok(ClientAuth::insecure());
+        }
+        let tokens = if self.client_tokens_file.is_empty() {
+            Vec::new()
+        } else {
+            ClientAuth::read_tokens_file(Path::new(&self.client_tokens_file))?
+        };
+        ClientAuth::new(tokens, !self.tls_client_ca_file.is_empty())
+            .map_err(|e| format!("client_tokens_file {}: {e}", self.client_tokens_file))
+    }
+
+    /// The server's TLS settings, if it speaks TLS.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        if self.tls_cert_file.is_empty() {
+            return Ok(None);
+        }
+        crate::tls::server_config(
+            Path::new(&self.tls_cert_file),
+            Path::new(&self.tls_key_file),
+            (!self.tls_client_ca_file.is_empty()).then(|| Path::new(&self.tls_client_ca_file)),
+            !self.client_tokens_file.is_empty(),
+        )
+        .map(Some)
     }
 }
 
@@ -205,7 +303,33 @@ mod tests {
             toml::to_string(&c).unwrap(),
             toml::to_string(&ServiceConfig::default()).unwrap()
         );
-        c.validate().unwrap();
+        // The defaults name no client authentication: refused until one is chosen.
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("no client authentication"), "{e}");
+        for ok in [
+            "insecure = true",
+            "client_tokens_file = \"tokens\"",
+            "tls_cert_file = \"c\"\ntls_key_file = \"k\"\ntls_client_ca_file = \"ca\"",
+        ] {
+            let c: ServiceConfig = common::config::parse(ok, Path::new("c.toml")).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, key) in [
+            ("insecure = true\nclient_tokens_file = \"t\"", "insecure"),
+            (
+                "client_tokens_file = \"t\"\ntls_cert_file = \"c\"",
+                "tls_key_file",
+            ),
+            ("tls_client_ca_file = \"ca\"", "tls_client_ca_file"),
+            (
+                "insecure = true\nmax_sessions_per_client = 0",
+                "max_sessions_per_client",
+            ),
+        ] {
+            let c: ServiceConfig = common::config::parse(bad, Path::new("c.toml")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use common::fabric::Transport;
 use common::ids::TxnId;
 use common::proto::compute as pb;
 use compute_node::grpc::ErrorKind;
-use compute_node::grpc_client::{RemoteError, RemoteNode};
+use compute_node::grpc_client::{ConnectOptions, RemoteError, RemoteNode, RemoteTxn};
 use compute_node::txn::Resolved;
 use proxy::{Direction, Proxy};
 use std::io::{BufRead, BufReader};
@@ -37,6 +37,10 @@ fn write_config(c: &EmbeddedCluster, node_id: u32, extra: &str) -> PathBuf {
     write_config_via(c, node_id, extra, &c.gtm_endpoint().to_string(), "")
 }
 
+/// The test clients' tokens.
+const ALICE: &str = "alice-0123456789abcdef";
+const BOB: &str = "bob-0123456789abcdef00";
+
 /// As [`write_config`], reaching the GTM at `gtm`, plus `node_extra` keys of `[node]`.
 fn write_config_via(
     c: &EmbeddedCluster,
@@ -50,8 +54,17 @@ fn write_config_via(
         .iter()
         .map(|e| format!("{:?}", e.to_string()))
         .collect();
+    // Clients authenticate with a token of `client-tokens` (alice's unless a test asks
+    // otherwise), unless `extra` configures authentication itself.
+    let tokens = c.dir().join("client-tokens");
+    std::fs::write(&tokens, format!("alice {ALICE}\nbob {BOB}\n")).unwrap();
+    let auth = if extra.contains("insecure") || extra.contains("client_tokens_file") {
+        String::new()
+    } else {
+        format!("client_tokens_file = {:?}\n", tokens.display().to_string())
+    };
     let text = format!(
-        "listen = \"127.0.0.1:0\"\n{extra}\n\n[node]\nnode_id = {node_id}\ngtm = {gtm:?}\nstorage = [{}]\nkey_file = {:?}\nbuffer_frames = 1024\nheartbeat_ms = 100\n{node_extra}\n",
+        "listen = \"127.0.0.1:0\"\n{auth}{extra}\n\n[node]\nnode_id = {node_id}\ngtm = {gtm:?}\nstorage = [{}]\nkey_file = {:?}\nbuffer_frames = 1024\nheartbeat_ms = 100\n{node_extra}\n",
         storage.join(", "),
         c.key_file().display().to_string(),
     );
@@ -102,8 +115,13 @@ impl Server {
         Server { child, addr, log }
     }
 
+    /// Connects as alice.
     fn connect(&self) -> RemoteNode {
-        RemoteNode::connect(&self.addr).expect("connect to compute-node")
+        self.connect_with(&ConnectOptions::token(ALICE))
+    }
+
+    fn connect_with(&self, opts: &ConnectOptions) -> RemoteNode {
+        RemoteNode::connect_with(&self.addr, opts).expect("connect to compute-node")
     }
 
     fn sigterm(&self) {
@@ -257,7 +275,7 @@ fn tables_and_transactions_over_grpc() {
     let raw = node
         .call(|mut cl| async move {
             cl.scan(pb::ScanRequest {
-                txn_id: t.0,
+                session: t.handle().to_vec(),
                 table: "accounts".into(),
                 ..Default::default()
             })
@@ -458,7 +476,7 @@ fn locking_reads_over_grpc() {
     );
     node.abort(t).unwrap();
     let e = node
-        .get_for_update(common::ids::TxnId(u64::MAX), "t", b"row")
+        .get_for_update(RemoteTxn::from_parts(TxnId(u64::MAX), [7; 16]), "t", b"row")
         .unwrap_err();
     assert!(!e.is_retryable(), "{e}");
 }
@@ -469,13 +487,13 @@ fn bad_input_is_invalid_argument_and_the_server_keeps_serving() {
     let server = Server::start(&write_config(&c, 1, ""));
     let node = server.connect();
     node.create_table("t").unwrap();
-    let unknown = common::ids::TxnId(0xdead_beef_0000);
-    let zero = common::ids::TxnId(0);
+    let unknown = RemoteTxn::from_parts(TxnId(0xdead_beef_0000), [0xab; 16]);
+    let zero = RemoteTxn::from_parts(TxnId(0), [0; 16]);
     // The kind travels in a trailer, beside the code.
     let raw = node
         .call(|mut cl| async move {
             cl.get(pb::GetRequest {
-                txn_id: unknown.0,
+                session: unknown.handle().to_vec(),
                 table: "t".into(),
                 key: b"k".to_vec(),
             })
@@ -491,7 +509,17 @@ fn bad_input_is_invalid_argument_and_the_server_keeps_serving() {
             .unwrap(),
         "bad_request"
     );
-    assert!(raw.message().contains("unknown transaction"), "{raw:?}");
+    assert!(raw.message().contains("unknown session"), "{raw:?}");
+    // A handle of the wrong length is bad input too.
+    let short = node
+        .call(|mut cl| async move {
+            cl.commit(pb::CommitRequest {
+                session: vec![1, 2, 3],
+            })
+            .await
+        })
+        .map_err(RemoteError::from);
+    expect_kind(short, ErrorKind::BadRequest);
     expect_kind(node.get(unknown, "t", b"k"), ErrorKind::BadRequest);
     expect_kind(node.put(zero, "t", b"k", b"v"), ErrorKind::BadRequest);
     expect_kind(node.delete(unknown, "t", b"k"), ErrorKind::BadRequest);
@@ -660,13 +688,19 @@ fn bad_config_exits_nonzero_naming_the_key_and_the_file() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, compute_node::service_config::EXAMPLE);
-    let cfg: compute_node::service_config::ServiceConfig =
+    let mut cfg: compute_node::service_config::ServiceConfig =
         common::config::parse(&text, Path::new("example.toml")).unwrap();
+    // It names no client authentication: the one choice an operator must make.
+    assert!(cfg.validate().is_err());
+    cfg.insecure = true;
     cfg.validate().unwrap();
+    let (st, err, _) = run("listen = \"127.0.0.1:0\"\n");
+    assert!(!st.success());
+    assert!(err.contains("no client authentication"), "{err}");
 
     // A cluster that is not there: a clear error, non-zero exit.
     let (st, err, _) = run(&format!(
-        "listen = \"127.0.0.1:0\"\n[node]\ngtm = \"tcp://127.0.0.1:1\"\nkey_file = {:?}\n",
+        "listen = \"127.0.0.1:0\"\ninsecure = true\n[node]\ngtm = \"tcp://127.0.0.1:1\"\nkey_file = {:?}\n",
         dir.path().join("missing.key").display().to_string()
     ));
     assert!(!st.success());
@@ -806,12 +840,15 @@ fn resolve_outcome_answers_committed_aborted_and_unknown_ids_over_grpc() {
     let t = node.begin().unwrap();
     node.put(t, "t", b"c", b"1").unwrap();
     let cts = node.commit(t).unwrap();
-    assert_eq!(node.resolve_outcome(t).unwrap(), Resolved::Committed(cts));
+    assert_eq!(
+        node.resolve_outcome(t.id).unwrap(),
+        Resolved::Committed(cts)
+    );
 
     let t = node.begin().unwrap();
     node.put(t, "t", b"a", b"1").unwrap();
     node.abort(t).unwrap();
-    assert_eq!(node.resolve_outcome(t).unwrap(), Resolved::Aborted);
+    assert_eq!(node.resolve_outcome(t.id).unwrap(), Resolved::Aborted);
 
     // Another node's transaction, still open there: decided (aborted) by resolving.
     let other = c.start_compute_node(2).unwrap();
@@ -858,16 +895,16 @@ fn an_unknown_commit_outcome_is_its_own_status_and_resolve_outcome_decides_it() 
     let e = expect_kind(node.commit(t1), ErrorKind::OutcomeUnknown);
     assert_eq!(e.code, tonic::Code::Unknown);
     assert!(e.is_unknown() && !e.is_retryable(), "{e}");
-    assert_eq!(e.txn, Some(t1), "{e}");
-    let e = expect_kind(node.resolve_outcome(t1), ErrorKind::OutcomeUnknown);
+    assert_eq!(e.txn, Some(t1.id), "{e}");
+    let e = expect_kind(node.resolve_outcome(t1.id), ErrorKind::OutcomeUnknown);
     assert!(e.is_unknown(), "{e}");
     gtm.release(Direction::ToServer);
-    let cts = match node.resolve_outcome(t1).unwrap() {
+    let cts = match node.resolve_outcome(t1.id).unwrap() {
         Resolved::Committed(cts) => cts,
         Resolved::Aborted => panic!("the late commit arrived first on its connection"),
     };
     assert_eq!(
-        direct.resolve_outcome(t1).unwrap(),
+        direct.resolve_outcome(t1.id).unwrap(),
         Resolved::Committed(cts)
     );
     let r = node.begin().unwrap();
@@ -880,12 +917,269 @@ fn an_unknown_commit_outcome_is_its_own_status_and_resolve_outcome_decides_it() 
     node.put(t2, "t", b"lost", b"1").unwrap();
     gtm.hold(Direction::ToServer);
     let e = expect_kind(node.commit(t2), ErrorKind::OutcomeUnknown);
-    assert_eq!(e.txn, Some(t2));
-    assert_eq!(direct.resolve_outcome(t2).unwrap(), Resolved::Aborted);
+    assert_eq!(e.txn, Some(t2.id));
+    assert_eq!(direct.resolve_outcome(t2.id).unwrap(), Resolved::Aborted);
     gtm.release(Direction::ToServer);
-    assert_eq!(node.resolve_outcome(t2).unwrap(), Resolved::Aborted);
+    assert_eq!(node.resolve_outcome(t2.id).unwrap(), Resolved::Aborted);
     let r = node.begin().unwrap();
     assert_eq!(node.get(r, "t", b"lost").unwrap(), None);
     node.commit(r).unwrap();
     drop(direct);
+}
+
+// ---- Client security -----------------------------------------------------------------
+
+/// An outsider without credentials, or with a wrong token, is refused with
+/// UNAUTHENTICATED before anything runs: no session opens, nothing is written, and the
+/// refusals are counted.
+#[test]
+fn calls_without_credentials_or_with_a_wrong_token_are_refused() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let alice = server.connect();
+    alice.create_table("t").unwrap();
+    for outsider in [
+        server.connect_with(&ConnectOptions::default()),
+        server.connect_with(&ConnectOptions::token("not-a-token-of-this-server")),
+    ] {
+        let e = expect_kind(outsider.begin(), ErrorKind::Unauthenticated);
+        assert_eq!(e.code, tonic::Code::Unauthenticated);
+        assert!(e.message.contains("credentials"), "{e}");
+        assert!(!e.is_retryable());
+        expect_kind(outsider.health(), ErrorKind::Unauthenticated);
+        expect_kind(outsider.create_table("evil"), ErrorKind::Unauthenticated);
+        // Even with a real handle of alice's.
+        let t = alice.begin().unwrap();
+        expect_kind(outsider.abort(t), ErrorKind::Unauthenticated);
+        alice.put(t, "t", b"k", b"alice").unwrap();
+        alice.commit(t).unwrap();
+    }
+    let st = alice.cluster_status().unwrap();
+    let sessions = st.sessions.unwrap();
+    assert_eq!(sessions.open, 0);
+    assert!(sessions.auth_failures >= 8, "{sessions:?}");
+    alice
+        .create_table("evil")
+        .expect("the outsiders created nothing");
+    let t = alice.begin().unwrap();
+    assert_eq!(alice.get(t, "t", b"k").unwrap(), Some(b"alice".to_vec()));
+    alice.commit(t).unwrap();
+    assert!(
+        server
+            .log_text()
+            .contains("unauthenticated gRPC calls refused"),
+        "refusals are logged"
+    );
+}
+
+/// Handles are random and bound to their client: bob naming alice's handle hears what
+/// a handle that never existed hears, and cannot touch her transaction. Each client has
+/// its own session cap.
+#[test]
+fn a_client_cannot_use_another_clients_session() {
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, "max_sessions_per_client = 2"));
+    let alice = server.connect();
+    let bob = server.connect_with(&ConnectOptions::token(BOB));
+    alice.create_table("t").unwrap();
+    let a = alice.begin().unwrap();
+    let a2 = alice.begin().unwrap();
+    assert_ne!(a.handle(), a2.handle());
+    assert_ne!(
+        a.handle()[..8],
+        a.id.0.to_le_bytes(),
+        "the handle is not the txn id"
+    );
+    alice.put(a, "t", b"k", b"alice").unwrap();
+    let never = RemoteTxn::from_parts(a.id, [0x5a; 16]);
+    let theirs = expect_kind(bob.get(a, "t", b"k"), ErrorKind::BadRequest);
+    let nobodys = expect_kind(bob.get(never, "t", b"k"), ErrorKind::BadRequest);
+    assert_eq!(
+        theirs.message, nobodys.message,
+        "indistinguishable from unknown"
+    );
+    expect_kind(bob.put(a, "t", b"k", b"bob"), ErrorKind::BadRequest);
+    expect_kind(bob.commit(a), ErrorKind::BadRequest);
+    expect_kind(bob.abort(a), ErrorKind::BadRequest);
+    // Per-client cap: alice has two; bob still gets his.
+    expect_kind(alice.begin(), ErrorKind::TooManySessions);
+    let b = bob.begin().unwrap();
+    bob.abort(b).unwrap();
+    // Alice's transaction is untouched.
+    assert_eq!(alice.get(a, "t", b"k").unwrap(), Some(b"alice".to_vec()));
+    alice.commit(a).unwrap();
+    alice.abort(a2).unwrap();
+    let t = bob.begin().unwrap();
+    assert_eq!(bob.get(t, "t", b"k").unwrap(), Some(b"alice".to_vec()));
+    bob.commit(t).unwrap();
+}
+
+/// The client API over TLS with a test CA, token-authenticated; a plaintext client gets
+/// nowhere. Mutual TLS without tokens: a certificate from the CA lets a client in, none
+/// or one from another CA does not.
+#[test]
+fn tls_and_mutual_tls() {
+    let c = cluster();
+    let pki = c.dir().join("pki");
+    let other = c.dir().join("other-pki");
+    compute_node::tls::make_test_pki(&pki, &["localhost".into()], &["harness".into()]).unwrap();
+    compute_node::tls::make_test_pki(&other, &["localhost".into()], &["intruder".into()]).unwrap();
+    let p = |name: &str| pki.join(name).display().to_string();
+    let tls_keys = format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}",
+        p("server.pem"),
+        p("server.key")
+    );
+    let tls = |identity: Option<(PathBuf, PathBuf)>| compute_node::tls::ClientTls {
+        ca: pki.join("ca.pem"),
+        domain: Some("localhost".into()),
+        identity,
+    };
+
+    // TLS + tokens.
+    let server = Server::start(&write_config(&c, 1, &tls_keys));
+    let node = server.connect_with(&ConnectOptions::token(ALICE).with_tls(tls(None)));
+    node.create_table("t").unwrap();
+    let t = node.begin().unwrap();
+    node.put(t, "t", b"k", b"over tls").unwrap();
+    node.commit(t).unwrap();
+    let refused = |r: Result<RemoteTxn, RemoteError>| {
+        let e = r.expect_err("refused");
+        assert!(
+            matches!(e.kind, ErrorKind::Transport | ErrorKind::Unauthenticated),
+            "{e}"
+        );
+    };
+    refused(
+        RemoteNode::connect_with(&server.addr, &ConnectOptions::token(ALICE))
+            .and_then(|n| n.begin()),
+    );
+    // A TLS client that does not trust the server's CA.
+    let wrong_ca = compute_node::tls::ClientTls {
+        ca: other.join("ca.pem"),
+        ..tls(None)
+    };
+    refused(
+        RemoteNode::connect_with(
+            &server.addr,
+            &ConnectOptions::token(ALICE).with_tls(wrong_ca),
+        )
+        .and_then(|n| n.begin()),
+    );
+    drop(node);
+    drop(server);
+
+    // Mutual TLS, no tokens.
+    let mtls = format!("{tls_keys}\ntls_client_ca_file = {:?}", p("ca.pem"));
+    let server = Server::start(&write_config(
+        &c,
+        2,
+        &format!("{mtls}\nclient_tokens_file = \"\""),
+    ));
+    let cert = Some((
+        pki.join("client-harness.pem"),
+        pki.join("client-harness.key"),
+    ));
+    let node = server.connect_with(&ConnectOptions::default().with_tls(tls(cert)));
+    let t = node.begin().unwrap();
+    assert_eq!(node.get(t, "t", b"k").unwrap(), Some(b"over tls".to_vec()));
+    node.commit(t).unwrap();
+    for identity in [
+        None,
+        Some((
+            other.join("client-intruder.pem"),
+            other.join("client-intruder.key"),
+        )),
+    ] {
+        refused(
+            RemoteNode::connect_with(
+                &server.addr,
+                &ConnectOptions::default().with_tls(tls(identity.clone())),
+            )
+            .and_then(|n| n.begin()),
+        );
+    }
+}
+
+/// Random requests — real and garbage handles, odd table names, oversized keys, every
+/// call — answer errors, never take the server down, and leak no session.
+#[test]
+fn random_requests_harm_nothing_and_leak_no_session() {
+    use rand::{Rng, SeedableRng};
+    let c = cluster();
+    let server = Server::start(&write_config(&c, 1, ""));
+    let node = server.connect();
+    node.create_table("t").unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xF022);
+    let mut open: Vec<RemoteTxn> = Vec::new();
+    let mut commits = 0;
+    for _ in 0..1500 {
+        let txn = match rng.gen_range(0..4) {
+            0 if !open.is_empty() => open[rng.gen_range(0..open.len())],
+            1 => RemoteTxn::from_parts(TxnId(rng.gen()), rng.gen()),
+            _ if !open.is_empty() => open[rng.gen_range(0..open.len())],
+            _ => RemoteTxn::from_parts(TxnId(0), [0; 16]),
+        };
+        let table = match rng.gen_range(0..4) {
+            0 => String::new(),
+            1 => "x".repeat(rng.gen_range(1..400)),
+            _ => "t".into(),
+        };
+        let key: Vec<u8> = (0..[0, 1, 8, 3000, 5000][rng.gen_range(0..5)])
+            .map(|_| rng.gen())
+            .collect();
+        match rng.gen_range(0..9) {
+            0 => {
+                let iso = rng.gen_range(0..4);
+                let r = node.call(|mut cl| async move {
+                    cl.begin(pb::BeginRequest { isolation: iso }).await
+                });
+                if let Ok(r) = r {
+                    let r = r.into_inner();
+                    open.push(RemoteTxn::from_parts(
+                        TxnId(r.txn_id),
+                        r.session.try_into().unwrap(),
+                    ));
+                }
+            }
+            1 => drop(node.get(txn, &table, &key)),
+            2 => drop(node.get_for_update(txn, &table, &key)),
+            3 => drop(node.put(txn, &table, &key, &key)),
+            4 => drop(node.delete(txn, &table, &key)),
+            5 => drop(node.scan(
+                txn,
+                &table,
+                (Bound::Included(&key[..]), Bound::Unbounded),
+                rng.gen(),
+                Some(rng.gen_range(0..50)),
+            )),
+            6 => {
+                if node.commit(txn).is_ok() {
+                    commits += 1;
+                }
+                open.retain(|t| *t != txn);
+            }
+            7 => {
+                let _ = node.abort(txn);
+                open.retain(|t| *t != txn);
+            }
+            _ => {
+                let garbage: Vec<u8> = (0..rng.gen_range(0..40)).map(|_| rng.gen()).collect();
+                let _ = node.call(|mut cl| async move {
+                    cl.commit(pb::CommitRequest { session: garbage }).await
+                });
+            }
+        }
+    }
+    for t in open.drain(..) {
+        // A session may have ended already (a failed commit ends it).
+        let _ = node.abort(t);
+    }
+    let st = node.cluster_status().unwrap();
+    assert_eq!(st.sessions.unwrap().open, 0, "no session leaked");
+    assert_eq!(
+        node.health().unwrap().status,
+        pb::health_response::Status::Serving as i32
+    );
+    eprintln!("{commits} random transactions committed");
 }

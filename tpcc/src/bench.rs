@@ -162,6 +162,24 @@ pub struct Options {
     /// Run against a running cluster: the compute nodes' gRPC addresses (host:port,...).
     #[arg(long, value_delimiter = ',')]
     pub connect: Vec<String>,
+    /// With --connect: the client token, from a tokens file (its first line) or a file
+    /// holding just the token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// With --connect: speak TLS, trusting this CA (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --connect and --tls-ca: the name the servers' certificates carry (default:
+    /// the address's host).
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+    /// With --connect and --tls-ca: a client certificate and key (PEM) for mutual TLS.
+    #[arg(long, num_args = 2, value_names = ["CERT", "KEY"])]
+    pub tls_client_cert: Vec<PathBuf>,
+    /// With --cluster spawn: the client API over TLS (a test CA made in the run
+    /// directory); clients authenticate with a token either way.
+    #[arg(long)]
+    pub client_tls: bool,
     /// Do not create and load the database: it was loaded by an earlier run with the
     /// same --warehouses, --scale-items and --seed (with --connect, --target, or
     /// --cluster spawn reusing a --run-dir).
@@ -323,7 +341,22 @@ pub fn run(o: &Options) -> Result<Outcome> {
         return run_on(o, &target, "postgres", t0, None);
     }
     if !o.connect.is_empty() {
-        let target = RemoteTarget::connect(&o.connect, Duration::from_secs(30))?
+        let mut copts = match &o.token_file {
+            Some(f) => compute_node::grpc_client::ConnectOptions::token_file(f)
+                .map_err(anyhow::Error::msg)?,
+            None => compute_node::grpc_client::ConnectOptions::default(),
+        };
+        if let Some(ca) = &o.tls_ca {
+            copts = copts.with_tls(compute_node::tls::ClientTls {
+                ca: ca.clone(),
+                domain: o.tls_domain.clone(),
+                identity: match o.tls_client_cert.as_slice() {
+                    [c, k] => Some((c.clone(), k.clone())),
+                    _ => None,
+                },
+            });
+        }
+        let target = RemoteTarget::connect(&o.connect, Duration::from_secs(30), &copts)?
             .with_mode(engine_mode(o)?, "the nodes' wait policy");
         return run_on(o, &target, "connect", t0, None);
     }
@@ -344,15 +377,22 @@ pub fn run(o: &Options) -> Result<Outcome> {
                     compute_node::node::WaitPolicyConfig::NoWait => "no_wait",
                 },
                 lease_ms: o.lease_ms,
+                client_tls: o.client_tls,
                 dir: o.run_dir.clone(),
             })
             .context("starting the service processes")?;
-            let target = RemoteTarget::connect(&cluster.compute_addrs, Duration::from_secs(60))?
-                .with_pids(cluster.services().iter().filter_map(|s| s.pid()).collect())
-                .with_mode(mode.expect("an engine target"), policy_name(o));
-            let label = match o.transport {
-                SpawnTransport::Tcp => "spawn (tcp)",
-                SpawnTransport::Shm => "spawn (shm)",
+            let target = RemoteTarget::connect(
+                &cluster.compute_addrs,
+                Duration::from_secs(60),
+                &cluster.client,
+            )?
+            .with_pids(cluster.services().iter().filter_map(|s| s.pid()).collect())
+            .with_mode(mode.expect("an engine target"), policy_name(o));
+            let label = match (o.transport, o.client_tls) {
+                (SpawnTransport::Tcp, false) => "spawn (tcp)",
+                (SpawnTransport::Tcp, true) => "spawn (tcp, client API over TLS)",
+                (SpawnTransport::Shm, false) => "spawn (shm)",
+                (SpawnTransport::Shm, true) => "spawn (shm, client API over TLS)",
             };
             let cluster = parking_lot::Mutex::new(cluster);
             let out = run_on(o, &target, label, t0, Some((&cluster, &faults)));

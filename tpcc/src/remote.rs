@@ -12,7 +12,7 @@ use crate::transactions::{Input, Mode, Outcome};
 use anyhow::{anyhow, bail, Context, Result};
 use common::proto::compute as pb;
 use compute_node::grpc::ErrorKind;
-use compute_node::grpc_client::{RemoteError, RemoteNode};
+use compute_node::grpc_client::{ConnectOptions, RemoteError, RemoteNode};
 use compute_node::grpc_tpcc::{self, Call};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,11 @@ impl From<RemoteError> for AttemptError {
 
 impl RemoteTarget {
     /// Connects to every address and waits (up to `wait`) until each node is serving.
-    pub fn connect(addrs: &[String], wait: Duration) -> Result<RemoteTarget> {
+    pub fn connect(
+        addrs: &[String],
+        wait: Duration,
+        opts: &ConnectOptions,
+    ) -> Result<RemoteTarget> {
         if addrs.is_empty() {
             bail!("no compute-node addresses");
         }
@@ -59,7 +63,8 @@ impl RemoteTarget {
         let mut nodes = Vec::new();
         for a in addrs {
             let node = loop {
-                match RemoteNode::connect_timeout(a, Duration::from_secs(2)) {
+                let o = opts.clone().with_timeout(Duration::from_secs(2));
+                match RemoteNode::connect_with(a, &o) {
                     Ok(n) => break n,
                     Err(e) if Instant::now() < deadline => {
                         tracing::debug!(addr = %a, error = %e, "compute node not reachable yet");

@@ -304,11 +304,12 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                     LockMode::Eager => "eager",
                 },
                 wait_policy: "wound_wait",
+                client_tls: false,
                 lease_ms: 1500,
                 dir: None,
             })
             .map_err(|e| format!("{e:#}"))?;
-            let client = RemoteClient::connect(&pc.compute_addrs.clone(), "history")?;
+            let client = RemoteClient::connect(&pc.compute_addrs.clone(), "history", &pc.client)?;
             let kinds = match case.faults {
                 Faults::KillCompute => vec![ProcessFault::KillCompute],
                 Faults::PauseCompute => vec![ProcessFault::PauseCompute],

@@ -3,9 +3,8 @@
 //! same three ways, which is all a history records: a value, a definite failure (the
 //! transaction did not commit), or an unknown commit outcome.
 
-use common::ids::TxnId;
 use compute_node::grpc::ErrorKind;
-use compute_node::grpc_client::{RemoteError, RemoteNode};
+use compute_node::grpc_client::{ConnectOptions, RemoteError, RemoteNode, RemoteTxn};
 use compute_node::node::ComputeNode;
 use compute_node::txn::{Table, Txn, TxnError};
 use std::sync::Arc;
@@ -154,10 +153,14 @@ pub struct RemoteClient {
 }
 
 impl RemoteClient {
-    pub fn connect(addrs: &[String], table: &str) -> Result<RemoteClient, String> {
+    pub fn connect(
+        addrs: &[String],
+        table: &str,
+        opts: &ConnectOptions,
+    ) -> Result<RemoteClient, String> {
         let nodes = addrs
             .iter()
-            .map(|a| RemoteNode::connect(a).map_err(|e| format!("{a}: {e}")))
+            .map(|a| RemoteNode::connect_with(a, opts).map_err(|e| format!("{a}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         nodes
             .first()
@@ -182,7 +185,9 @@ fn remote_commit_failure(e: RemoteError) -> Failure {
         | ErrorKind::TableExists
         | ErrorKind::TooManySessions
         | ErrorKind::Storage
-        | ErrorKind::Corrupt => Failure::Aborted(e.to_string()),
+        | ErrorKind::Corrupt
+        // Refused before any handler ran.
+        | ErrorKind::Unauthenticated => Failure::Aborted(e.to_string()),
         // The request may have reached the GTM: the client cannot tell.
         ErrorKind::OutcomeUnknown
         | ErrorKind::Transport
@@ -212,13 +217,13 @@ impl Client for RemoteClient {
 struct RemoteSession<'a> {
     node: &'a RemoteNode,
     table: &'a str,
-    txn: TxnId,
+    txn: RemoteTxn,
     open: bool,
 }
 
 impl Session for RemoteSession<'_> {
     fn txn_id(&self) -> Option<u64> {
-        Some(self.txn.0)
+        Some(self.txn.id.0)
     }
 
     fn snapshot(&self) -> Option<u64> {

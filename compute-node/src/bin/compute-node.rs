@@ -155,14 +155,17 @@ fn run(
         )
     };
 
+    // Credentials and TLS before joining the cluster: a bad file fails fast.
+    let auth = cfg.client_auth().map_err(anyhow::Error::msg)?;
+    let tls = cfg.server_tls().map_err(anyhow::Error::msg)?;
     let node = Arc::new(ComputeNode::start(&cfg.node).context("joining the cluster")?);
-    let service = ComputeService::new(node.clone(), cfg.session_options());
+    let service = ComputeService::new(node.clone(), cfg.session_options(), auth);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let server = {
         let (service, mut stop) = (service.clone(), stop_rx.clone());
         rt.spawn(async move {
-            compute_node::grpc::serve(listener, &service, async move {
+            compute_node::grpc::serve(listener, &service, tls, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
@@ -182,7 +185,12 @@ fn run(
         }
         rt.spawn(serve_metrics(l, service.clone(), stop_rx.clone()))
     });
-    tracing::info!(addr = %bound, node = cfg.node.node_id, "serving gRPC");
+    tracing::info!(
+        addr = %bound,
+        node = cfg.node.node_id,
+        tls = !cfg.tls_cert_file.is_empty(),
+        "serving gRPC"
+    );
     println!("READY {bound}");
     std::io::stdout().flush()?;
 

@@ -1,0 +1,113 @@
+//! TLS for the client API (rustls through tonic): the server's and the client's
+//! settings from PEM files, and a local certificate authority for test clusters
+//! ([`make_test_pki`], the `dsb-certs` binary).
+//!
+//! * Server: its certificate chain and key; with a client CA, clients may present a
+//!   certificate that CA signed (mutual TLS), which then authenticates them
+//!   ([`crate::grpc_auth`]). Required when the server has no client tokens; optional
+//!   beside tokens.
+//! * Client: the CA to trust the server with, the name to expect in the server's
+//!   certificate (default: the host of the address), and optionally its own
+//!   certificate and key.
+
+use std::path::{Path, PathBuf};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("reading the {what} {}: {e}", path.display()))
+}
+
+/// The server side: `cert` and `key` (PEM); `client_ca` (PEM) accepts client
+/// certificates it signed, required unless `tokens_too` (token clients need none).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    tokens_too: bool,
+) -> Result<ServerTlsConfig, String> {
+    let identity = Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?);
+    let mut c = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = client_ca {
+        c = c
+            .client_ca_root(Certificate::from_pem(read(ca, "client CA")?))
+            .client_auth_optional(tokens_too);
+    }
+    Ok(c)
+}
+
+/// How a client reaches a TLS server.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    /// The CA (PEM) the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// The name the server's certificate must carry (default: the address's host).
+    pub domain: Option<String>,
+    /// This client's certificate and key (PEM), for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientTls {
+    /// tonic's client settings; `host` names the server when `domain` is not set.
+    pub fn config(&self, host: &str) -> Result<ClientTlsConfig, String> {
+        let mut c = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca, "CA certificate")?))
+            .domain_name(self.domain.clone().unwrap_or_else(|| host.to_string()));
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// Writes a fresh CA (`ca.pem`, `ca.key`), a server certificate for `hosts` (DNS
+/// names or IP addresses; `server.pem`, `server.key`) and one client certificate per
+/// name in `clients` (`client-NAME.pem`, `client-NAME.key`) into `dir`. For test and
+/// development clusters: keys are written unencrypted, readable by the owner only.
+pub fn make_test_pki(dir: &Path, hosts: &[String], clients: &[String]) -> Result<(), String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let err = |e: rcgen::Error| format!("making certificates: {e}");
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let write = |name: &str, text: &str, secret: bool| -> Result<(), String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        if secret {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        }
+        Ok(())
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "dsb test cluster CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+    write("ca.pem", &ca.pem(), false)?;
+    write("ca.key", &ca_key.serialize_pem(), true)?;
+    let leaf = |sans: Vec<String>, cn: &str, base: &str| -> Result<(), String> {
+        let mut p = CertificateParams::new(sans).map_err(err)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = p.signed_by(&key, &ca, &ca_key).map_err(err)?;
+        write(&format!("{base}.pem"), &cert.pem(), false)?;
+        write(&format!("{base}.key"), &key.serialize_pem(), true)
+    };
+    if hosts.is_empty() {
+        return Err("a server certificate needs at least one host name or address".into());
+    }
+    leaf(hosts.to_vec(), &hosts[0], "server")?;
+    for c in clients {
+        if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-') {
+            return Err(format!("client name {c:?}: letters, digits and '-' only"));
+        }
+        // A client certificate names the client; its SAN is a DNS-style name.
+        leaf(vec![format!("{c}.client")], c, &format!("client-{c}"))?;
+    }
+    Ok(())
+}
