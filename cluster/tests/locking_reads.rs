@@ -42,7 +42,8 @@ fn read_committed(node: &ComputeNode, t: &Table, key: &[u8]) -> Option<Vec<u8>> 
     v
 }
 
-/// Increments of one hot counter from two nodes, each a locking read and a write. The
+/// Increments of one hot counter from two nodes, each a locking read and a write (or a
+/// locking read-modify-write, `Txn::update`). The
 /// history, not just the final value, is checked: every committed increment read a
 /// different value, those values are exactly 0..n (no increment was lost, none counted
 /// twice), and the final value is n.
@@ -63,10 +64,21 @@ fn hot_counter_increments_from_two_nodes_lose_nothing_and_rarely_abort() {
                     for _ in 0..per_thread {
                         loop {
                             let mut tx = node.begin().unwrap();
-                            let r = tx.get_for_update(t, b"n").and_then(|v| {
-                                let n = u64_of(v);
-                                tx.put(t, b"n", &(n + 1).to_le_bytes()).map(|_| n)
-                            });
+                            // Half the threads read and write in two steps, half in
+                            // one (`update`); both lock the row the same way.
+                            let r = if i % 4 < 2 {
+                                tx.get_for_update(t, b"n").and_then(|v| {
+                                    let n = u64_of(v);
+                                    tx.put(t, b"n", &(n + 1).to_le_bytes()).map(|_| n)
+                                })
+                            } else {
+                                let mut seen = 0;
+                                tx.update(t, b"n", |v| {
+                                    seen = u64_of(v.map(<[u8]>::to_vec));
+                                    Ok(Some((seen + 1).to_le_bytes().to_vec()))
+                                })
+                                .map(|_| seen)
+                            };
                             match r.and_then(|n| tx.commit().map(|_| n)) {
                                 Ok(n) => {
                                     read.push(n);
@@ -259,4 +271,39 @@ fn a_wait_cycle_across_nodes_is_broken_by_a_wound() {
     assert_eq!(a.engine().stats.wounds.load(Ordering::Relaxed), 1);
     assert_eq!(u64_of(read_committed(b, &t, b"y")), 1);
     assert_eq!(u64_of(read_committed(b, &t, b"x")), 0);
+}
+
+/// `Txn::update` is `get_for_update` and `put` in one step: the newest commit, not the
+/// snapshot, is what the function sees; an error from it changes nothing.
+#[test]
+fn an_update_reads_the_newest_commit_and_an_error_changes_nothing() {
+    let c = cluster(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let t = a.create_table("t").unwrap();
+    put_committed(a, &t, b"k", b"v1");
+    let mut old = a.begin().unwrap();
+    assert_eq!(old.get(&t, b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    put_committed(b, &t, b"k", b"v2");
+    let new = old
+        .update(&t, b"k", |v| {
+            assert_eq!(v, Some(&b"v2"[..]), "the newest commit");
+            Ok(Some(b"v2+".to_vec()))
+        })
+        .unwrap();
+    assert_eq!(new.as_deref(), Some(&b"v2+"[..]));
+    old.commit().unwrap();
+    assert_eq!(read_committed(b, &t, b"k").as_deref(), Some(&b"v2+"[..]));
+
+    let mut tx = a.begin().unwrap();
+    let e = tx
+        .update(&t, b"k", |_| Err(TxnError::BadRequest("no, thanks".into())))
+        .unwrap_err();
+    assert!(e.to_string().contains("no, thanks"), "{e}");
+    tx.commit().unwrap();
+    assert_eq!(read_committed(b, &t, b"k").as_deref(), Some(&b"v2+"[..]));
+    // Deleting through an update.
+    let mut tx = b.begin().unwrap();
+    assert_eq!(tx.update(&t, b"k", |_| Ok(None)).unwrap(), None);
+    tx.commit().unwrap();
+    assert_eq!(read_committed(a, &t, b"k"), None);
 }

@@ -744,6 +744,29 @@ impl Txn {
         self.modify(table, key, RowOp::Lock)
     }
 
+    /// A locking read-modify-write (SQL's `UPDATE … RETURNING`): what
+    /// [`Txn::get_for_update`] followed by [`Txn::put`] (or [`Txn::delete`]) of the
+    /// row does, in one step under the row's page latch — one B-tree change and one redo
+    /// record instead of two. `f` gets the newest committed row (or this transaction's
+    /// own write; `None`: no row) and answers the new one (`None`: delete it); the new
+    /// row is returned. `f` may run more than once (after a wait for another writer),
+    /// always on the row as it is then. An error from `f` changes nothing and is
+    /// returned as it is; like any failed write it leaves the transaction good only for
+    /// an abort (unless it is `BadRequest`).
+    pub fn update<F>(
+        &mut self,
+        table: &Table,
+        key: &[u8],
+        f: F,
+    ) -> Result<Option<Vec<u8>>, TxnError>
+    where
+        F: FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, TxnError>,
+    {
+        self.engine.stats.lock_reads.fetch_add(1, Ordering::Relaxed);
+        let mut f = f;
+        self.modify(table, key, RowOp::Update(&mut f))
+    }
+
     /// Writes the row; a failure that may have changed something, or that lost a
     /// conflict, leaves the transaction good only for an abort (see `failed`).
     fn write(&mut self, table: &Table, key: &[u8], row: Option<Vec<u8>>) -> Result<(), TxnError> {
@@ -755,7 +778,7 @@ impl Txn {
         &mut self,
         table: &Table,
         key: &[u8],
-        op: RowOp,
+        op: RowOp<'_>,
     ) -> Result<Option<Vec<u8>>, TxnError> {
         self.check_open()?;
         if !self.registered {
@@ -775,7 +798,7 @@ impl Txn {
         &mut self,
         table: &Table,
         key: &[u8],
-        op: RowOp,
+        mut op: RowOp<'_>,
     ) -> Result<Option<Vec<u8>>, TxnError> {
         self.blocker = None;
         if matches!(op, RowOp::Write(_)) {
@@ -796,10 +819,22 @@ impl Txn {
                     Some(b) => Chain::decode(b).map_err(UpsertFail::Mvcc)?,
                     None => Chain::default(),
                 };
-                match &op {
+                match &mut op {
                     RowOp::Write(row) => chain
                         .write(me, snapshot, row.clone(), watermark, policy, oracle)
                         .map_err(UpsertFail::Mvcc)?,
+                    RowOp::Update(f) => {
+                        let current = chain
+                            .lock(me, watermark, policy, oracle)
+                            .map_err(UpsertFail::Mvcc)?
+                            .into_row();
+                        let new = f(current.as_deref()).map_err(UpsertFail::Caller)?;
+                        // Newest is this transaction's lock now: the write is its own.
+                        chain
+                            .write(me, snapshot, new.clone(), watermark, policy, oracle)
+                            .map_err(UpsertFail::Mvcc)?;
+                        read = new;
+                    }
                     RowOp::Lock => match chain
                         .lock(me, watermark, policy, oracle)
                         .map_err(UpsertFail::Mvcc)?
@@ -836,6 +871,7 @@ impl Txn {
                     return Err(mvcc_err(e));
                 }
                 Err(UpsertFail::Tree(e)) => return Err(e.into()),
+                Err(UpsertFail::Caller(e)) => return Err(e),
             }
         }
     }
@@ -1088,21 +1124,28 @@ fn mvcc_err(e: MvccError) -> TxnError {
     }
 }
 
-/// How an upsert failed: the row logic refused, or the tree did — or nothing needs
-/// writing (`Unchanged`: a lock the transaction held already).
+/// How an upsert failed: the row logic refused, or the tree did, or an update's
+/// function — or nothing needs writing (`Unchanged`: a lock the transaction held
+/// already).
 enum UpsertFail {
     Mvcc(MvccError),
     Tree(BTreeError),
+    Caller(TxnError),
     Unchanged,
 }
 
 /// What [`Txn::modify`] does to a row.
-enum RowOp {
+enum RowOp<'f> {
     /// A new version (`None`: a tombstone).
     Write(Option<Vec<u8>>),
     /// A locking read.
     Lock,
+    /// A locking read-modify-write.
+    Update(&'f mut RowFn<'f>),
 }
+
+/// An update's function: the current row in, the new row out.
+type RowFn<'f> = dyn FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, TxnError> + 'f;
 
 impl From<BTreeError> for UpsertFail {
     fn from(e: BTreeError) -> Self {

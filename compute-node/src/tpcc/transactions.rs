@@ -7,7 +7,9 @@
 //! unused-item case, which the caller aborts as a business rollback.
 //!
 //! [`Mode`] says how the rows a transaction updates are read. By default with locking
-//! reads ([`Txn::get_for_update`]), where the kits of MVCC engines take row locks
+//! reads — [`Txn::update`], a locking read-modify-write in one step (the engine's
+//! `UPDATE … RETURNING`), and [`Txn::get_for_update`] for Delivery's new-order row —
+//! where the kits of MVCC engines take row locks
 //! (MySQL/InnoDB's current reads, PostgreSQL's `SELECT … FOR UPDATE`): Payment's
 //! warehouse, district and customer, New-Order's district and stock rows, Delivery's
 //! new-order row and customer. A hot row (W_YTD, D_NEXT_O_ID) then costs a wait, not a
@@ -409,44 +411,47 @@ fn read_home<R: RowCodec>(
     R::decode(&v).map_err(|e| corrupt(what, e))
 }
 
-/// Reads a row the transaction will update: a locking read unless `plain`.
-fn get_to_update(
+/// Reads, changes and writes back a row the transaction updates, returning it as
+/// written: with locking reads one locking read-modify-write ([`Txn::update`], the
+/// engine's `UPDATE … RETURNING`), with plain reads a snapshot read and then a write.
+/// `missing` is the error for a row that is not there.
+fn update_row<R: RowCodec>(
     txn: &mut Txn,
     lk: Locking,
     t: &Table,
     k: &[u8],
-) -> Result<Option<Vec<u8>>, TxnError> {
+    what: &str,
+    missing: impl Fn() -> TxnError,
+    mut change: impl FnMut(&mut R),
+) -> Result<R, TxnError> {
     match lk {
-        Locking::ForUpdate => txn.get_for_update(t, k),
-        Locking::Plain => txn.get(t, k),
+        Locking::ForUpdate => {
+            let mut out = None;
+            txn.update(t, k, |old| {
+                let mut r = R::decode(old.ok_or_else(&missing)?).map_err(|e| corrupt(what, e))?;
+                change(&mut r);
+                let bytes = r.encode();
+                out = Some(r);
+                Ok(Some(bytes))
+            })?;
+            out.ok_or_else(|| TxnError::Corrupt(format!("{what}: update wrote nothing")))
+        }
+        Locking::Plain => {
+            let v = txn.get(t, k)?.ok_or_else(&missing)?;
+            let mut r = R::decode(&v).map_err(|e| corrupt(what, e))?;
+            change(&mut r);
+            write(txn, t, k, &r)?;
+            Ok(r)
+        }
     }
 }
 
-/// [`read`] of a row the transaction will update.
-fn read_to_update<R: RowCodec>(
-    txn: &mut Txn,
-    lk: Locking,
-    t: &Table,
-    k: &[u8],
-    what: &str,
-) -> Result<R, TxnError> {
-    let v = get_to_update(txn, lk, t, k)?
-        .ok_or_else(|| TxnError::Corrupt(format!("missing {what} row (key {k:02x?})")))?;
-    R::decode(&v).map_err(|e| corrupt(what, e))
+fn missing_row(what: &str, k: &[u8]) -> TxnError {
+    TxnError::Corrupt(format!("missing {what} row (key {k:02x?})"))
 }
 
-/// [`read_home`] of a row the transaction will update.
-fn read_home_to_update<R: RowCodec>(
-    txn: &mut Txn,
-    lk: Locking,
-    t: &Table,
-    k: &[u8],
-    what: &str,
-    w: u32,
-) -> Result<R, TxnError> {
-    let v = get_to_update(txn, lk, t, k)?
-        .ok_or_else(|| TxnError::BadRequest(format!("no {what} row for warehouse {w}")))?;
-    R::decode(&v).map_err(|e| corrupt(what, e))
+fn missing_home(what: &str, w: u32) -> TxnError {
+    TxnError::BadRequest(format!("no {what} row for warehouse {w}"))
 }
 
 fn write<R: RowCodec>(txn: &mut Txn, t: &Table, k: &[u8], row: &R) -> Result<(), TxnError> {
@@ -474,9 +479,21 @@ fn select_customer(
     w: u32,
     d: u32,
     sel: &CustomerSel,
-    lk: Option<Locking>,
 ) -> Result<(u32, Customer), TxnError> {
-    let c = match sel {
+    let c = customer_id(txn, t, w, d, sel)?;
+    let row = read(txn, &t.customer, &key::customer(w, d, c), "customer")?;
+    Ok((c, row))
+}
+
+/// The customer a selection names (clause 2.5.2.2).
+fn customer_id(
+    txn: &mut Txn,
+    t: &Tables,
+    w: u32,
+    d: u32,
+    sel: &CustomerSel,
+) -> Result<u32, TxnError> {
+    Ok(match sel {
         CustomerSel::Id(c) => *c,
         CustomerSel::LastName(last) => {
             let p = key::customer_name_prefix(w, d, last);
@@ -489,13 +506,7 @@ fn select_customer(
             let (k, _) = &rows[(rows.len() - 1) / 2];
             key::customer_by_name_id(k).map_err(|e| corrupt("customer_by_name key", e))?
         }
-    };
-    let k = key::customer(w, d, c);
-    let row = match lk {
-        Some(lk) => read_to_update(txn, lk, &t.customer, &k, "customer")?,
-        None => read(txn, &t.customer, &k, "customer")?,
-    };
-    Ok((c, row))
+    })
 }
 
 /// Clause 2.4.2.
@@ -509,10 +520,16 @@ pub fn new_order(
     let (w, d) = (inp.w, inp.d);
     let wh: Warehouse = read_home(txn, &t.warehouse, &key::warehouse(w), "warehouse", w)?;
     let dk = key::district(w, d);
-    let mut dist: District = read_home_to_update(txn, lk, &t.district, &dk, "district", w)?;
-    let o = dist.next_o_id;
-    dist.next_o_id += 1;
-    write(txn, &t.district, &dk, &dist)?;
+    let dist: District = update_row(
+        txn,
+        lk,
+        &t.district,
+        &dk,
+        "district",
+        || missing_home("district", w),
+        |dist: &mut District| dist.next_o_id += 1,
+    )?;
+    let o = dist.next_o_id - 1;
     let cust: Customer = read(txn, &t.customer, &key::customer(w, d, inp.c), "customer")?;
     let all_local = inp.lines.iter().all(|l| l.supply_w_id == w);
     let order = Order {
@@ -537,18 +554,26 @@ pub fn new_order(
         };
         let item = Item::decode(&iv).map_err(|e| corrupt("item", e))?;
         let sk = key::stock(line.supply_w_id, line.i_id);
-        let mut st: Stock = read_to_update(txn, lk, &t.stock, &sk, "stock")?;
-        st.quantity = if st.quantity >= line.quantity + 10 {
-            st.quantity - line.quantity
-        } else {
-            st.quantity + 91 - line.quantity
-        };
-        st.ytd += line.quantity as u64;
-        st.order_cnt += 1;
-        if line.supply_w_id != w {
-            st.remote_cnt += 1;
-        }
-        write(txn, &t.stock, &sk, &st)?;
+        let st: Stock = update_row(
+            txn,
+            lk,
+            &t.stock,
+            &sk,
+            "stock",
+            || missing_row("stock", &sk),
+            |st: &mut Stock| {
+                st.quantity = if st.quantity >= line.quantity + 10 {
+                    st.quantity - line.quantity
+                } else {
+                    st.quantity + 91 - line.quantity
+                };
+                st.ytd += line.quantity as u64;
+                st.order_cnt += 1;
+                if line.supply_w_id != w {
+                    st.remote_cnt += 1;
+                }
+            },
+        )?;
         let amount = line.quantity as i64 * item.price;
         total += amount;
         // Brand/generic (displayed, not stored): 'B' when both carry "ORIGINAL".
@@ -597,30 +622,52 @@ pub fn payment(
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
     let wk = key::warehouse(w);
-    let mut wh: Warehouse = read_home_to_update(txn, lk, &t.warehouse, &wk, "warehouse", w)?;
-    wh.ytd += inp.amount;
-    write(txn, &t.warehouse, &wk, &wh)?;
+    let wh: Warehouse = update_row(
+        txn,
+        lk,
+        &t.warehouse,
+        &wk,
+        "warehouse",
+        || missing_home("warehouse", w),
+        |wh: &mut Warehouse| wh.ytd += inp.amount,
+    )?;
     let dk = key::district(w, d);
-    let mut dist: District = read_home_to_update(txn, lk, &t.district, &dk, "district", w)?;
-    dist.ytd += inp.amount;
-    write(txn, &t.district, &dk, &dist)?;
-    let (c, mut cust) = select_customer(txn, t, inp.c_w, inp.c_d, &inp.customer, Some(lk))?;
-    cust.balance -= inp.amount;
-    cust.ytd_payment += inp.amount;
-    cust.payment_cnt += 1;
-    if cust.credit == "BC" {
-        let mut data = format!(
-            "{c} {} {} {d} {w} {}.{:02}|",
-            inp.c_d,
-            inp.c_w,
-            inp.amount / 100,
-            inp.amount % 100
-        );
-        data.push_str(&cust.data);
-        data.truncate(500);
-        cust.data = data;
-    }
-    write(txn, &t.customer, &key::customer(inp.c_w, inp.c_d, c), &cust)?;
+    let dist: District = update_row(
+        txn,
+        lk,
+        &t.district,
+        &dk,
+        "district",
+        || missing_home("district", w),
+        |dist: &mut District| dist.ytd += inp.amount,
+    )?;
+    let c = customer_id(txn, t, inp.c_w, inp.c_d, &inp.customer)?;
+    let ck = key::customer(inp.c_w, inp.c_d, c);
+    update_row(
+        txn,
+        lk,
+        &t.customer,
+        &ck,
+        "customer",
+        || missing_row("customer", &ck),
+        |cust: &mut Customer| {
+            cust.balance -= inp.amount;
+            cust.ytd_payment += inp.amount;
+            cust.payment_cnt += 1;
+            if cust.credit == "BC" {
+                let mut data = format!(
+                    "{c} {} {} {d} {w} {}.{:02}|",
+                    inp.c_d,
+                    inp.c_w,
+                    inp.amount / 100,
+                    inp.amount % 100
+                );
+                data.push_str(&cust.data);
+                data.truncate(500);
+                cust.data = data;
+            }
+        },
+    )?;
     let h = History {
         c_id: c,
         c_d_id: inp.c_d,
@@ -647,7 +694,7 @@ pub fn order_status(
     inp: &OrderStatusInput,
 ) -> Result<Outcome, TxnError> {
     let (w, d) = (inp.w, inp.d);
-    let (c, _cust) = select_customer(txn, t, w, d, &inp.customer, None)?;
+    let (c, _cust) = select_customer(txn, t, w, d, &inp.customer)?;
     let latest = scan_prefix(
         txn,
         &t.orders_by_customer,
@@ -706,10 +753,18 @@ pub fn delivery(
             write(txn, &t.order_line, &olk, &ol)?;
         }
         let ck = key::customer(w, d, order.c_id);
-        let mut cust: Customer = read_to_update(txn, lk, &t.customer, &ck, "customer")?;
-        cust.balance += sum;
-        cust.delivery_cnt += 1;
-        write(txn, &t.customer, &ck, &cust)?;
+        update_row(
+            txn,
+            lk,
+            &t.customer,
+            &ck,
+            "customer",
+            || missing_row("customer", &ck),
+            |cust: &mut Customer| {
+                cust.balance += sum;
+                cust.delivery_cnt += 1;
+            },
+        )?;
     }
     Ok(Outcome::Delivered { skipped })
 }
