@@ -82,7 +82,52 @@ pub enum RedoError {
     Invalid(String),
 }
 
+/// Diff ranges of a body smaller than this are merged across equal gaps.
+const DIFF_GAP: usize = 16;
+/// Above this many changed bytes a full image is logged instead of diffs.
+const DIFF_MAX: usize = 4096;
+
 impl RedoRecord {
+    /// The record for `old -> new`: byte-range diffs when the change is small (a row
+    /// insert touches the header, a slot and one entry), the full body otherwise.
+    pub fn diff(old: &Page, new: &Page) -> RedoRecord {
+        let (a, b) = (old.as_bytes(), new.as_bytes());
+        let mut ranges: Vec<(u16, Vec<u8>)> = Vec::new();
+        let mut total = 0;
+        let mut i = PAGE_HEADER_LEN;
+        let n = a.len();
+        while i < n {
+            // Skip equal bytes a word at a time (most of a page is unchanged).
+            while i + 8 <= n && a[i..i + 8] == b[i..i + 8] {
+                i += 8;
+            }
+            while i < n && a[i] == b[i] {
+                i += 1;
+            }
+            if i == n {
+                break;
+            }
+            let start = i;
+            let mut end = i + 1;
+            let mut j = end;
+            while j < n && j - end < DIFF_GAP {
+                if a[j] != b[j] {
+                    end = j + 1;
+                }
+                j += 1;
+            }
+            total += end - start;
+            if total > DIFF_MAX {
+                return RedoRecord::image(new, old.version());
+            }
+            ranges.push((start as u16, b[start..end].to_vec()));
+            i = end;
+        }
+        let mut r = RedoRecord::image(new, old.version());
+        r.body = RedoBody::Diffs(ranges);
+        r
+    }
+
     /// A full-image record for the change that produced `page` (its header's version is
     /// `after`).
     pub fn image(page: &Page, before: PageVersion) -> RedoRecord {
