@@ -10,7 +10,7 @@ fn main() {
 
 #[cfg(feature = "grpc")]
 mod grpc {
-    const PROTOS: &[&str] = &["proto/compute.proto"];
+    const PROTOS: &[&str] = &["proto/compute.proto", "proto/tpcc.proto"];
 
     pub fn generate() {
         for p in PROTOS {
@@ -22,6 +22,6 @@ mod grpc {
         config.protoc_executable(protoc);
         tonic_build::configure()
             .compile_protos_with_config(config, PROTOS, &["proto"])
-            .expect("compiling proto/compute.proto");
+            .expect("compiling proto/*.proto");
     }
 }

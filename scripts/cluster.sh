@@ -49,7 +49,7 @@ start_one() {
 
 case "${1:-}" in
   start)
-    if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release -q -p storage-node -p gtm -p compute-node; fi
+    if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release -q -p storage-node -p gtm -p compute-server; fi
     if [ ! -f "$RUN_DIR/cluster.key" ]; then
       head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN_DIR/cluster.key"
       chmod 600 "$RUN_DIR/cluster.key"

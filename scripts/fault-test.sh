@@ -52,7 +52,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 export BIN
 
 echo "building (release) ..."
-cargo build --release -q -p tpcc -p storage-node -p gtm -p compute-node
+cargo build --release -q -p tpcc -p storage-node -p gtm -p compute-server
 
 common=(--warehouses 1 "${SCALE[@]}" --nodes 2 --affinity random --seed "$SEED"
         --warmup 2 --duration "$DUR" --check --quiet --unavailable-patience 120)

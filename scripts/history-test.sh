@@ -39,7 +39,7 @@ done
 # history-test (with the injection points compiled in) and the service binaries the
 # process cases spawn, from one build.
 cargo build --release -q -p cluster --features failpoints --bin history-test \
-  -p storage-node --bin storage-node -p gtm --bin gtm -p compute-node --bin compute-node
+  -p storage-node --bin storage-node -p gtm --bin gtm -p compute-server --bin compute-node
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 args=(--matrix "$MATRIX" --seconds "$SECONDS_PER" --fsync-pressure mixed --out history-failures)

@@ -63,7 +63,7 @@ hosts() { ls "$RUN_DIR"/*.pid 2>/dev/null | xargs -rn1 basename | sed 's/\.pid$/
 case "${1:-}" in
   start)
     n=${2:-2}
-    if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release -q -p storage-node -p gtm -p compute-node; fi
+    if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release -q -p storage-node -p gtm -p compute-server; fi
     mkdir -p "$RUN_DIR"
     [ -f "$RUN_DIR/cluster.key" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN_DIR/cluster.key"
     # Client token (tpcc --token-file) and a test CA: the client API speaks TLS across

@@ -71,7 +71,7 @@ pub struct ProcessCluster {
     pub compute_addrs: Vec<String>,
     /// How a client reaches the compute nodes: the token of `client-tokens` (and the
     /// test CA, with `client_tls`).
-    pub client: compute_node::grpc_client::ConnectOptions,
+    pub client: common::compute::ConnectOptions,
 }
 
 /// Where the service binaries are; builds them first under `cargo run` / `cargo test`.
@@ -126,7 +126,7 @@ fn bin_dir() -> Result<PathBuf> {
         if !dir.join(b).exists() {
             bail!(
                 "{} not found: build the services first (cargo build --release -p storage-node \
-                 -p gtm -p compute-node) or set DSB_BIN_DIR",
+                 -p gtm -p compute-server) or set DSB_BIN_DIR",
                 dir.join(b).display()
             );
         }
@@ -162,7 +162,7 @@ impl ProcessCluster {
         let tokens = dir.join("client-tokens");
         if !tokens.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            let line = format!("harness {}\n", compute_node::grpc_auth::random_token());
+            let line = format!("harness {}\n", common::compute::auth::random_token());
             fs::OpenOptions::new()
                 .create_new(true)
                 .write(true)
@@ -171,13 +171,13 @@ impl ProcessCluster {
                 .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
                 .with_context(|| format!("writing {}", tokens.display()))?;
         }
-        let mut client = compute_node::grpc_client::ConnectOptions::token_file(&tokens)
-            .map_err(anyhow::Error::msg)?;
+        let mut client =
+            common::compute::ConnectOptions::token_file(&tokens).map_err(anyhow::Error::msg)?;
         let certs = dir.join("certs");
         let mut tls_keys = String::new();
         if o.client_tls {
             if !certs.join("server.pem").exists() {
-                compute_node::tls::make_test_pki(
+                compute_server::tls::make_test_pki(
                     &certs,
                     &["localhost".into(), "127.0.0.1".into()],
                     &[],
@@ -189,7 +189,7 @@ impl ProcessCluster {
                 certs.join("server.pem").display().to_string(),
                 certs.join("server.key").display().to_string()
             );
-            client = client.with_tls(compute_node::tls::ClientTls {
+            client = client.with_tls(common::compute::ClientTls {
                 ca: certs.join("ca.pem"),
                 domain: Some("localhost".into()),
                 identity: None,

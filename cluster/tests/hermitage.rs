@@ -78,7 +78,7 @@ fn cluster(nodes: usize) -> EmbeddedCluster {
         pages_per_storage_node: 1 << 16,
         buffer_frames: 1024,
         compute: compute_node::node::ComputeConfig {
-            wait_policy: compute_node::node::WaitPolicyConfig::WaitDie,
+            wait_policy: compute_node::mvcc::WaitPolicy::WaitDie,
             ..compute_node::node::ComputeConfig::default()
         },
         ..ClusterOptions::default()

@@ -8,7 +8,11 @@
 //!   regions, batched one-sided ops (READ, WRITE, CAS, FETCH_ADD) and an RPC path with
 //!   adaptive message batching, over three backends (`shm`, `tcp`, `rdma`).
 //! * [`proto`] (feature `grpc`) — protobuf definitions of the client APIs (the compute
-//!   node's gRPC service), generated from `proto/*.proto`.
+//!   node's gRPC service and the TPC-C stored procedures), generated from `proto/*.proto`.
+//! * [`compute`] (feature `grpc`) — the compute node's client: a blocking gRPC client,
+//!   the wire error kinds, client tokens and TLS; beside the storage-node and GTM
+//!   clients ([`storage::client`], [`gtm::client`]).
+//! * [`txn`] — isolation levels and outcomes, shared by the engine and its clients.
 //!
 //! Invariants kept here: every frame that enters a process is length-capped and decoded
 //! by a total decoder ([`fabric::wire`]) that returns an error on any malformed input;
@@ -16,6 +20,8 @@
 //! ([`fabric::region::RegionTable::check`]); no connection carries data before the
 //! cluster-key handshake ([`fabric::auth`]) succeeded on both sides.
 
+#[cfg(feature = "grpc")]
+pub mod compute;
 pub mod config;
 pub mod fabric;
 pub mod gtm;
@@ -25,3 +31,4 @@ pub mod metrics;
 pub mod proto;
 pub mod service;
 pub mod storage;
+pub mod txn;

@@ -1,7 +1,10 @@
 //! # compute-node
 //!
-//! The compute node of DESIGN.md §6: a library first (the embedding API), a binary
-//! second.
+//! The engine of a compute node: the embedding API, the buffer pool kept coherent with
+//! the storage nodes, B-link trees of MVCC rows, and transactions. The gRPC service and
+//! the `compute-node` binary are the `compute-server` crate; its client is
+//! `common::compute`; TPC-C over this API is the `tpcc-workload` crate. The design is
+//! `docs/design.md`, the protocols step by step `docs/protocols.md`.
 //!
 //! * [`node`] — [`node::ComputeNode`]: join a cluster, create tables, run transactions.
 //! * [`txn`] — transactions: snapshot isolation or read committed over MVCC rows,
@@ -15,23 +18,12 @@
 //!   batched validation, lazy X page locks with revocation (invariants 1, 2).
 //! * [`buffer_pool`] — frames, page table, pins, CLOCK, epoch-based reclamation.
 //! * [`pager`] — the page interface trees are written against.
-//! * [`tpcc`] — TPC-C schema, loader, transactions and checks: the service's stored
-//!   procedures and the `tpcc` harness's engine side.
-//! * [`grpc`], [`grpc_client`], [`service_config`] — the `compute-node` service: the same
-//!   operations over gRPC with server-side sessions, its blocking client, its config.
 
 pub mod btree;
 pub mod buffer_pool;
 pub mod catalog;
 pub mod coherence;
-pub mod grpc;
-pub mod grpc_auth;
-pub mod grpc_client;
-pub mod grpc_tpcc;
 pub mod mvcc;
 pub mod node;
 pub mod pager;
-pub mod service_config;
-pub mod tls;
-pub mod tpcc;
 pub mod txn;

@@ -65,7 +65,8 @@ pub trait StatusOracle {
 /// version behaves. All three are deadlock-free; every compute node of a cluster must
 /// use the same one (mixed, wait-die's old-waits-for-young and wound-wait's
 /// young-waits-for-old could close a cycle, broken only by the lock-wait timeout).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WaitPolicy {
     /// Abort at once with a retryable conflict.
     NoWait,

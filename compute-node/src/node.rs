@@ -89,7 +89,7 @@ pub struct ComputeConfig {
     /// Writers and locking readers meeting an uncommitted version: `wound_wait`
     /// (default: the younger waits; the older waits `wound_after_ms`, then wounds),
     /// `wait_die` (the younger aborts) or `no_wait`. The same on every node.
-    pub wait_policy: WaitPolicyConfig,
+    pub wait_policy: WaitPolicy,
     /// Wound-wait: milliseconds an older transaction waits for a younger holder before
     /// it aborts it (also the longest a deadlock can stall).
     pub wound_after_ms: u64,
@@ -99,13 +99,44 @@ pub struct ComputeConfig {
     pub rpc_timeout_s: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WaitPolicyConfig {
-    #[default]
-    WoundWait,
-    WaitDie,
-    NoWait,
+impl ComputeConfig {
+    /// Checks what the types cannot, once for every way a node starts (the service's
+    /// config file, embedded clusters, embedders); the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.node_id == 0 {
+            return Err(("node_id", "must be > 0".into()));
+        }
+        if let Err(e) = self.gtm.parse::<Endpoint>() {
+            return Err(("gtm", e));
+        }
+        if self.storage.is_empty() {
+            return Err(("storage", "at least one endpoint is needed".into()));
+        }
+        for s in &self.storage {
+            if let Err(e) = s.parse::<Endpoint>() {
+                return Err(("storage", e));
+            }
+        }
+        if self.key_file.as_os_str().is_empty() {
+            return Err(("key_file", "must not be empty".into()));
+        }
+        if self.buffer_frames < 16 {
+            return Err((
+                "buffer_frames",
+                format!("{} is below the minimum of 16", self.buffer_frames),
+            ));
+        }
+        if self.heartbeat_ms < 10 {
+            return Err((
+                "heartbeat_ms",
+                format!("{} is below the minimum of 10", self.heartbeat_ms),
+            ));
+        }
+        if self.rpc_timeout_s == 0 {
+            return Err(("rpc_timeout_s", "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ComputeConfig {
@@ -119,7 +150,7 @@ impl Default for ComputeConfig {
             validation: ValidationMode::Batched,
             lock_mode: LockMode::Lazy,
             isolation: Isolation::Snapshot,
-            wait_policy: WaitPolicyConfig::WoundWait,
+            wait_policy: WaitPolicy::WoundWait,
             wound_after_ms: 200,
             heartbeat_ms: 300,
             rpc_timeout_s: 30,
@@ -156,8 +187,7 @@ impl Incarnation {
         key: &ClusterKey,
         generation: u64,
     ) -> Result<Incarnation, StartError> {
-        let opts =
-            ClientOptions::new(key.clone()).timeout(Duration::from_secs(cfg.rpc_timeout_s.max(1)));
+        let opts = ClientOptions::new(key.clone()).timeout(Duration::from_secs(cfg.rpc_timeout_s));
         let gtm_ep: Endpoint = cfg
             .gtm
             .parse()
@@ -168,7 +198,7 @@ impl Incarnation {
         };
         let gtm = Arc::new(GtmClient::connect(&gtm_ep, &opts).map_err(gtm_err)?);
         let reg = gtm.register(NodeId(cfg.node_id)).map_err(gtm_err)?;
-        let heartbeats = gtm.spawn_heartbeats(Duration::from_millis(cfg.heartbeat_ms.max(10)));
+        let heartbeats = gtm.spawn_heartbeats(Duration::from_millis(cfg.heartbeat_ms));
         let mut clients = Vec::with_capacity(cfg.storage.len());
         for s in &cfg.storage {
             let ep: Endpoint = s
@@ -196,11 +226,7 @@ impl Incarnation {
             gtm,
             EngineConfig {
                 isolation: cfg.isolation,
-                wait_policy: match cfg.wait_policy {
-                    WaitPolicyConfig::WoundWait => WaitPolicy::WoundWait,
-                    WaitPolicyConfig::WaitDie => WaitPolicy::WaitDie,
-                    WaitPolicyConfig::NoWait => WaitPolicy::NoWait,
-                },
+                wait_policy: cfg.wait_policy,
                 wound_after: Duration::from_millis(cfg.wound_after_ms),
                 ..EngineConfig::default()
             },
@@ -283,19 +309,8 @@ impl ComputeNode {
 
     /// Connects with a key in hand (embedded clusters).
     pub fn start_with_key(cfg: &ComputeConfig, key: ClusterKey) -> Result<ComputeNode, StartError> {
-        if cfg.node_id == 0 {
-            return Err(StartError::Config("node_id must be > 0".into()));
-        }
-        if cfg.storage.is_empty() {
-            return Err(StartError::Config(
-                "at least one storage endpoint is needed".into(),
-            ));
-        }
-        if cfg.buffer_frames < 16 {
-            return Err(StartError::Config(
-                "buffer_frames must be at least 16".into(),
-            ));
-        }
+        cfg.validate()
+            .map_err(|(key, why)| StartError::Config(format!("{key}: {why}")))?;
         let first = Incarnation::start(cfg, &key, 0)?;
         Ok(ComputeNode {
             current: RwLock::new(Arc::new(first)),

@@ -65,14 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Isolation levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Isolation {
-    #[default]
-    Snapshot,
-    ReadCommitted,
-}
+pub use common::txn::{Isolation, Resolved};
 
 /// Errors a transaction reports; [`TxnError::is_retryable`] tells the caller to run it
 /// again from the start.
@@ -125,13 +118,6 @@ impl TxnError {
             _ => None,
         }
     }
-}
-
-/// The final outcome of a transaction ([`Engine::resolve_outcome`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resolved {
-    Committed(Timestamp),
-    Aborted,
 }
 
 /// What a failed commit request says about the transaction.

@@ -250,8 +250,8 @@ fn locking_of(o: &Options) -> crate::transactions::Locking {
 }
 
 /// The compute nodes' wait policy the options ask for.
-fn wait_policy_of(o: &Options) -> compute_node::node::WaitPolicyConfig {
-    use compute_node::node::WaitPolicyConfig as W;
+fn wait_policy_of(o: &Options) -> compute_node::mvcc::WaitPolicy {
+    use compute_node::mvcc::WaitPolicy as W;
     match o.wait_policy {
         WaitPolicyArg::Auto => match o.locking {
             LockingArg::ForUpdate => W::WoundWait,
@@ -265,9 +265,9 @@ fn wait_policy_of(o: &Options) -> compute_node::node::WaitPolicyConfig {
 
 fn policy_name(o: &Options) -> &'static str {
     match wait_policy_of(o) {
-        compute_node::node::WaitPolicyConfig::WoundWait => "wound-wait",
-        compute_node::node::WaitPolicyConfig::WaitDie => "wait-die",
-        compute_node::node::WaitPolicyConfig::NoWait => "no-wait",
+        compute_node::mvcc::WaitPolicy::WoundWait => "wound-wait",
+        compute_node::mvcc::WaitPolicy::WaitDie => "wait-die",
+        compute_node::mvcc::WaitPolicy::NoWait => "no-wait",
     }
 }
 
@@ -342,12 +342,13 @@ pub fn run(o: &Options) -> Result<Outcome> {
     }
     if !o.connect.is_empty() {
         let mut copts = match &o.token_file {
-            Some(f) => compute_node::grpc_client::ConnectOptions::token_file(f)
-                .map_err(anyhow::Error::msg)?,
-            None => compute_node::grpc_client::ConnectOptions::default(),
+            Some(f) => {
+                common::compute::ConnectOptions::token_file(f).map_err(anyhow::Error::msg)?
+            }
+            None => common::compute::ConnectOptions::default(),
         };
         if let Some(ca) = &o.tls_ca {
-            copts = copts.with_tls(compute_node::tls::ClientTls {
+            copts = copts.with_tls(common::compute::ClientTls {
                 ca: ca.clone(),
                 domain: o.tls_domain.clone(),
                 identity: match o.tls_client_cert.as_slice() {
@@ -372,9 +373,9 @@ pub fn run(o: &Options) -> Result<Outcome> {
                     LockModeArg::Eager => "eager",
                 },
                 wait_policy: match wait_policy_of(o) {
-                    compute_node::node::WaitPolicyConfig::WoundWait => "wound_wait",
-                    compute_node::node::WaitPolicyConfig::WaitDie => "wait_die",
-                    compute_node::node::WaitPolicyConfig::NoWait => "no_wait",
+                    compute_node::mvcc::WaitPolicy::WoundWait => "wound_wait",
+                    compute_node::mvcc::WaitPolicy::WaitDie => "wait_die",
+                    compute_node::mvcc::WaitPolicy::NoWait => "no_wait",
                 },
                 lease_ms: o.lease_ms,
                 client_tls: o.client_tls,

@@ -27,4 +27,4 @@ pub mod report;
 pub use cluster::spawn;
 pub mod target;
 
-pub use compute_node::tpcc::{check, load, random, schema, transactions};
+pub use tpcc_workload::{check, load, random, schema, transactions};

@@ -10,11 +10,11 @@ use crate::schema::key;
 use crate::target::{AttemptError, LoadRequest, ModeReport, OrderId, Target};
 use crate::transactions::{Input, Mode, Outcome};
 use anyhow::{anyhow, bail, Context, Result};
+use common::compute::{ConnectOptions, ErrorKind, RemoteError, RemoteNode};
 use common::proto::compute as pb;
-use compute_node::grpc::ErrorKind;
-use compute_node::grpc_client::{ConnectOptions, RemoteError, RemoteNode};
-use compute_node::grpc_tpcc::{self, Call};
 use std::time::{Duration, Instant};
+use tpcc_workload::client::TpccClient;
+use tpcc_workload::wire::{self, Call};
 
 /// Compute nodes reached over gRPC.
 pub struct RemoteTarget {
@@ -138,7 +138,8 @@ impl Target for RemoteTarget {
         let n = self.nodes.len();
         let w = req.scale.warehouses;
         for (node, a) in self.nodes.iter().zip(&self.addrs) {
-            node.tpcc_create_schema()
+            TpccClient::new(node)
+                .create_schema()
                 .with_context(|| format!("creating the TPC-C schema on {a}"))?;
         }
         let start = Instant::now();
@@ -159,18 +160,17 @@ impl Target for RemoteTarget {
                         let (Some(&from), Some(&to)) = (mine.first(), mine.last()) else {
                             return Ok(0);
                         };
-                        let r = pb::TpccLoadRequest {
+                        let r = common::proto::tpcc::LoadRequest {
                             warehouses: w,
                             items: req.scale.items,
                             from_warehouse: from,
                             to_warehouse: to,
                             load_items: i == 0,
-                            c_load: Some(grpc_tpcc::nurand_to_pb(&req.c_load)),
+                            c_load: Some(wire::nurand_to_pb(&req.c_load)),
                             seed: req.seed,
                             threads: req.threads as u32,
                         };
-                        let rows = node
-                            .tpcc_load(r)
+                        let rows = TpccClient::new(node).load(r)
                             .with_context(|| format!("loading warehouses {from}..={to} on {addr}"))?;
                         if req.progress {
                             eprintln!(
@@ -200,8 +200,8 @@ impl Target for RemoteTarget {
     }
 
     fn checks(&self, warehouses: u32, delivery_ran: bool) -> Result<Vec<CheckResult>> {
-        self.nodes[0]
-            .tpcc_check(warehouses, delivery_ran)
+        TpccClient::new(&self.nodes[0])
+            .check(warehouses, delivery_ran)
             .with_context(|| format!("consistency checks on {}", self.addrs[0]))
     }
 
@@ -218,7 +218,9 @@ impl Target for RemoteTarget {
             history_key,
             mode: self.mode,
         };
-        self.nodes[node].tpcc(&call).map_err(AttemptError::from)
+        TpccClient::new(&self.nodes[node])
+            .run(&call)
+            .map_err(AttemptError::from)
     }
 
     fn txn_mode(&self) -> ModeReport {

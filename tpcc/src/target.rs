@@ -3,7 +3,7 @@
 //! tells which acknowledged New-Orders it cannot find.
 //!
 //! * [`EngineTarget`] — compute nodes in this process (the embedded cluster): the
-//!   transaction code of [`compute_node::tpcc`] runs directly.
+//!   transaction code of [`tpcc_workload`] runs directly.
 //! * [`crate::remote::RemoteTarget`] — compute-node services over gRPC: the same code
 //!   runs server-side as stored procedures (`--cluster spawn`, `--connect`).
 //! * [`crate::pg::PgTarget`] — PostgreSQL over SQL (`--target postgres://...`).

@@ -119,7 +119,7 @@ fn spawned_cluster_survives_kill_9_of_compute_and_storage() {
     for b in ["storage-node", "gtm", "compute-node"] {
         assert!(
             bins.join(b).exists(),
-            "{} is missing: run `cargo build --release -p storage-node -p gtm -p compute-node` \
+            "{} is missing: run `cargo build --release -p storage-node -p gtm -p compute-server` \
              first (`cargo test --workspace` builds it)",
             bins.join(b).display()
         );

@@ -3,8 +3,8 @@
 //! same three ways, which is all a history records: a value, a definite failure (the
 //! transaction did not commit), or an unknown commit outcome.
 
-use compute_node::grpc::ErrorKind;
-use compute_node::grpc_client::{ConnectOptions, RemoteError, RemoteNode, RemoteTxn};
+use common::compute::ErrorKind;
+use common::compute::{ConnectOptions, RemoteError, RemoteNode, RemoteTxn};
 use compute_node::node::ComputeNode;
 use compute_node::txn::{Table, Txn, TxnError};
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 /// The injection points on the coherence, lock and redo paths.
 pub const POINTS: &[&str] = &[
-    // compute node: coherence (compute-node/src/coherence.rs)
+    // compute node: coherence (compute-node/src/coherence/)
     "coherence::validate_after_dir_read",
     "coherence::round_after_notices",
     "coherence::fetch_before_read",

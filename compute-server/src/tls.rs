@@ -4,18 +4,16 @@
 //!
 //! * Server: its certificate chain and key; with a client CA, clients may present a
 //!   certificate that CA signed (mutual TLS), which then authenticates them
-//!   ([`crate::grpc_auth`]). Required when the server has no client tokens; optional
+//!   ([`crate::auth`]). Required when the server has no client tokens; optional
 //!   beside tokens.
 //! * Client: the CA to trust the server with, the name to expect in the server's
 //!   certificate (default: the host of the address), and optionally its own
 //!   certificate and key.
 
-use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::path::Path;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("reading the {what} {}: {e}", path.display()))
-}
+use common::compute::tls::read_pem as read;
 
 /// The server side: `cert` and `key` (PEM); `client_ca` (PEM) accepts client
 /// certificates it signed, required unless `tokens_too` (token clients need none).
@@ -33,33 +31,6 @@ pub fn server_config(
             .client_auth_optional(tokens_too);
     }
     Ok(c)
-}
-
-/// How a client reaches a TLS server.
-#[derive(Clone, Debug, Default)]
-pub struct ClientTls {
-    /// The CA (PEM) the server's certificate must chain to.
-    pub ca: PathBuf,
-    /// The name the server's certificate must carry (default: the address's host).
-    pub domain: Option<String>,
-    /// This client's certificate and key (PEM), for mutual TLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
-
-impl ClientTls {
-    /// tonic's client settings; `host` names the server when `domain` is not set.
-    pub fn config(&self, host: &str) -> Result<ClientTlsConfig, String> {
-        let mut c = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&self.ca, "CA certificate")?))
-            .domain_name(self.domain.clone().unwrap_or_else(|| host.to_string()));
-        if let Some((cert, key)) = &self.identity {
-            c = c.identity(Identity::from_pem(
-                read(cert, "client certificate")?,
-                read(key, "client key")?,
-            ));
-        }
-        Ok(c)
-    }
 }
 
 /// Writes a fresh CA (`ca.pem`, `ca.key`), a server certificate for `hosts` (DNS

@@ -9,9 +9,9 @@
 //! first Delivery; after a run that delivered it is reported `not_applicable`.
 
 use super::schema::*;
-use crate::node::ComputeNode;
-use crate::txn::{Row, Table, Txn};
 use anyhow::{anyhow, Result};
+use compute_node::node::ComputeNode;
+use compute_node::txn::{Row, Table, Txn};
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 

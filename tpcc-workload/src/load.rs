@@ -14,9 +14,9 @@
 
 use super::random::{self, NuRandConstants};
 use super::schema::*;
-use crate::node::ComputeNode;
-use crate::txn::{Txn, TxnError};
 use anyhow::{Context, Result};
+use compute_node::node::ComputeNode;
+use compute_node::txn::{Txn, TxnError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -528,7 +528,7 @@ struct EngineSink<'a> {
     loader: &'a Loader<'a>,
     /// Node of the rows in `batch`.
     node: usize,
-    batch: Vec<(crate::txn::Table, Vec<u8>, Vec<u8>)>,
+    batch: Vec<(compute_node::txn::Table, Vec<u8>, Vec<u8>)>,
 }
 
 impl EngineSink<'_> {

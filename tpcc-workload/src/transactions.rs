@@ -20,7 +20,7 @@
 
 use super::random::{self, NuRandConstants};
 use super::schema::*;
-use crate::txn::{Isolation, Row, Table, Txn, TxnError};
+use compute_node::txn::{Isolation, Row, Table, Txn, TxnError};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -853,7 +853,7 @@ const BLOCKER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// This is the server-side stored procedure of the `compute-node` service as well as
 /// what the embedded driver runs.
 pub fn run_once(
-    node: &crate::node::ComputeNode,
+    node: &compute_node::node::ComputeNode,
     t: &Tables,
     input: &Input,
     now: u64,

@@ -1,5 +1,6 @@
-//! A blocking client of a compute node's gRPC API ([`crate::grpc`]), shaped like the
-//! embedding API: for the TPC-C harness's remote mode, tools and tests.
+//! A blocking client of a compute node's gRPC API (`proto/compute.proto`, served by
+//! `compute-server`), shaped like the embedding API: for the TPC-C harness's remote
+//! mode, tools and tests.
 //!
 //! [`RemoteNode`] owns a small tokio runtime (one worker) and one HTTP/2 channel; it is
 //! `Send + Sync`, and many threads may call it at once (calls multiplex on the channel).
@@ -11,15 +12,15 @@
 //! A transaction is a [`RemoteTxn`] (from [`RemoteNode::begin`]: the server's random
 //! session handle, and the engine's transaction id for diagnostics); errors are
 //! [`RemoteError`]s whose [`RemoteError::is_retryable`] and [`RemoteError::is_unknown`]
-//! answer as [`crate::txn::TxnError::is_retryable`] and `is_unknown` do. A commit with
+//! answer as the engine's `TxnError::is_retryable` and `is_unknown` do. A commit with
 //! an unknown outcome — the server said so, or the `Commit` call itself failed without
 //! an answer — is resolved with [`RemoteNode::resolve_outcome`] (on any node) before
 //! the transaction may run again.
 //!
 //! ```no_run
-//! use compute_node::grpc_client::RemoteNode;
+//! use common::compute::client::RemoteNode;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use compute_node::grpc_client::ConnectOptions;
+//! use common::compute::client::ConnectOptions;
 //! let opts = ConnectOptions::token("0123456789abcdef0123456789abcdef");
 //! let node = RemoteNode::connect_with("127.0.0.1:7500", &opts)?;
 //! node.ensure_table("accounts")?;
@@ -30,22 +31,22 @@
 //! # Ok(()) }
 //! ```
 
-use crate::grpc::ErrorKind;
-use crate::grpc_auth::Credentials;
-use crate::grpc_tpcc;
-use crate::tls::ClientTls;
-use crate::tpcc::check::CheckResult;
-use crate::tpcc::transactions::Outcome;
-use crate::txn::{Isolation, Resolved, Row};
-use common::ids::{Timestamp, TxnId};
-use common::proto::compute as pb;
-use common::proto::compute::compute_client::ComputeClient;
+use super::auth::Credentials;
+use super::error::{txn_of_status, ErrorKind};
+use super::tls::ClientTls;
+use crate::ids::{Timestamp, TxnId};
+use crate::proto::compute as pb;
+use crate::proto::compute::compute_client::ComputeClient;
+use crate::txn::{Isolation, Resolved};
 use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A `(key, value)` pair, as the engine's scans answer.
+pub type Row = (Vec<u8>, Vec<u8>);
 
 /// The generated client with this connection's credentials on every call.
 pub type Client = ComputeClient<InterceptedService<Channel, Credentials>>;
@@ -110,7 +111,7 @@ impl ConnectOptions {
     pub fn token_file(path: &Path) -> Result<ConnectOptions, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
-        let token = match crate::grpc_auth::parse_tokens(&text) {
+        let token = match super::auth::parse_tokens(&text) {
             Ok(v) if !v.is_empty() => v[0].1.clone(),
             _ => text.trim().to_string(),
         };
@@ -155,7 +156,8 @@ impl RemoteError {
         self.kind.is_unknown()
     }
 
-    fn bad_answer(message: String) -> RemoteError {
+    /// An answer this client cannot decode (a server of another version, a bug).
+    pub fn bad_answer(message: String) -> RemoteError {
         RemoteError {
             kind: ErrorKind::Internal,
             code: tonic::Code::Internal,
@@ -202,7 +204,7 @@ impl From<tonic::Status> for RemoteError {
             kind: ErrorKind::of_status(&s),
             code: s.code(),
             message: s.message().to_string(),
-            txn: crate::grpc::txn_of_status(&s),
+            txn: txn_of_status(&s),
         }
     }
 }
@@ -213,6 +215,8 @@ const MAX_ANSWER: usize = 256 << 20;
 /// A connection to one compute node's gRPC server.
 pub struct RemoteNode {
     client: Client,
+    channel: Channel,
+    creds: Credentials,
     // Declared after the channel: dropped last, so the channel's tasks stop with it.
     rt: tokio::runtime::Runtime,
 }
@@ -272,9 +276,27 @@ impl RemoteNode {
         let channel = rt
             .block_on(endpoint.connect())
             .map_err(|e| RemoteError::transport(format!("connecting to {addr}: {e:?}")))?;
-        let client =
-            ComputeClient::with_interceptor(channel, creds).max_decoding_message_size(MAX_ANSWER);
-        Ok(RemoteNode { client, rt })
+        let client = ComputeClient::with_interceptor(channel.clone(), creds.clone())
+            .max_decoding_message_size(MAX_ANSWER);
+        Ok(RemoteNode {
+            client,
+            channel,
+            creds,
+            rt,
+        })
+    }
+
+    /// Runs `fut` on this connection's runtime (with [`RemoteNode::channel`], for other
+    /// services on the same connection, e.g. the TPC-C stored procedures).
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+
+    /// The connection's channel with its credentials on every call, to build the client
+    /// of another service served on the same port.
+    pub fn channel(&self) -> InterceptedService<Channel, Credentials> {
+        let (channel, creds) = (self.channel.clone(), self.creds.clone());
+        InterceptedService::new(channel, creds)
     }
 
     /// Runs `f` with a client on this node's runtime (for calls this wrapper does not
@@ -411,7 +433,7 @@ impl RemoteNode {
     }
 
     /// Rows with keys in `range`, ascending (or descending with `reverse`), at most
-    /// `limit` of them — as [`crate::txn::Txn::scan`]. Answers the server cut short
+    /// `limit` of them — as the engine's `Txn::scan`. Answers the server cut short
     /// (`max_scan_rows`) are continued from the last key.
     pub fn scan(
         &self,
@@ -483,7 +505,7 @@ impl RemoteNode {
             .map_err(|s| RemoteError::of_commit(txn.id, s.into()))
     }
 
-    /// The final outcome of `txn` (any node's; see [`crate::txn::Engine::resolve_outcome`]).
+    /// The final outcome of `txn` (any node's; see the engine's `Engine::resolve_outcome`).
     /// An error with [`RemoteError::is_unknown`] means no decision could be reached
     /// yet (the GTM or this node unreachable): call again later.
     pub fn resolve_outcome(&self, txn: TxnId) -> Result<Resolved, RemoteError> {
@@ -517,59 +539,5 @@ impl RemoteNode {
         self.call(|mut c| async move { c.abort(req).await })
             .map(|_| ())
             .map_err(Into::into)
-    }
-
-    // ---- TPC-C stored procedures ----
-
-    /// Creates the TPC-C tables if missing.
-    pub fn tpcc_create_schema(&self) -> Result<(), RemoteError> {
-        self.call(|mut c| async move { c.tpcc_create_schema(pb::TpccCreateSchemaRequest {}).await })
-            .map(|_| ())
-            .map_err(Into::into)
-    }
-
-    /// Loads a part of the TPC-C population through this node; returns rows written.
-    pub fn tpcc_load(&self, req: pb::TpccLoadRequest) -> Result<u64, RemoteError> {
-        self.call(|mut c| async move { c.tpcc_load(req).await })
-            .map(|r| r.into_inner().rows)
-            .map_err(Into::into)
-    }
-
-    /// The twelve consistency conditions, run on this node.
-    pub fn tpcc_check(
-        &self,
-        warehouses: u32,
-        delivery_ran: bool,
-    ) -> Result<Vec<CheckResult>, RemoteError> {
-        let req = pb::TpccCheckRequest {
-            warehouses,
-            delivery_ran,
-        };
-        let r = self
-            .call(|mut c| async move { c.tpcc_check(req).await })?
-            .into_inner();
-        r.checks
-            .iter()
-            .map(grpc_tpcc::check_from_pb)
-            .collect::<Result<_, _>>()
-            .map_err(RemoteError::bad_answer)
-    }
-
-    /// Runs one whole TPC-C transaction server-side (one attempt: a retryable error
-    /// means it was aborted; run the same call again).
-    pub fn tpcc(&self, call: &grpc_tpcc::Call) -> Result<Outcome, RemoteError> {
-        use grpc_tpcc::Request as R;
-        let r = self
-            .call(|mut c| async move {
-                match grpc_tpcc::request_of(call) {
-                    R::NewOrder(r) => c.tpcc_new_order(r).await,
-                    R::Payment(r) => c.tpcc_payment(r).await,
-                    R::OrderStatus(r) => c.tpcc_order_status(r).await,
-                    R::Delivery(r) => c.tpcc_delivery(r).await,
-                    R::StockLevel(r) => c.tpcc_stock_level(r).await,
-                }
-            })?
-            .into_inner();
-        grpc_tpcc::outcome_of(&call.input, &r).map_err(RemoteError::bad_answer)
     }
 }

@@ -1,19 +1,20 @@
-//! The TPC-C stored procedures of the gRPC API: wire forms of [`crate::tpcc`]'s inputs,
+//! The TPC-C stored procedures' wire forms (`proto/tpcc.proto`): this crate's inputs,
 //! outcomes and check results, both ways (the server decodes requests and encodes
-//! answers; [`crate::grpc_client::RemoteNode`] does the reverse).
+//! answers; [`crate::client::TpccClient`] does the reverse).
 //!
 //! Decoding refuses what a terminal could not have sent (out-of-domain numbers, a
 //! missing customer selection) with a message for INVALID_ARGUMENT.
 
-use crate::tpcc::check::{CheckResult, Verdict, NAMES};
-use crate::tpcc::random::NuRandConstants;
-use crate::tpcc::transactions::{
+use crate::check::{CheckResult, Verdict, NAMES};
+use crate::random::NuRandConstants;
+use crate::transactions::{
     CustomerSel, DeliveryInput, Input, Locking, Mode, NewOrderInput, OrderLineInput,
     OrderStatusInput, Outcome, PaymentInput, StockLevelInput,
 };
-use crate::txn::Isolation;
-use common::proto::compute as pb;
-use pb::tpcc_response::Outcome as PbOutcome;
+use common::proto::compute as cpb;
+use common::proto::tpcc as pb;
+use common::txn::Isolation;
+use pb::procedure_response::Outcome as PbOutcome;
 
 /// A stored-procedure call: the input, its timestamp (µs since the Unix epoch) and,
 /// for Payment, the HISTORY row's (origin, seq).
@@ -25,25 +26,25 @@ pub struct Call {
     pub mode: Mode,
 }
 
-pub fn mode_to_pb(m: &Mode) -> Option<pb::TpccMode> {
-    Some(pb::TpccMode {
+pub fn mode_to_pb(m: &Mode) -> Option<pb::Mode> {
+    Some(pb::Mode {
         isolation: match m.isolation {
-            None => pb::Isolation::Default,
-            Some(Isolation::Snapshot) => pb::Isolation::Snapshot,
-            Some(Isolation::ReadCommitted) => pb::Isolation::ReadCommitted,
+            None => cpb::Isolation::Default,
+            Some(Isolation::Snapshot) => cpb::Isolation::Snapshot,
+            Some(Isolation::ReadCommitted) => cpb::Isolation::ReadCommitted,
         } as i32,
         plain_reads: m.locking == Locking::Plain,
     })
 }
 
-pub fn mode_from_pb(m: Option<pb::TpccMode>) -> Result<Mode, String> {
+pub fn mode_from_pb(m: Option<pb::Mode>) -> Result<Mode, String> {
     let Some(m) = m else {
         return Ok(Mode::default());
     };
-    let isolation = match pb::Isolation::try_from(m.isolation) {
-        Ok(pb::Isolation::Default) => None,
-        Ok(pb::Isolation::Snapshot) => Some(Isolation::Snapshot),
-        Ok(pb::Isolation::ReadCommitted) => Some(Isolation::ReadCommitted),
+    let isolation = match cpb::Isolation::try_from(m.isolation) {
+        Ok(cpb::Isolation::Default) => None,
+        Ok(cpb::Isolation::Snapshot) => Some(Isolation::Snapshot),
+        Ok(cpb::Isolation::ReadCommitted) => Some(Isolation::ReadCommitted),
         Err(e) => return Err(format!("mode.isolation: {e}")),
     };
     Ok(Mode {
@@ -56,44 +57,44 @@ pub fn mode_from_pb(m: Option<pb::TpccMode>) -> Result<Mode, String> {
     })
 }
 
-fn customer_to_pb(c: &CustomerSel) -> pb::TpccCustomer {
-    pb::TpccCustomer {
+fn customer_to_pb(c: &CustomerSel) -> pb::Customer {
+    pb::Customer {
         by: Some(match c {
-            CustomerSel::Id(id) => pb::tpcc_customer::By::Id(*id),
-            CustomerSel::LastName(n) => pb::tpcc_customer::By::LastName(n.clone()),
+            CustomerSel::Id(id) => pb::customer::By::Id(*id),
+            CustomerSel::LastName(n) => pb::customer::By::LastName(n.clone()),
         }),
     }
 }
 
-fn customer_from_pb(c: Option<pb::TpccCustomer>) -> Result<CustomerSel, String> {
+fn customer_from_pb(c: Option<pb::Customer>) -> Result<CustomerSel, String> {
     match c.and_then(|c| c.by) {
-        Some(pb::tpcc_customer::By::Id(id)) => Ok(CustomerSel::Id(id)),
-        Some(pb::tpcc_customer::By::LastName(n)) => Ok(CustomerSel::LastName(n)),
+        Some(pb::customer::By::Id(id)) => Ok(CustomerSel::Id(id)),
+        Some(pb::customer::By::LastName(n)) => Ok(CustomerSel::LastName(n)),
         None => Err("customer: neither id nor last_name is set".into()),
     }
 }
 
 /// The request of each procedure, client side.
 pub enum Request {
-    NewOrder(pb::TpccNewOrderRequest),
-    Payment(pb::TpccPaymentRequest),
-    OrderStatus(pb::TpccOrderStatusRequest),
-    Delivery(pb::TpccDeliveryRequest),
-    StockLevel(pb::TpccStockLevelRequest),
+    NewOrder(pb::NewOrderRequest),
+    Payment(pb::PaymentRequest),
+    OrderStatus(pb::OrderStatusRequest),
+    Delivery(pb::DeliveryRequest),
+    StockLevel(pb::StockLevelRequest),
 }
 
 pub fn request_of(call: &Call) -> Request {
     let now_us = call.now_us;
     let mode = mode_to_pb(&call.mode);
     match &call.input {
-        Input::NewOrder(i) => Request::NewOrder(pb::TpccNewOrderRequest {
+        Input::NewOrder(i) => Request::NewOrder(pb::NewOrderRequest {
             warehouse: i.w,
             district: i.d,
             customer: i.c,
             lines: i
                 .lines
                 .iter()
-                .map(|l| pb::TpccOrderLine {
+                .map(|l| pb::OrderLine {
                     item_id: l.i_id,
                     supply_warehouse: l.supply_w_id,
                     quantity: l.quantity,
@@ -102,7 +103,7 @@ pub fn request_of(call: &Call) -> Request {
             now_us,
             mode,
         }),
-        Input::Payment(i) => Request::Payment(pb::TpccPaymentRequest {
+        Input::Payment(i) => Request::Payment(pb::PaymentRequest {
             warehouse: i.w,
             district: i.d,
             customer_warehouse: i.c_w,
@@ -114,19 +115,19 @@ pub fn request_of(call: &Call) -> Request {
             history_seq: call.history_key.1,
             mode,
         }),
-        Input::OrderStatus(i) => Request::OrderStatus(pb::TpccOrderStatusRequest {
+        Input::OrderStatus(i) => Request::OrderStatus(pb::OrderStatusRequest {
             warehouse: i.w,
             district: i.d,
             customer: Some(customer_to_pb(&i.customer)),
             mode,
         }),
-        Input::Delivery(i) => Request::Delivery(pb::TpccDeliveryRequest {
+        Input::Delivery(i) => Request::Delivery(pb::DeliveryRequest {
             warehouse: i.w,
             carrier: i.carrier,
             now_us,
             mode,
         }),
-        Input::StockLevel(i) => Request::StockLevel(pb::TpccStockLevelRequest {
+        Input::StockLevel(i) => Request::StockLevel(pb::StockLevelRequest {
             warehouse: i.w,
             district: i.d,
             threshold: i.threshold,
@@ -139,10 +140,10 @@ fn now_or_clock(now_us: u64) -> u64 {
     if now_us != 0 {
         return now_us;
     }
-    crate::tpcc::load::now_micros()
+    crate::load::now_micros()
 }
 
-pub fn new_order_call(r: pb::TpccNewOrderRequest) -> Result<Call, String> {
+pub fn new_order_call(r: pb::NewOrderRequest) -> Result<Call, String> {
     let input = Input::NewOrder(NewOrderInput {
         w: r.warehouse,
         d: r.district,
@@ -167,7 +168,7 @@ pub fn new_order_call(r: pb::TpccNewOrderRequest) -> Result<Call, String> {
     })
 }
 
-pub fn payment_call(r: pb::TpccPaymentRequest) -> Result<Call, String> {
+pub fn payment_call(r: pb::PaymentRequest) -> Result<Call, String> {
     if r.history_origin == 0 {
         return Err("history_origin must be at least 1 (0 is the loader's)".into());
     }
@@ -188,7 +189,7 @@ pub fn payment_call(r: pb::TpccPaymentRequest) -> Result<Call, String> {
     })
 }
 
-pub fn order_status_call(r: pb::TpccOrderStatusRequest) -> Result<Call, String> {
+pub fn order_status_call(r: pb::OrderStatusRequest) -> Result<Call, String> {
     let input = Input::OrderStatus(OrderStatusInput {
         w: r.warehouse,
         d: r.district,
@@ -203,7 +204,7 @@ pub fn order_status_call(r: pb::TpccOrderStatusRequest) -> Result<Call, String> 
     })
 }
 
-pub fn delivery_call(r: pb::TpccDeliveryRequest) -> Result<Call, String> {
+pub fn delivery_call(r: pb::DeliveryRequest) -> Result<Call, String> {
     let input = Input::Delivery(DeliveryInput {
         w: r.warehouse,
         carrier: r.carrier,
@@ -217,7 +218,7 @@ pub fn delivery_call(r: pb::TpccDeliveryRequest) -> Result<Call, String> {
     })
 }
 
-pub fn stock_level_call(r: pb::TpccStockLevelRequest) -> Result<Call, String> {
+pub fn stock_level_call(r: pb::StockLevelRequest) -> Result<Call, String> {
     let input = Input::StockLevel(StockLevelInput {
         w: r.warehouse,
         d: r.district,
@@ -232,8 +233,8 @@ pub fn stock_level_call(r: pb::TpccStockLevelRequest) -> Result<Call, String> {
     })
 }
 
-pub fn response_of(o: Outcome) -> pb::TpccResponse {
-    let mut r = pb::TpccResponse {
+pub fn response_of(o: Outcome) -> pb::ProcedureResponse {
+    let mut r = pb::ProcedureResponse {
         outcome: PbOutcome::Committed as i32,
         ..Default::default()
     };
@@ -248,7 +249,7 @@ pub fn response_of(o: Outcome) -> pb::TpccResponse {
 }
 
 /// The outcome an answer to `input` carries.
-pub fn outcome_of(input: &Input, r: &pb::TpccResponse) -> Result<Outcome, String> {
+pub fn outcome_of(input: &Input, r: &pb::ProcedureResponse) -> Result<Outcome, String> {
     match PbOutcome::try_from(r.outcome) {
         Ok(PbOutcome::RolledBack) => Ok(Outcome::RolledBack),
         Ok(PbOutcome::Committed) => Ok(match input {
@@ -263,15 +264,15 @@ pub fn outcome_of(input: &Input, r: &pb::TpccResponse) -> Result<Outcome, String
     }
 }
 
-pub fn nurand_to_pb(c: &NuRandConstants) -> pb::TpccNuRand {
-    pb::TpccNuRand {
+pub fn nurand_to_pb(c: &NuRandConstants) -> pb::NuRand {
+    pb::NuRand {
         c_last: c.c_last,
         c_id: c.c_id,
         ol_i_id: c.ol_i_id,
     }
 }
 
-pub fn nurand_from_pb(c: Option<pb::TpccNuRand>) -> Result<NuRandConstants, String> {
+pub fn nurand_from_pb(c: Option<pb::NuRand>) -> Result<NuRandConstants, String> {
     let c = c.ok_or("c_load is missing")?;
     if c.c_last > 255 || c.c_id > 1023 || c.ol_i_id > 8191 {
         return Err(format!(
@@ -286,14 +287,14 @@ pub fn nurand_from_pb(c: Option<pb::TpccNuRand>) -> Result<NuRandConstants, Stri
     })
 }
 
-pub fn check_to_pb(c: &CheckResult) -> pb::TpccCheckResult {
-    use pb::tpcc_check_result::Verdict as V;
+pub fn check_to_pb(c: &CheckResult) -> pb::CheckResult {
+    use pb::check_result::Verdict as V;
     let (verdict, detail) = match &c.verdict {
         Verdict::Passed => (V::Passed, String::new()),
         Verdict::Failed(d) => (V::Failed, d.clone()),
         Verdict::NotApplicable(d) => (V::NotApplicable, d.clone()),
     };
-    pb::TpccCheckResult {
+    pb::CheckResult {
         id: c.id,
         name: c.name.to_string(),
         verdict: verdict as i32,
@@ -301,8 +302,8 @@ pub fn check_to_pb(c: &CheckResult) -> pb::TpccCheckResult {
     }
 }
 
-pub fn check_from_pb(c: &pb::TpccCheckResult) -> Result<CheckResult, String> {
-    use pb::tpcc_check_result::Verdict as V;
+pub fn check_from_pb(c: &pb::CheckResult) -> Result<CheckResult, String> {
+    use pb::check_result::Verdict as V;
     let name =
         c.id.checked_sub(1)
             .and_then(|i| NAMES.get(i as usize))
@@ -394,7 +395,7 @@ mod tests {
 
     #[test]
     fn out_of_domain_inputs_are_refused() {
-        let bad = pb::TpccNewOrderRequest {
+        let bad = pb::NewOrderRequest {
             warehouse: 1,
             district: 11,
             customer: 1,
@@ -403,7 +404,7 @@ mod tests {
             mode: None,
         };
         assert!(new_order_call(bad).unwrap_err().contains("district 11"));
-        let no_customer = pb::TpccPaymentRequest {
+        let no_customer = pb::PaymentRequest {
             warehouse: 1,
             district: 1,
             customer_warehouse: 1,
@@ -413,7 +414,7 @@ mod tests {
             now_us: 0,
             history_origin: 1,
             history_seq: 1,
-            mode: Some(pb::TpccMode {
+            mode: Some(pb::Mode {
                 isolation: 77,
                 plain_reads: false,
             }),
@@ -421,7 +422,7 @@ mod tests {
         assert!(payment_call(no_customer.clone())
             .unwrap_err()
             .contains("customer"));
-        let bad_c = nurand_from_pb(Some(pb::TpccNuRand {
+        let bad_c = nurand_from_pb(Some(pb::NuRand {
             c_last: 300,
             c_id: 1,
             ol_i_id: 1,
@@ -438,7 +439,7 @@ mod tests {
         };
         let back = check_from_pb(&check_to_pb(&c)).unwrap();
         assert_eq!((back.id, back.name, back.verdict), (3, NAMES[2], c.verdict));
-        let unknown = pb::TpccCheckResult {
+        let unknown = pb::CheckResult {
             id: 13,
             ..Default::default()
         };

@@ -3,10 +3,9 @@
 //! ([`ComputeConfig`]) under `[node]`. See [`EXAMPLE`] (checked against the defaults by a
 //! test).
 
-use crate::grpc::SessionOptions;
-use crate::node::ComputeConfig;
+use crate::sessions::SessionOptions;
 use common::config::ConfigError;
-use common::fabric::Endpoint;
+use compute_node::node::ComputeConfig;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -173,35 +172,8 @@ impl ServiceConfig {
                 format!("{} is outside 1..=4096", self.max_blocking_threads),
             );
         }
-        let n = &self.node;
-        if n.node_id == 0 {
-            return bad("node.node_id", "must be > 0".into());
-        }
-        if let Err(e) = n.gtm.parse::<Endpoint>() {
-            return bad("node.gtm", e);
-        }
-        if n.storage.is_empty() {
-            return bad("node.storage", "at least one endpoint is needed".into());
-        }
-        for s in &n.storage {
-            if let Err(e) = s.parse::<Endpoint>() {
-                return bad("node.storage", e);
-            }
-        }
-        if n.key_file.as_os_str().is_empty() {
-            return bad("node.key_file", "must not be empty".into());
-        }
-        if n.buffer_frames < 16 {
-            return bad(
-                "node.buffer_frames",
-                format!("{} is below the minimum of 16", n.buffer_frames),
-            );
-        }
-        if n.heartbeat_ms == 0 {
-            return bad("node.heartbeat_ms", "must be at least 1".into());
-        }
-        if n.rpc_timeout_s == 0 {
-            return bad("node.rpc_timeout_s", "must be at least 1".into());
+        if let Err((key, why)) = self.node.validate() {
+            return bad(&format!("node.{key}"), why);
         }
         // Last: every other mistake is named first.
         let credentials =
@@ -256,8 +228,8 @@ impl ServiceConfig {
 
 impl ServiceConfig {
     /// The client authentication these settings ask for (reads the tokens file).
-    pub fn client_auth(&self) -> Result<crate::grpc_auth::ClientAuth, String> {
-        use crate::grpc_auth::ClientAuth;
+    pub fn client_auth(&self) -> Result<crate::auth::ClientAuth, String> {
+        use crate::auth::ClientAuth;
         if self.insecure {
             return Ok(ClientAuth::insecure());
         }

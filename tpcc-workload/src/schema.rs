@@ -1,6 +1,6 @@
 //! The nine TPC-C tables plus two secondary indexes, as B-link trees of the engine.
 //!
-//! Keys are tuples encoded with [`crate::btree::key::KeyBuilder`] (memcmp order =
+//! Keys are tuples encoded with [`compute_node::btree::key::KeyBuilder`] (memcmp order =
 //! tuple order). Values are compact rows encoded by [`RowWriter`]/[`RowReader`]:
 //! little-endian fixed-width integers, strings as a `u16` length then UTF-8 bytes,
 //! fields in declaration order, nothing else (no version byte: the harness loads and
@@ -23,9 +23,9 @@
 //! | `item` | (i) | [`Item`] |
 //! | `stock` | (w, i) | [`Stock`] |
 
-use crate::btree::key::{KeyBuilder, KeyReader};
-use crate::node::ComputeNode;
-use crate::txn::{Table, TxnError};
+use compute_node::btree::key::{KeyBuilder, KeyReader};
+use compute_node::node::ComputeNode;
+use compute_node::txn::{Table, TxnError};
 use std::ops::Bound;
 
 pub const DISTRICTS_PER_WAREHOUSE: u32 = 10;
@@ -434,7 +434,7 @@ impl Tables {
             let one_row_per_page = matches!(n, "warehouse" | "district");
             node.ensure_table_with(
                 n,
-                crate::btree::TreeOptions {
+                compute_node::btree::TreeOptions {
                     max_leaf_entries: if one_row_per_page { 1 } else { 0 },
                 },
             )

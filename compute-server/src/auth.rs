@@ -18,11 +18,12 @@
 //! only, logged loudly at start) lets every call in as the client `insecure`.
 //!
 //! The client's name ([`ClientId`]) is put in the request's extensions; sessions are
-//! bound to it ([`crate::grpc`]).
+//! bound to it ([`crate::service`]).
 
-// tonic's interceptors and handlers answer `Status` by value (as `crate::grpc` does).
+// tonic's interceptors and handlers answer `Status` by value (as `crate::service` does).
 #![allow(clippy::result_large_err)]
 
+use common::compute::auth::parse_tokens;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -182,31 +183,6 @@ impl ClientAuth {
     }
 }
 
-/// Parses a tokens file's text.
-pub fn parse_tokens(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(name), Some(token), None) => out.push((name.to_string(), token.to_string())),
-            _ => return Err(format!("line {}: expected `name token`", i + 1)),
-        }
-    }
-    Ok(out)
-}
-
-/// A fresh random token (32 hex digits of the OS's randomness).
-pub fn random_token() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The tonic interceptor: authenticates, then files the [`ClientId`] in the request's
 /// extensions.
 #[derive(Clone)]
@@ -229,38 +205,10 @@ pub fn client_of<T>(req: &Request<T>) -> Result<ClientId, Status> {
         .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
 }
 
-/// Adds a client token to every call (the client side).
-#[derive(Clone, Default)]
-pub struct Credentials {
-    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl Credentials {
-    /// No token (a server with `insecure`, or one that takes client certificates).
-    pub fn none() -> Credentials {
-        Credentials::default()
-    }
-
-    pub fn token(token: &str) -> Result<Credentials, String> {
-        let v = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| "a token must be printable ASCII".to_string())?;
-        Ok(Credentials { bearer: Some(v) })
-    }
-}
-
-impl tonic::service::Interceptor for Credentials {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.bearer {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::compute::auth::random_token;
 
     fn req(auth: Option<&str>) -> Request<()> {
         let mut r = Request::new(());

@@ -5,12 +5,11 @@
 mod proxy;
 
 use cluster::{ClusterOptions, EmbeddedCluster};
+use common::compute::{ConnectOptions, ErrorKind, RemoteError, RemoteNode, RemoteTxn};
 use common::fabric::Transport;
 use common::ids::TxnId;
 use common::proto::compute as pb;
-use compute_node::grpc::ErrorKind;
-use compute_node::grpc_client::{ConnectOptions, RemoteError, RemoteNode, RemoteTxn};
-use compute_node::txn::Resolved;
+use common::txn::Resolved;
 use proxy::{Direction, Proxy};
 use std::io::{BufRead, BufReader};
 use std::ops::Bound;
@@ -687,8 +686,8 @@ fn bad_config_exits_nonzero_naming_the_key_and_the_file() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text, compute_node::service_config::EXAMPLE);
-    let mut cfg: compute_node::service_config::ServiceConfig =
+    assert_eq!(text, compute_server::config::EXAMPLE);
+    let mut cfg: compute_server::config::ServiceConfig =
         common::config::parse(&text, Path::new("example.toml")).unwrap();
     // It names no client authentication: the one choice an operator must make.
     assert!(cfg.validate().is_err());
@@ -712,13 +711,15 @@ fn bad_config_exits_nonzero_naming_the_key_and_the_file() {
 /// checks, and bad input refused as INVALID_ARGUMENT while the server keeps serving.
 #[test]
 fn tpcc_stored_procedures_over_grpc() {
-    use compute_node::grpc_tpcc::Call;
-    use compute_node::tpcc::random::NuRandConstants;
-    use compute_node::tpcc::transactions::*;
+    use tpcc_workload::client::TpccClient;
+    use tpcc_workload::random::NuRandConstants;
+    use tpcc_workload::transactions::*;
+    use tpcc_workload::wire::Call;
 
     let c = cluster();
     let server = Server::start(&write_config(&c, 1, ""));
     let node = server.connect();
+    let procs = TpccClient::new(&node);
     let call = |input: Input| Call {
         input,
         now_us: 0,
@@ -732,29 +733,29 @@ fn tpcc_stored_procedures_over_grpc() {
             threshold: 15,
         }))
     };
-    expect_kind(node.tpcc(&stock_level()), ErrorKind::NoSuchTable);
+    expect_kind(procs.run(&stock_level()), ErrorKind::NoSuchTable);
 
-    node.tpcc_create_schema().unwrap();
-    node.tpcc_create_schema().unwrap(); // idempotent
+    procs.create_schema().unwrap();
+    procs.create_schema().unwrap(); // idempotent
     let c_load = NuRandConstants {
         c_last: 100,
         c_id: 200,
         ol_i_id: 300,
     };
-    let rows = node
-        .tpcc_load(pb::TpccLoadRequest {
+    let rows = procs
+        .load(common::proto::tpcc::LoadRequest {
             warehouses: 1,
             items: 200,
             from_warehouse: 1,
             to_warehouse: 1,
             load_items: true,
-            c_load: Some(compute_node::grpc_tpcc::nurand_to_pb(&c_load)),
+            c_load: Some(tpcc_workload::wire::nurand_to_pb(&c_load)),
             seed: 5,
             threads: 2,
         })
         .unwrap();
     assert!(rows > 400_000, "{rows} rows");
-    let checks = node.tpcc_check(1, false).unwrap();
+    let checks = procs.check(1, false).unwrap();
     assert_eq!(checks.len(), 12);
     assert!(checks.iter().all(|c| !c.failed()), "{checks:?}");
 
@@ -776,13 +777,13 @@ fn tpcc_stored_procedures_over_grpc() {
             rollback: false,
         }))
     };
-    let Outcome::Ordered { o_id } = node.tpcc(&order(50)).unwrap() else {
+    let Outcome::Ordered { o_id } = procs.run(&order(50)).unwrap() else {
         panic!("New-Order should answer its order id")
     };
     assert_eq!(o_id, 3001, "the first order after the initial 3,000");
     // An unused item rolls the whole transaction back (clause 2.4.2.3).
-    assert_eq!(node.tpcc(&order(201)).unwrap(), Outcome::RolledBack);
-    let pay = node.tpcc(&call(Input::Payment(PaymentInput {
+    assert_eq!(procs.run(&order(201)).unwrap(), Outcome::RolledBack);
+    let pay = procs.run(&call(Input::Payment(PaymentInput {
         w: 1,
         d: 2,
         c_w: 1,
@@ -791,41 +792,41 @@ fn tpcc_stored_procedures_over_grpc() {
         amount: 12_345,
     })));
     assert_eq!(pay.unwrap(), Outcome::Done);
-    let status = node.tpcc(&call(Input::OrderStatus(OrderStatusInput {
+    let status = procs.run(&call(Input::OrderStatus(OrderStatusInput {
         w: 1,
         d: 2,
         customer: CustomerSel::Id(7),
     })));
     assert_eq!(status.unwrap(), Outcome::Done);
-    let delivered = node.tpcc(&call(Input::Delivery(DeliveryInput { w: 1, carrier: 3 })));
+    let delivered = procs.run(&call(Input::Delivery(DeliveryInput { w: 1, carrier: 3 })));
     assert_eq!(delivered.unwrap(), Outcome::Delivered { skipped: 0 });
     assert!(matches!(
-        node.tpcc(&stock_level()).unwrap(),
+        procs.run(&stock_level()).unwrap(),
         Outcome::LowStock { .. }
     ));
-    let checks = node.tpcc_check(1, true).unwrap();
+    let checks = procs.check(1, true).unwrap();
     assert!(checks.iter().all(|c| !c.failed()), "{checks:?}");
 
     // Out-of-domain input and a warehouse that was never loaded.
     let bad = call(Input::Delivery(DeliveryInput { w: 1, carrier: 11 }));
-    expect_kind(node.tpcc(&bad), ErrorKind::BadRequest);
+    expect_kind(procs.run(&bad), ErrorKind::BadRequest);
     let nowhere = call(Input::StockLevel(StockLevelInput {
         w: 9,
         d: 1,
         threshold: 15,
     }));
-    expect_kind(node.tpcc(&nowhere), ErrorKind::BadRequest);
-    let bad_load = pb::TpccLoadRequest {
+    expect_kind(procs.run(&nowhere), ErrorKind::BadRequest);
+    let bad_load = common::proto::tpcc::LoadRequest {
         warehouses: 1,
         items: 10,
         from_warehouse: 2,
         to_warehouse: 1,
         ..Default::default()
     };
-    expect_kind(node.tpcc_load(bad_load), ErrorKind::BadRequest);
+    expect_kind(procs.load(bad_load), ErrorKind::BadRequest);
     // Still serving.
     assert!(matches!(
-        node.tpcc(&stock_level()).unwrap(),
+        procs.run(&stock_level()).unwrap(),
         Outcome::LowStock { .. }
     ));
 }
@@ -1022,15 +1023,16 @@ fn tls_and_mutual_tls() {
     let c = cluster();
     let pki = c.dir().join("pki");
     let other = c.dir().join("other-pki");
-    compute_node::tls::make_test_pki(&pki, &["localhost".into()], &["harness".into()]).unwrap();
-    compute_node::tls::make_test_pki(&other, &["localhost".into()], &["intruder".into()]).unwrap();
+    compute_server::tls::make_test_pki(&pki, &["localhost".into()], &["harness".into()]).unwrap();
+    compute_server::tls::make_test_pki(&other, &["localhost".into()], &["intruder".into()])
+        .unwrap();
     let p = |name: &str| pki.join(name).display().to_string();
     let tls_keys = format!(
         "tls_cert_file = {:?}\ntls_key_file = {:?}",
         p("server.pem"),
         p("server.key")
     );
-    let tls = |identity: Option<(PathBuf, PathBuf)>| compute_node::tls::ClientTls {
+    let tls = |identity: Option<(PathBuf, PathBuf)>| common::compute::ClientTls {
         ca: pki.join("ca.pem"),
         domain: Some("localhost".into()),
         identity,
@@ -1055,7 +1057,7 @@ fn tls_and_mutual_tls() {
             .and_then(|n| n.begin()),
     );
     // A TLS client that does not trust the server's CA.
-    let wrong_ca = compute_node::tls::ClientTls {
+    let wrong_ca = common::compute::ClientTls {
         ca: other.join("ca.pem"),
         ..tls(None)
     };

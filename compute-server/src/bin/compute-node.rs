@@ -1,16 +1,16 @@
 //! `compute-node --config FILE [flags]`: the compute-node service binary.
 //!
 //! Loads the TOML config (flags override it), joins the cluster (GTM registration,
-//! storage connections, catalog), serves the gRPC API ([`compute_node::grpc`]) on
+//! storage connections, catalog), serves the gRPC API ([`compute_server::service`]) on
 //! `listen`, prints `READY <host:port>` on stdout once serving, and on SIGTERM/SIGINT
 //! stops accepting calls, lets running ones finish, aborts open transactions and writes
 //! back every change (`ComputeNode::shutdown`). `--print-example-config` prints a
 //! commented config.
 
 use clap::Parser;
-use compute_node::grpc::ComputeService;
 use compute_node::node::ComputeNode;
-use compute_node::service_config::{ServiceConfig, EXAMPLE};
+use compute_server::config::{ServiceConfig, EXAMPLE};
+use compute_server::service::ComputeService;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -165,7 +165,7 @@ fn run(
     let server = {
         let (service, mut stop) = (service.clone(), stop_rx.clone());
         rt.spawn(async move {
-            compute_node::grpc::serve(listener, &service, tls, async move {
+            compute_server::service::serve(listener, &service, tls, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             dir,
             hosts,
             clients,
-        } => compute_node::tls::make_test_pki(&dir, &hosts, &clients).map(|()| {
+        } => compute_server::tls::make_test_pki(&dir, &hosts, &clients).map(|()| {
             eprintln!(
                 "wrote ca.pem, server.pem/.key and {} client certificate(s) to {}",
                 clients.len(),
@@ -74,9 +74,9 @@ fn main() -> ExitCode {
 
 fn append_token(out: &PathBuf, name: &str) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let token = compute_node::grpc_auth::random_token();
+    let token = common::compute::auth::random_token();
     // Checked as the server will check it.
-    compute_node::grpc_auth::ClientAuth::new(vec![(name.to_string(), token.clone())], false)?;
+    compute_server::auth::ClientAuth::new(vec![(name.to_string(), token.clone())], false)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
