@@ -84,6 +84,31 @@ pub struct EmbeddedCluster {
     dir: PathBuf,
 }
 
+/// Starts (recovering from its data directory) storage node `i` on `ep`.
+fn start_storage_node(
+    options: &ClusterOptions,
+    dir: &Path,
+    i: usize,
+    key: &ClusterKey,
+    ep: &Endpoint,
+) -> Result<StorageNode, ClusterError> {
+    let cfg = StorageConfig {
+        transport: options.transport,
+        listen: ep.to_string(),
+        data_dir: dir.join(format!("storage-{i}")),
+        memory: ByteSize(options.storage_memory),
+        // Page 0 is never a valid page (trees use 0 as "no page").
+        first_page: 1 + i as u64 * options.pages_per_storage_node,
+        page_count: options.pages_per_storage_node,
+        notice_slots: options.notice_slots,
+        ..StorageConfig::default()
+    };
+    StorageNode::start_with_key(&cfg, key.clone(), ep).map_err(|e| ClusterError::Storage {
+        index: i,
+        message: e.to_string(),
+    })
+}
+
 fn endpoint(transport: Transport, dir: &Path, name: &str) -> Endpoint {
     match transport {
         Transport::Shm => Endpoint::Shm(dir.join(format!("{name}.sock"))),
@@ -118,23 +143,7 @@ impl EmbeddedCluster {
         let mut storage_endpoints = Vec::new();
         for i in 0..options.storage_nodes {
             let ep = endpoint(options.transport, dir, &format!("storage-{i}"));
-            let cfg = StorageConfig {
-                transport: options.transport,
-                listen: ep.to_string(),
-                data_dir: dir.join(format!("storage-{i}")),
-                memory: ByteSize(options.storage_memory),
-                // Page 0 is never a valid page (trees use 0 as "no page").
-                first_page: 1 + i as u64 * options.pages_per_storage_node,
-                page_count: options.pages_per_storage_node,
-                notice_slots: options.notice_slots,
-                ..StorageConfig::default()
-            };
-            let node = StorageNode::start_with_key(&cfg, key.clone(), &ep).map_err(|e| {
-                ClusterError::Storage {
-                    index: i,
-                    message: e.to_string(),
-                }
-            })?;
+            let node = start_storage_node(&options, dir, i, &key, &ep)?;
             storage_endpoints.push(node.endpoint());
             storages.push(node);
         }
@@ -233,6 +242,21 @@ impl EmbeddedCluster {
             }
         }
         Ok(total)
+    }
+
+    /// Stops storage node `i` (cleanly: it checkpoints) and starts it again on the same
+    /// endpoint, recovering from its data directory. Its lock table starts empty, so
+    /// every compute node connected to it must rejoin (their connections ended).
+    pub fn restart_storage_node(&mut self, i: usize) -> Result<(), ClusterError> {
+        let old = self.storages.remove(i);
+        let ep = self.storage_endpoints[i].clone();
+        old.shutdown().map_err(|e| ClusterError::Storage {
+            index: i,
+            message: e.to_string(),
+        })?;
+        let node = start_storage_node(&self.options, &self.dir, i, &self.key, &ep)?;
+        self.storages.insert(i, node);
+        Ok(())
     }
 
     /// First page id of storage node `i`.

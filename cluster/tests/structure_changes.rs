@@ -28,7 +28,7 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 fn leaves(node: &ComputeNode, t: &Table) -> usize {
-    let view: Arc<dyn Pager> = Arc::new(node.engine().pager().view());
+    let view: Arc<dyn Pager> = Arc::new(node.engine().pager().view().unwrap());
     BTree::open(view, t.meta)
         .unwrap()
         .check_structure()
@@ -90,7 +90,7 @@ fn run_variant(t2_open: bool, upper_half: bool, shift_parity: bool) {
     if shift_parity {
         // One page allocated and never used moves every later allocation to the other
         // storage node.
-        drop(n1.engine().pager().view().allocate().unwrap());
+        drop(n1.engine().pager().view().unwrap().allocate().unwrap());
     }
     let t = n1.create_table("t").unwrap();
     let mut t1 = n1.begin().unwrap();

@@ -50,7 +50,7 @@ impl Catalog {
             }
             Err(e) => return Err(TxnError::Storage(e.to_string())),
         }
-        let view: Arc<dyn Pager> = Arc::new(pager.view());
+        let view: Arc<dyn Pager> = Arc::new(pager.view()?);
         let page = view.read(superblock)?;
         let meta = match parse_superblock(page.body()) {
             Some(meta) => meta,
@@ -82,7 +82,7 @@ impl Catalog {
     }
 
     fn tree(&self) -> Result<BTree, TxnError> {
-        let view: Arc<dyn Pager> = Arc::new(self.pager.view());
+        let view: Arc<dyn Pager> = Arc::new(self.pager.view()?);
         Ok(BTree::open(view, self.meta)?)
     }
 
@@ -116,7 +116,7 @@ impl Catalog {
         if name.is_empty() || name.len() > 200 {
             return Err(TxnError::BadRequest(format!("bad table name {name:?}")));
         }
-        let view: Arc<dyn Pager> = Arc::new(self.pager.view());
+        let view: Arc<dyn Pager> = Arc::new(self.pager.view()?);
         let tree = BTree::create_with(view.clone(), options)?;
         let meta = tree.id();
         // The new tree is durable before the catalog entry that names it (invariant 8).

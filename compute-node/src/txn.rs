@@ -471,7 +471,15 @@ impl Engine {
         // Commits that land between the snapshot and the view's tick must still be seen
         // (invariant 2): the tick is taken after the snapshot.
         fail::fail_point!("txn::after_snapshot");
-        let view = Arc::new(self.pager.view());
+        let view = match self.pager.view() {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                // Some storage node is gone (or restarted): nothing this node caches from
+                // it can be trusted until it rejoins.
+                let _ = self.abort_best_effort(id);
+                return Err(e.into());
+            }
+        };
         self.stats.begun.fetch_add(1, Ordering::Relaxed);
         Ok(Txn {
             engine: self.clone(),
@@ -602,7 +610,7 @@ impl Engine {
 
     /// Creates an empty tree (a table or index) and returns its meta page.
     pub fn create_tree(&self) -> Result<PageId, TxnError> {
-        let view: Arc<dyn Pager> = Arc::new(self.pager.view());
+        let view: Arc<dyn Pager> = Arc::new(self.pager.view()?);
         let tree = BTree::create(view.clone())?;
         let meta = tree.id();
         // Make the new tree durable and visible to other nodes before it is used.
@@ -666,7 +674,7 @@ impl Txn {
     fn statement_view(&mut self) -> Result<(), TxnError> {
         if self.isolation == Isolation::ReadCommitted {
             self.snapshot = self.engine.gtm.published_timestamp()?.max(self.snapshot);
-            let fresh = self.engine.pager.view();
+            let fresh = self.engine.pager.view()?;
             // Keep the touched-set of earlier statements: commit forces all of it.
             fresh.merge_touched(&self.view);
             self.view = Arc::new(fresh);

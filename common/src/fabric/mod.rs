@@ -439,6 +439,27 @@ impl Connection {
         }
     }
 
+    /// Proves the peer alive at an instant after this call began, or fails with
+    /// `Disconnected`. Over tcp and rdma a completed one-sided op already proves it (the
+    /// peer's memory answered, through its live connection): call this after one. Over
+    /// shm one-sided ops read this process's mappings of the peer's memory, which stay
+    /// readable after the peer died; this asks the kernel whether the peer's socket is
+    /// still open. So "a one-sided read, then this" means: the read saw the memory of
+    /// the peer process this connection was made to, alive after the read began.
+    pub fn confirm_peer_alive(&self) -> Result<(), FabricError> {
+        let alive = match &self.inner {
+            Inner::Tcp(c) => !c.is_closed(),
+            Inner::Shm(c) => c.peer_alive_now(),
+            #[cfg(feature = "rdma")]
+            Inner::Rdma(c) => !c.is_closed(),
+        };
+        if alive {
+            Ok(())
+        } else {
+            Err(FabricError::Disconnected)
+        }
+    }
+
     /// Closes the connection; pending and later calls fail with `Disconnected`.
     pub fn close(&self) {
         match &self.inner {

@@ -50,6 +50,8 @@ fn liveness(stream: &UnixStream) -> Result<Liveness, FabricError> {
 pub(crate) struct ShmClient {
     pub(crate) core: Arc<ClientCore>,
     maps: Vec<(RegionDesc, Mapping)>,
+    /// Whether the server process is still there (its socket end is open).
+    alive: Liveness,
     batches: AtomicU64,
     ops: AtomicU64,
 }
@@ -90,7 +92,7 @@ impl ShmClient {
         }
         let alive = liveness(&stream)?;
         let writer = RingWriter::new(seg.clone(), CLIENT_TO_SERVER, alive.clone());
-        let reader = RingReader::new(seg.clone(), SERVER_TO_CLIENT, alive);
+        let reader = RingReader::new(seg.clone(), SERVER_TO_CLIENT, alive.clone());
         let shut_seg = seg.clone();
         let core = Arc::new(ClientCore::new(
             Box::new(writer),
@@ -105,6 +107,7 @@ impl ShmClient {
         Ok(ShmClient {
             core,
             maps,
+            alive,
             batches: AtomicU64::new(0),
             ops: AtomicU64::new(0),
         })
@@ -133,6 +136,14 @@ impl ShmClient {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.core.is_closed()
+    }
+
+    /// Whether the server is alive now, asked of the kernel (its end of the socket), not
+    /// of the reader thread, which may learn of a death later. One-sided reads here are
+    /// copies from this process's own mappings, which outlive the server: only this
+    /// check says whether what they read was the memory of a live server.
+    pub(crate) fn peer_alive_now(&self) -> bool {
+        !self.core.is_closed() && (self.alive)()
     }
 
     pub(crate) fn close(&self) {

@@ -405,7 +405,37 @@ impl StorageClient {
     /// [`NOTICE_PREFETCH`] slots, then one more for the rest if there are more. The
     /// slots are read after the head, so every notice up to the head is there unless
     /// the ring has overwritten it since (`pages: None`: the caller was lapped).
+    ///
+    /// The answer comes from this storage node alive after the call began (see
+    /// [`Connection::confirm_peer_alive`]): a round that trusts this node's X locks and
+    /// the images it read uses that (invariant 9 across a restart of this node).
     pub fn poll_notices(&self, consumed: u64) -> Result<NoticePoll, StorageError> {
+        let poll = self.read_notices(consumed)?;
+        self.conn.confirm_peer_alive()?;
+        Ok(poll)
+    }
+
+    /// Proves this storage node alive after the call began: a one-sided read of its
+    /// memory (the notice-ring head), then [`Connection::confirm_peer_alive`].
+    pub fn confirm_alive(&self) -> Result<(), StorageError> {
+        let op = Op::Read {
+            region: self.layout.notice_region,
+            offset: notice::HEAD_OFFSET,
+            len: 8,
+        };
+        match self.conn.post(&[op])?.pop() {
+            Some(Ok(OpOutput::Read(_))) => {}
+            other => {
+                return Err(StorageError::Protocol(format!(
+                    "notice head read: {other:?}"
+                )))
+            }
+        }
+        self.conn.confirm_peer_alive()?;
+        Ok(())
+    }
+
+    fn read_notices(&self, consumed: u64) -> Result<NoticePoll, StorageError> {
         let cap = self.layout.notice_capacity;
         let region = self.layout.notice_region;
         if cap == 0 {

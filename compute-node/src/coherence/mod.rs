@@ -289,18 +289,27 @@ impl CoherentPager {
     }
 
     /// A view for a transaction whose snapshot was obtained just before this call.
-    pub fn view(self: &Arc<Self>) -> TxnView {
+    ///
+    /// Fails if some storage node cannot be proven alive after the tick (a validation
+    /// round reads every storage node and checks it is alive; without rounds, each is
+    /// asked): a LOCKED frame is trusted only while the node that granted its lock is the
+    /// one still running, and a restarted storage node has forgotten every lock it gave
+    /// (invariant 9). Such a node must rejoin before it runs transactions again.
+    pub fn view(self: &Arc<Self>) -> Result<TxnView, PagerError> {
         let t = self.tick();
-        if self.validation != ValidationMode::EachAccess {
-            if let Err(e) = self.validate_after(t) {
-                tracing::debug!(error = %e, "bulk validation failed; pages will be validated singly");
+        if self.validation == ValidationMode::EachAccess {
+            for i in 0..self.storage.len() {
+                self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+                self.storage.node(i).confirm_alive().map_err(storage_err)?;
             }
+        } else {
+            self.validate_after(t)?;
         }
-        TxnView {
+        Ok(TxnView {
             pager: self.clone(),
             tick: t,
             touched: Arc::default(),
-        }
+        })
     }
 
     /// Makes sure a bulk validation round that started after tick `t` has completed.
