@@ -10,7 +10,10 @@
 //! ## Modules
 //!
 //! * [`config`] — `StorageConfig` (TOML + CLI flags).
-//! * [`store`] — the engine: request logic, log forcer, worker (fault-in, checkpoint).
+//! * [`store`] — the engine (`store/`): the `Store`, its state and request dispatch
+//!   (`mod.rs`); page locks (`locks.rs`); redo append, force and the log forcer
+//!   (`force.rs`); frames, write-back, fault-in and checkpoints (`pages.rs`); the worker
+//!   thread (`worker.rs`); dead-node rebuild (`rebuild.rs`).
 //! * [`page_dir`] — writer side of the directory/frame seqlock.
 //! * [`frames`] — frame table and CLOCK eviction (larger-than-memory data).
 //! * [`locks`] — X page locks, FIFO wait queues, revocations.
