@@ -20,6 +20,8 @@
 //! * [`redo`] — per-node redo streams: segments, durability, truncation.
 //! * [`page_file`] — two slots per page, so a torn write never loses the last image.
 //! * [`recovery`] — restart recovery and metadata files.
+//! * `page_meta` — `PageMeta`, per-page state: built by `recovery`, kept by `store`
+//!   (re-exported as [`store::PageMeta`]), so that `recovery` does not import `store`.
 //! * [`service`] — the fabric `RpcService`.
 //! * [`metrics`] — counters in Prometheus text format.
 //!
@@ -55,6 +57,7 @@ pub mod locks;
 pub mod metrics;
 pub mod page_dir;
 pub mod page_file;
+mod page_meta;
 pub mod recovery;
 pub mod redo;
 pub mod service;

@@ -51,7 +51,7 @@ use crate::page_dir::Regions;
 use crate::page_file::PageFile;
 use crate::redo::Stream;
 use common::fabric::Replier;
-use common::ids::{Epoch, Lsn, NodeId, PageId, PageVersion};
+use common::ids::{Epoch, Lsn, NodeId, PageId};
 use common::storage::dir::{LockHolder, MAX_EPOCH};
 use common::storage::msg::{
     encode_response, Envelope, Layout, Request, Response, Revocation, RevocationKind, ADMIN_NODE,
@@ -64,22 +64,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use crate::page_meta::PageMeta;
+
 /// Longest a revocation long poll is parked.
 const MAX_POLL: Duration = Duration::from_secs(5);
-
-/// Per-page state.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PageMeta {
-    /// Version of the stored (written-back) image.
-    pub version: PageVersion,
-    /// Highest version whose redo is durable (in any stream).
-    pub durable: PageVersion,
-    /// Highest version whose redo was appended (the chain head for the next record).
-    pub logged: PageVersion,
-    pub frame: Option<u32>,
-    /// Versions of the valid images in the two page-file slots (0 = none).
-    pub disk: [PageVersion; 2],
-}
 
 struct Poller {
     replier: Replier,
