@@ -10,13 +10,18 @@
 //! ## Modules
 //!
 //! * [`config`] — `StorageConfig` (TOML + CLI flags).
-//! * [`store`] — the engine: request logic, log forcer, worker (fault-in, checkpoint).
+//! * [`store`] — the engine (`store/`): the `Store`, its state and request dispatch
+//!   (`mod.rs`); page locks (`locks.rs`); redo append, force and the log forcer
+//!   (`force.rs`); frames, write-back, fault-in and checkpoints (`pages.rs`); the worker
+//!   thread (`worker.rs`); dead-node rebuild (`rebuild.rs`).
 //! * [`page_dir`] — writer side of the directory/frame seqlock.
 //! * [`frames`] — frame table and CLOCK eviction (larger-than-memory data).
 //! * [`locks`] — X page locks, FIFO wait queues, revocations.
 //! * [`redo`] — per-node redo streams: segments, durability, truncation.
 //! * [`page_file`] — two slots per page, so a torn write never loses the last image.
 //! * [`recovery`] — restart recovery and metadata files.
+//! * `page_meta` — `PageMeta`, per-page state: built by `recovery`, kept by `store`
+//!   (re-exported as [`store::PageMeta`]), so that `recovery` does not import `store`.
 //! * [`service`] — the fabric `RpcService`.
 //! * [`metrics`] — counters in Prometheus text format.
 //!
@@ -52,6 +57,7 @@ pub mod locks;
 pub mod metrics;
 pub mod page_dir;
 pub mod page_file;
+mod page_meta;
 pub mod recovery;
 pub mod redo;
 pub mod service;

@@ -26,8 +26,8 @@
 //! Each step is idempotent, so a crash during recovery is followed by the same recovery.
 
 use crate::page_file::{target_slot, PageFile, Slot};
+use crate::page_meta::PageMeta;
 use crate::redo::{scan_streams, segment_path, Stream};
-use crate::store::PageMeta;
 use common::ids::{Epoch, NodeId, PageId, PageVersion};
 use common::storage::page::Page;
 use common::storage::redo::RedoRecord;

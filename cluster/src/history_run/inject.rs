@@ -34,7 +34,7 @@ pub const POINTS: &[&str] = &[
     // compute node: transactions (compute-node/src/txn.rs)
     "txn::after_snapshot",
     "txn::before_commit_record",
-    // storage node (storage-node/src/store.rs)
+    // storage node (storage-node/src/store/force.rs)
     "storage::before_log_fsync",
 ];
 

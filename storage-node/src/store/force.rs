@@ -1,0 +1,238 @@
+//! Redo append and log force: validating and appending a request's redo records to
+//! the sender's stream, queueing `ForceLog` waiters, and the log forcer thread that
+//! fsyncs each named stream once per batch (group commit).
+//!
+//! Keeps invariant 1's log side: a record is accepted only from the page's X holder and
+//! only if it continues the page's version chain (`before` equals the logged head), and
+//! a request is appended whole or not at all. Keeps invariant 7: a force is answered
+//! only after the stream was written and fsynced up to the asked LSN, and a page's
+//! `durable` version advances only after an fsync (of a tail here, or of a segment
+//! sealed by `Stream::append`).
+
+use super::{io_err, reply, Core, ForceWaiter, Store};
+use crate::metrics::Metrics;
+use crate::redo::Stream;
+use common::fabric::Replier;
+use common::ids::{Lsn, NodeId, PageId, PageVersion};
+use common::storage::dir::LockHolder;
+use common::storage::msg::{Response, ADMIN_NODE};
+use common::storage::redo::RedoRecord;
+use common::storage::StorageError;
+use parking_lot::MutexGuard;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Store {
+    pub(super) fn append_redo(
+        &self,
+        core: &mut Core,
+        who: LockHolder,
+        mut records: Vec<RedoRecord>,
+    ) -> Result<Lsn, StorageError> {
+        if who.node == ADMIN_NODE {
+            return Err(StorageError::BadRequest(
+                "the admin identity has no redo stream".into(),
+            ));
+        }
+        // Validate everything first: a request is appended whole or not at all.
+        //
+        // A record the stream already has (its `after` is at or below the page's logged
+        // head while the sender holds the lock) is a resend: the sender's earlier
+        // append-and-force was applied but its answer was lost (a timeout), and it sends
+        // the same records again in front of newer ones. Only the lock holder appends a
+        // page's records and it holds the lock since it read the version its first
+        // record starts from, so such a record can only be its own; it is skipped, and
+        // the force that follows covers it. Without this a lost answer would wedge the
+        // stream (every resend a `VersionConflict`).
+        let mut heads: HashMap<PageId, PageVersion> = HashMap::new();
+        let mut resent = vec![false; records.len()];
+        for (k, r) in records.iter().enumerate() {
+            r.validate()
+                .map_err(|e| StorageError::BadRequest(e.to_string()))?;
+            let idx = self.index(core, r.page)?;
+            if core.locks.holder(r.page) != Some(who) {
+                return Err(StorageError::NotHolder(r.page));
+            }
+            let head = heads
+                .entry(r.page)
+                .or_insert(core.pages[idx as usize].logged);
+            // A resend is the same record: where the stream still holds it (it was not
+            // checkpointed away yet), the same versions and the same content.
+            let same_as_logged = || {
+                core.streams
+                    .get(&who.node)
+                    .and_then(|s| s.pending.get(&r.page))
+                    .and_then(|q| q.iter().find(|p| p.after == r.after))
+                    .is_none_or(|p| {
+                        p.before == r.before
+                            && p.len as usize == r.encoded_len()
+                            && p.digest == r.digest()
+                    })
+            };
+            if r.before == *head {
+                *head = r.after;
+            } else if r.after <= *head && same_as_logged() {
+                resent[k] = true;
+            } else {
+                return Err(StorageError::VersionConflict {
+                    page: r.page,
+                    expected: *head,
+                    got: r.before,
+                });
+            }
+        }
+        if resent.iter().any(|r| *r) {
+            Metrics::add(
+                &self.metrics.redo_resent,
+                resent.iter().filter(|r| **r).count() as u64,
+            );
+            let mut k = 0;
+            records.retain(|_| {
+                k += 1;
+                !resent[k - 1]
+            });
+        }
+        if let std::collections::hash_map::Entry::Vacant(v) = core.streams.entry(who.node) {
+            v.insert(
+                Stream::open(
+                    &self.redo_dir(),
+                    who.node,
+                    Lsn(0),
+                    &[],
+                    self.opts.redo_segment,
+                )
+                .map_err(io_err)?,
+            );
+        }
+        let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
+        let stream = core.streams.get_mut(&who.node).expect("inserted");
+        let (end, newly) = stream.append(&mut records).map_err(io_err)?;
+        self.mark_durable(core, newly);
+        for (page, v) in heads {
+            let idx = self.index(core, page)?;
+            core.pages[idx as usize].logged = v;
+        }
+        Metrics::add(&self.metrics.redo_records, records.len() as u64);
+        Metrics::add(&self.metrics.redo_bytes, bytes as u64);
+        Ok(end)
+    }
+
+    fn mark_durable(&self, core: &mut Core, newly: Vec<(PageId, PageVersion)>) {
+        for (page, v) in newly {
+            if let Ok(idx) = self.index(core, page) {
+                let m = &mut core.pages[idx as usize];
+                if v > m.durable {
+                    m.durable = v;
+                }
+            }
+        }
+    }
+
+    pub(super) fn force_log(
+        &self,
+        core: MutexGuard<'_, Core>,
+        who: LockHolder,
+        lsn: Lsn,
+        replier: Replier,
+    ) {
+        Metrics::add(&self.metrics.force_requests, 1);
+        let (durable, appended) = match core.streams.get(&who.node) {
+            Some(s) => (s.durable, s.appended),
+            None => (Lsn(0), Lsn(0)),
+        };
+        drop(core);
+        if lsn <= durable {
+            return reply(replier, Ok(Response::Lsn(durable)));
+        }
+        if lsn > appended {
+            return reply(
+                replier,
+                Err(StorageError::BadRequest(format!(
+                    "force to LSN {lsn} beyond the stream's end {appended}"
+                ))),
+            );
+        }
+        self.forces.lock().push(ForceWaiter {
+            node: who.node,
+            lsn,
+            replier,
+        });
+        self.force_cv.notify_one();
+    }
+
+    /// Writes and fsyncs the unwritten tails of the streams of `nodes` (outside the core
+    /// lock) and records durability. Serialised, so tails reach the file in order before
+    /// anyone marks them durable.
+    pub(super) fn sync_streams(&self, nodes: &[NodeId]) -> HashMap<NodeId, Result<Lsn, String>> {
+        let _serial = self.sync_lock.lock();
+        type Tail = (NodeId, Arc<std::fs::File>, u64, Vec<u8>, Lsn);
+        let tails: Vec<Tail> = {
+            let mut core = self.core.lock();
+            nodes
+                .iter()
+                .filter_map(|n| {
+                    core.streams.get_mut(n).map(|s| {
+                        let (f, off, bytes, upto) = s.take_unwritten();
+                        (*n, f, off, bytes, upto)
+                    })
+                })
+                .collect()
+        };
+        let mut out = HashMap::new();
+        let mut synced = Vec::new();
+        for (n, f, off, bytes, upto) in tails {
+            fail::fail_point!("storage::before_log_fsync");
+            Metrics::add(&self.metrics.log_fsyncs, 1);
+            match f.write_all_at(&bytes, off).and_then(|_| f.sync_data()) {
+                Ok(()) => synced.push((n, upto)),
+                Err(e) => {
+                    // The tail is lost from memory: the stream cannot continue safely.
+                    tracing::error!(node = %n, error = %e, "redo write/fsync failed");
+                    out.insert(n, Err(e.to_string()));
+                }
+            }
+        }
+        let mut core = self.core.lock();
+        for (n, upto) in synced {
+            let s = core.streams.get_mut(&n).expect("streams are never removed");
+            let newly = s.mark_durable(upto);
+            let d = s.durable;
+            self.mark_durable(&mut core, newly);
+            out.insert(n, Ok(d));
+        }
+        out
+    }
+
+    /// The log forcer: one fsync per stream for every force queued meanwhile.
+    pub fn run_forcer(&self) {
+        loop {
+            let batch = {
+                let mut q = self.forces.lock();
+                while q.is_empty() && !self.stopping.load(Ordering::Acquire) {
+                    self.force_cv.wait_for(&mut q, Duration::from_millis(100));
+                }
+                if q.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut *q)
+            };
+            let mut nodes: Vec<NodeId> = batch.iter().map(|w| w.node).collect();
+            nodes.sort();
+            nodes.dedup();
+            let res = self.sync_streams(&nodes);
+            for w in batch {
+                match res.get(&w.node) {
+                    Some(Ok(d)) if *d >= w.lsn => reply(w.replier, Ok(Response::Lsn(*d))),
+                    Some(Err(e)) => reply(w.replier, Err(StorageError::Io(e.clone()))),
+                    _ => reply(
+                        w.replier,
+                        Err(StorageError::Io("log force did not reach the LSN".into())),
+                    ),
+                }
+            }
+        }
+    }
+}

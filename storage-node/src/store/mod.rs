@@ -1,0 +1,459 @@
+//! The page store engine: every request's logic, and the two background threads.
+//!
+//! ## Threads
+//!
+//! * fabric connection threads call [`Store::handle`]; it never blocks on a lock wait,
+//!   a log force or page-file I/O: those requests keep their `Replier` (lock queue,
+//!   force queue) or go to the worker as a [`Job`];
+//! * the **log forcer** takes every queued `ForceLog` at once, fsyncs each stream they
+//!   name once, and answers them all (group commit);
+//! * the **worker** does page-file I/O: fault-ins, allocations (metadata fsync),
+//!   `release_locks_of` rebuilds, checkpoints and log truncation, and expires long polls.
+//!
+//! One mutex (`core`) guards the in-memory state; fsyncs and page-file I/O happen
+//! outside it, except reading back a dead node's redo records during a rebuild.
+//!
+//! ## Invariants (DESIGN.md section 7) kept here
+//!
+//! 1. *Versions totally ordered, changes under X:* `append_redo` accepts a record only
+//!    from the page's X holder and only if `before` equals the page's last logged version
+//!    ([`Store::append_redo`]); `write_back` only from the holder, only with a version
+//!    above the stored one ([`Store::try_write_back`]).
+//! 3. *WAL:* `write_back` refuses an image whose version is above the page's durable
+//!    redo version; the checkpointer writes only such images; a dead node's page is
+//!    rebuilt only from its stream after that stream was fsynced.
+//! 6. *A fenced node writes nothing:* after `release_locks_of(node, epoch)` every request
+//!    of that node with an epoch <= `epoch` is refused ([`Core::admit`]); the fence is
+//!    persisted before the call returns, so it survives a restart.
+//! 7. *Acknowledged commits survive a crash:* `force_log` answers only after fsync; a
+//!    restart replays every durable record (`recovery`).
+//!
+//! ## Files
+//!
+//! * this file — the [`Store`] and its state ([`Core`]), admission of a request
+//!   (fencing), and dispatch of each request to its handler;
+//! * `locks` — the page-lock protocol: grants, hand-overs, revocations;
+//! * `force` — redo append, log force and the log forcer (group commit);
+//! * `pages` — frames, write-back, reads and fault-in, checkpoints;
+//! * `worker` — the worker thread: its job queue, long-poll expiry, allocation;
+//! * `rebuild` — `release_locks_of`: fencing a dead node and rebuilding its pages.
+
+mod force;
+mod locks;
+mod pages;
+mod rebuild;
+mod worker;
+
+use crate::frames::FrameTable;
+use crate::locks::LockTable;
+use crate::metrics::Metrics;
+use crate::page_dir::Regions;
+use crate::page_file::PageFile;
+use crate::redo::Stream;
+use common::fabric::Replier;
+use common::ids::{Epoch, Lsn, NodeId, PageId};
+use common::storage::dir::{LockHolder, MAX_EPOCH};
+use common::storage::msg::{
+    encode_response, Envelope, Layout, Request, Response, Revocation, RevocationKind, ADMIN_NODE,
+};
+use common::storage::page::Page;
+use common::storage::StorageError;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use crate::page_meta::PageMeta;
+
+/// Longest a revocation long poll is parked.
+const MAX_POLL: Duration = Duration::from_secs(5);
+
+struct Poller {
+    replier: Replier,
+    deadline: Instant,
+    conn: u64,
+}
+
+pub struct Core {
+    pub pages: Vec<PageMeta>,
+    pub frames: FrameTable,
+    pub locks: LockTable,
+    pub streams: HashMap<NodeId, Stream>,
+    /// Per node, the highest fenced epoch: that epoch and all older ones are dead.
+    pub fenced: HashMap<NodeId, Epoch>,
+    revocations: HashMap<LockHolder, Vec<Revocation>>,
+    pollers: HashMap<LockHolder, Poller>,
+}
+
+impl Core {
+    pub fn new(pages: Vec<PageMeta>, frames: u32) -> Core {
+        Core {
+            pages,
+            frames: FrameTable::new(frames),
+            locks: LockTable::default(),
+            streams: HashMap::new(),
+            fenced: HashMap::new(),
+            revocations: HashMap::new(),
+            pollers: HashMap::new(),
+        }
+    }
+
+    fn admit(&self, who: LockHolder) -> Result<(), StorageError> {
+        if who.node == ADMIN_NODE {
+            return Ok(());
+        }
+        if who.epoch.0 > MAX_EPOCH {
+            return Err(StorageError::BadRequest(format!(
+                "epoch {} exceeds {MAX_EPOCH}",
+                who.epoch
+            )));
+        }
+        match self.fenced.get(&who.node) {
+            Some(e) if who.epoch <= *e => Err(StorageError::Fenced {
+                node: who.node,
+                epoch: who.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Work for the worker thread.
+enum Job {
+    Allocate {
+        count: u32,
+        replier: Replier,
+    },
+    ReadPages {
+        pages: Vec<PageId>,
+        replier: Replier,
+    },
+    WriteBack {
+        who: LockHolder,
+        page: Page,
+        replier: Replier,
+    },
+    ReleaseLocksOf {
+        node: NodeId,
+        epoch: Epoch,
+        replier: Replier,
+    },
+}
+
+struct ForceWaiter {
+    node: NodeId,
+    lsn: Lsn,
+    replier: Replier,
+}
+
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub first_page: PageId,
+    pub page_count: u64,
+    pub checkpoint_interval: Duration,
+    pub redo_segment: u64,
+}
+
+pub struct Store {
+    pub opts: StoreOptions,
+    pub regions: Regions,
+    pub page_file: PageFile,
+    pub core: Mutex<Core>,
+    forces: Mutex<Vec<ForceWaiter>>,
+    force_cv: Condvar,
+    jobs: Mutex<VecDeque<Job>>,
+    job_cv: Condvar,
+    pub metrics: Metrics,
+    stopping: AtomicBool,
+    /// Serialises metadata writes (allocation high-water mark, fences).
+    meta_lock: Mutex<()>,
+    /// Serialises redo tail writes + fsyncs.
+    sync_lock: Mutex<()>,
+}
+
+fn reply(r: Replier, res: Result<Response, StorageError>) {
+    r.reply(Ok(encode_response(&res)));
+}
+
+fn io_err(e: std::io::Error) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
+impl Store {
+    pub fn new(opts: StoreOptions, regions: Regions, page_file: PageFile, core: Core) -> Store {
+        Store {
+            opts,
+            regions,
+            page_file,
+            core: Mutex::new(core),
+            forces: Mutex::new(Vec::new()),
+            force_cv: Condvar::new(),
+            jobs: Mutex::new(VecDeque::new()),
+            job_cv: Condvar::new(),
+            metrics: Metrics::default(),
+            stopping: AtomicBool::new(false),
+            meta_lock: Mutex::new(()),
+            sync_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout {
+            first_page: self.opts.first_page,
+            page_count: self.opts.page_count,
+            dir_region: self.regions.dir.id(),
+            frame_region: self.regions.frames.id(),
+            frames: self.core.lock().frames.len() as u32,
+            notice_region: self.regions.notices.id(),
+            notice_capacity: self.regions.notice_capacity,
+        }
+    }
+
+    fn redo_dir(&self) -> PathBuf {
+        self.opts.data_dir.join("redo")
+    }
+
+    /// Page index of an allocated page.
+    fn index(&self, core: &Core, page: PageId) -> Result<u64, StorageError> {
+        page.0
+            .checked_sub(self.opts.first_page.0)
+            .filter(|i| *i < core.pages.len() as u64)
+            .ok_or(StorageError::NotAllocated(page))
+    }
+
+    fn page_id(&self, index: u64) -> PageId {
+        PageId(self.opts.first_page.0 + index)
+    }
+
+    fn push_job(&self, job: Job) {
+        self.jobs.lock().push_back(job);
+        self.job_cv.notify_one();
+    }
+
+    // ---------------------------------------------------------------- request entry
+
+    /// Handles one request from connection `conn`. Never blocks for long.
+    pub fn handle(&self, conn: u64, env: Envelope, replier: Replier) {
+        Metrics::add(&self.metrics.rpc_requests, 1);
+        if self.stopping.load(Ordering::Acquire) {
+            return reply(replier, Err(StorageError::ShuttingDown));
+        }
+        let who = LockHolder {
+            node: env.node,
+            epoch: env.epoch,
+        };
+        let mut core = self.core.lock();
+        if let Err(e) = core.admit(who) {
+            drop(core);
+            return reply(replier, Err(e));
+        }
+        match env.request {
+            Request::Describe => {
+                let frames = core.frames.len() as u32;
+                drop(core);
+                let mut l = self.layout_without_lock();
+                l.frames = frames;
+                reply(replier, Ok(Response::Layout(l)))
+            }
+            Request::Metrics => {
+                let gauges = self.gauges(&core);
+                drop(core);
+                let g: Vec<(&str, &str, u64)> =
+                    gauges.iter().map(|(a, b, c)| (*a, *b, *c)).collect();
+                reply(replier, Ok(Response::Text(self.metrics.render(&g))))
+            }
+            Request::Allocate { count } => {
+                drop(core);
+                self.push_job(Job::Allocate { count, replier })
+            }
+            Request::Lock { page } => self.lock_page(&mut core, who, conn, page, replier),
+            Request::Unlock { page } => {
+                let r = self.unlock_page(&mut core, who, page);
+                drop(core);
+                reply(replier, r.map(|_| Response::Done))
+            }
+            Request::WriteBack { page } => match self.try_write_back(&mut core, who, &page) {
+                Ok(true) => {
+                    drop(core);
+                    reply(replier, Ok(Response::Done))
+                }
+                Ok(false) => {
+                    drop(core);
+                    self.push_job(Job::WriteBack { who, page, replier })
+                }
+                Err(e) => {
+                    drop(core);
+                    reply(replier, Err(e))
+                }
+            },
+            Request::AppendRedo { records } => {
+                let r = self.append_redo(&mut core, who, records);
+                drop(core);
+                reply(replier, r.map(Response::Lsn))
+            }
+            Request::AppendForce { records } => match self.append_redo(&mut core, who, records) {
+                Ok(lsn) => self.force_log(core, who, lsn, replier),
+                Err(e) => {
+                    drop(core);
+                    reply(replier, Err(e))
+                }
+            },
+            Request::ForceLog { lsn } => self.force_log(core, who, lsn, replier),
+            Request::ReadPages { pages } => match self.read_resident(&mut core, &pages) {
+                Ok(Some(out)) => {
+                    drop(core);
+                    Metrics::add(&self.metrics.pages_read_rpc, out.len() as u64);
+                    reply(replier, Ok(Response::Pages(out)))
+                }
+                Ok(None) => {
+                    drop(core);
+                    self.push_job(Job::ReadPages { pages, replier })
+                }
+                Err(e) => {
+                    drop(core);
+                    reply(replier, Err(e))
+                }
+            },
+            Request::ReleaseLocksOf { node, epoch } => {
+                drop(core);
+                if node == ADMIN_NODE || epoch.0 > MAX_EPOCH {
+                    return reply(
+                        replier,
+                        Err(StorageError::BadRequest(format!(
+                            "cannot fence node {node} epoch {epoch}"
+                        ))),
+                    );
+                }
+                self.push_job(Job::ReleaseLocksOf {
+                    node,
+                    epoch,
+                    replier,
+                })
+            }
+            Request::NextRevocations { max_wait_ms } => {
+                if let Some(list) = core.revocations.remove(&who).filter(|l| !l.is_empty()) {
+                    drop(core);
+                    return reply(replier, Ok(Response::Revocations(list)));
+                }
+                let wait = Duration::from_millis(u64::from(max_wait_ms)).min(MAX_POLL);
+                let old = core.pollers.insert(
+                    who,
+                    Poller {
+                        replier,
+                        deadline: Instant::now() + wait,
+                        conn,
+                    },
+                );
+                drop(core);
+                if let Some(old) = old {
+                    reply(old.replier, Ok(Response::Revocations(Vec::new())));
+                }
+            }
+            Request::RequestWriteBack { page } => {
+                if let Err(e) = self.index(&core, page) {
+                    drop(core);
+                    return reply(replier, Err(e));
+                }
+                match core.locks.add_flush_waiter(page, who, replier) {
+                    Ok(holder) => self.revoke(
+                        &mut core,
+                        holder,
+                        Revocation {
+                            page,
+                            kind: RevocationKind::WriteBackAndKeep,
+                        },
+                    ),
+                    Err(r) => {
+                        drop(core);
+                        reply(r, Ok(Response::Done))
+                    }
+                }
+            }
+        }
+    }
+
+    fn layout_without_lock(&self) -> Layout {
+        Layout {
+            first_page: self.opts.first_page,
+            page_count: self.opts.page_count,
+            dir_region: self.regions.dir.id(),
+            frame_region: self.regions.frames.id(),
+            frames: 0,
+            notice_region: self.regions.notices.id(),
+            notice_capacity: self.regions.notice_capacity,
+        }
+    }
+
+    /// The text the `Metrics` RPC returns (every counter plus the gauges), for the
+    /// `metrics_listen` endpoint.
+    pub fn render_metrics(&self) -> String {
+        let gauges = self.gauges(&self.core.lock());
+        self.metrics.render(&gauges)
+    }
+
+    fn gauges(&self, core: &Core) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
+            (
+                "pages_allocated",
+                "allocated pages",
+                core.pages.len() as u64,
+            ),
+            ("frames", "page frames", core.frames.len() as u64),
+            (
+                "frames_dirty",
+                "frames not yet checkpointed",
+                core.frames.dirty_count() as u64,
+            ),
+            (
+                "redo_streams",
+                "redo streams (one per compute node)",
+                core.streams.len() as u64,
+            ),
+        ]
+    }
+
+    /// The connection closed: nobody waits for its queued lock requests or long poll.
+    pub fn disconnected(&self, conn: u64) {
+        let mut core = self.core.lock();
+        core.locks.remove_waiters_of_conn(conn);
+        let gone: Vec<LockHolder> = core
+            .pollers
+            .iter()
+            .filter(|(_, p)| p.conn == conn)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            core.pollers.remove(&k);
+        }
+    }
+
+    /// Clean shutdown: refuse new requests, make every stream durable, checkpoint all.
+    pub fn flush_for_shutdown(&self) -> Result<(), StorageError> {
+        self.stopping.store(true, Ordering::Release);
+        self.force_cv.notify_all();
+        self.job_cv.notify_all();
+        let nodes: Vec<NodeId> = self.core.lock().streams.keys().copied().collect();
+        for (n, r) in self.sync_streams(&nodes) {
+            if let Err(e) = r {
+                return Err(StorageError::Io(format!("stream {n}: {e}")));
+            }
+        }
+        for _ in 0..4 {
+            if self.checkpoint()? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.force_cv.notify_all();
+        self.job_cv.notify_all();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,254 @@
+//! Page images between memory and the page file: frame allocation (CLOCK eviction),
+//! installing an image, write-back from the lock holder, reads (resident fast path and
+//! fault-in), and checkpoints.
+//!
+//! Keeps invariant 1's write-back side (only the holder, only a newer version) and
+//! invariant 3 (WAL): `write_back` refuses an image above the page's durable redo
+//! version, and the checkpointer writes only images whose redo is durable, then
+//! truncates the redo streams.
+
+use super::{io_err, reply, Core, Store};
+use crate::metrics::Metrics;
+use crate::page_file::{target_slot, Slot};
+use common::ids::{PageId, PageVersion};
+use common::storage::dir::LockHolder;
+use common::storage::msg::Response;
+use common::storage::page::Page;
+use common::storage::StorageError;
+
+impl Store {
+    /// A frame for a page that is not resident: a free or clean one (CLOCK). Marks the
+    /// evicted page non-resident in memory; the caller publishes (which clears the
+    /// evicted page's directory frame word before the frame is overwritten).
+    fn take_frame(&self, core: &mut Core) -> Option<(u32, Option<u64>)> {
+        let (f, old) = core.frames.victim()?;
+        if let Some(q) = old {
+            core.pages[q as usize].frame = None;
+            Metrics::add(&self.metrics.evictions, 1);
+        }
+        Some((f, old))
+    }
+
+    /// Installs `page` (page index `idx`) into memory as the page's new stored image.
+    /// Returns false if no frame is free.
+    pub(super) fn install(&self, core: &mut Core, idx: u64, page: &Page, dirty: bool) -> bool {
+        let meta = core.pages[idx as usize];
+        let (f, evicted) = match meta.frame {
+            Some(f) => (f, None),
+            None => match self.take_frame(core) {
+                Some(x) => x,
+                None => return false,
+            },
+        };
+        self.regions.publish(idx, meta.version, f, evicted, page);
+        let was_dirty = core.frames.get(f).dirty && core.frames.get(f).page == Some(idx);
+        core.frames.set(f, idx, dirty || was_dirty);
+        let m = &mut core.pages[idx as usize];
+        m.frame = Some(f);
+        m.version = page.version();
+        true
+    }
+
+    /// `Ok(false)`: valid, but no frame is free right now (the worker retries after a
+    /// checkpoint).
+    pub(super) fn try_write_back(
+        &self,
+        core: &mut Core,
+        who: LockHolder,
+        page: &Page,
+    ) -> Result<bool, StorageError> {
+        let h = page
+            .verify()
+            .map_err(|e| StorageError::Corrupt(format!("write_back: {e}")))?;
+        let idx = self.index(core, h.id)?;
+        if core.locks.holder(h.id) != Some(who) {
+            return Err(StorageError::NotHolder(h.id));
+        }
+        let meta = core.pages[idx as usize];
+        if h.version <= meta.version {
+            return Err(StorageError::Stale {
+                page: h.id,
+                got: h.version,
+                stored: meta.version,
+            });
+        }
+        if h.version > meta.durable {
+            return Err(StorageError::NotDurable {
+                page: h.id,
+                version: h.version,
+            });
+        }
+        if !self.install(core, idx, page, true) {
+            return Ok(false);
+        }
+        Metrics::add(&self.metrics.write_backs, 1);
+        for r in core.locks.take_flush_waiters(h.id) {
+            reply(r, Ok(Response::Done));
+        }
+        Ok(true)
+    }
+
+    /// All-resident fast path; `Ok(None)` if some page must be faulted in.
+    pub(super) fn read_resident(
+        &self,
+        core: &mut Core,
+        pages: &[PageId],
+    ) -> Result<Option<Vec<(u64, Page)>>, StorageError> {
+        let mut frames = Vec::with_capacity(pages.len());
+        for p in pages {
+            let idx = self.index(core, *p)?;
+            match core.pages[idx as usize].frame {
+                Some(f) => frames.push(f),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(
+            frames
+                .into_iter()
+                .map(|f| {
+                    core.frames.touch(f);
+                    (u64::from(f) + 1, self.regions.read_frame(f))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Makes page `idx` resident (worker only: reads the page file).
+    pub(super) fn fault_in(&self, idx: u64) -> Result<(), StorageError> {
+        let id = self.page_id(idx);
+        for _ in 0..4 {
+            let version = {
+                let core = self.core.lock();
+                let m = core.pages[idx as usize];
+                if m.frame.is_some() {
+                    return Ok(());
+                }
+                m.version
+            };
+            let image = if version == PageVersion(0) {
+                Page::empty(id)
+            } else {
+                let slots = self.page_file.read_slots(idx, id).map_err(io_err)?;
+                match slots.into_iter().find_map(|s| match s {
+                    Slot::Valid(p) if p.version() == version => Some(p),
+                    _ => None,
+                }) {
+                    Some(p) => p,
+                    None => {
+                        return Err(StorageError::Corrupt(format!(
+                            "page {id}: no page-file slot holds version {version}"
+                        )))
+                    }
+                }
+            };
+            let mut core = self.core.lock();
+            if core.pages[idx as usize].frame.is_some() {
+                return Ok(());
+            }
+            if core.pages[idx as usize].version != version {
+                continue;
+            }
+            if self.install(&mut core, idx, &image, false) {
+                Metrics::add(&self.metrics.fault_ins, 1);
+                return Ok(());
+            }
+            drop(core);
+            self.checkpoint()?;
+        }
+        Err(StorageError::Busy(format!(
+            "no clean frame for page {id}; the node is short of memory"
+        )))
+    }
+
+    pub(super) fn read_pages_slow(
+        &self,
+        pages: &[PageId],
+    ) -> Result<Vec<(u64, Page)>, StorageError> {
+        let mut out = Vec::with_capacity(pages.len());
+        for p in pages {
+            loop {
+                let idx = {
+                    let mut core = self.core.lock();
+                    let idx = self.index(&core, *p)?;
+                    if let Some(f) = core.pages[idx as usize].frame {
+                        core.frames.touch(f);
+                        out.push((u64::from(f) + 1, self.regions.read_frame(f)));
+                        break;
+                    }
+                    idx
+                };
+                self.fault_in(idx)?;
+            }
+        }
+        Metrics::add(&self.metrics.pages_read_rpc, out.len() as u64);
+        Ok(out)
+    }
+
+    /// Writes every dirty frame whose redo is durable into its page-file slot, fsyncs,
+    /// then truncates the redo streams. Returns the number of pages written.
+    pub fn checkpoint(&self) -> Result<usize, StorageError> {
+        const CHUNK: usize = 256;
+        let dirty = self.core.lock().frames.dirty_frames();
+        let mut written = 0;
+        for chunk in dirty.chunks(CHUNK) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            {
+                let core = self.core.lock();
+                for (f, idx) in chunk {
+                    let fm = core.frames.get(*f);
+                    if fm.page != Some(*idx) || !fm.dirty {
+                        continue;
+                    }
+                    let m = core.pages[*idx as usize];
+                    if m.version > m.durable {
+                        // Cannot happen (write_back checks it); never break the WAL rule.
+                        tracing::error!(page = %self.page_id(*idx), "dirty page ahead of its durable redo");
+                        continue;
+                    }
+                    batch.push((
+                        *f,
+                        *idx,
+                        m.version,
+                        target_slot(m.disk),
+                        self.regions.read_frame(*f),
+                    ));
+                }
+            }
+            for (_, idx, _, slot, image) in &batch {
+                self.page_file
+                    .write_slot(*idx, *slot, image)
+                    .map_err(io_err)?;
+            }
+            self.page_file.sync().map_err(io_err)?;
+            let mut paths = Vec::new();
+            {
+                let mut core = self.core.lock();
+                for (f, idx, v, slot, _) in &batch {
+                    core.pages[*idx as usize].disk[*slot] = *v;
+                    let still = core.frames.get(*f).page == Some(*idx)
+                        && core.pages[*idx as usize].version == *v;
+                    if still {
+                        core.frames.set_dirty(*f, false);
+                    }
+                    let page = self.page_id(*idx);
+                    for s in core.streams.values_mut() {
+                        s.checkpointed(page, *v);
+                    }
+                }
+                for s in core.streams.values_mut() {
+                    paths.extend(s.truncate());
+                }
+            }
+            for p in &paths {
+                if let Err(e) = std::fs::remove_file(p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot delete a truncated redo segment");
+                }
+            }
+            written += batch.len();
+            Metrics::add(&self.metrics.segments_truncated, paths.len() as u64);
+        }
+        Metrics::add(&self.metrics.checkpoints, 1);
+        Metrics::add(&self.metrics.pages_checkpointed, written as u64);
+        Ok(written)
+    }
+}
