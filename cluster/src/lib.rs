@@ -5,9 +5,9 @@
 //! separate processes do. Tests, `compute-bench` and the TPC-C harness's default mode
 //! use it.
 //!
-//! This crate exists because DESIGN.md forbids service crates from depending on each
-//! other: `compute-node` cannot start a storage node or a GTM, so the code that starts
-//! all three lives here, above them. [`spawn`] starts the same services as separate
+//! This crate exists because the design (docs/design.md) forbids service crates from
+//! depending on each other: `compute-node` cannot start a storage node or a GTM, so the
+//! code that starts all three lives here, above them. [`spawn`] starts the same services as separate
 //! processes instead.
 
 pub mod history_run;

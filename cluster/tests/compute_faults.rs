@@ -1,5 +1,5 @@
 //! Compute-node failures with real processes: kill -9 during a concurrent workload, and
-//! a paused (SIGSTOP) node whose lease lapses (DESIGN.md invariants 6 and 7).
+//! a paused (SIGSTOP) node whose lease lapses (Invariants 6 and 7).
 
 use cluster::{ClusterOptions, EmbeddedCluster};
 use common::gtm::TxnStatus;

@@ -33,6 +33,37 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, Con
     parse(&text, path)
 }
 
+/// A service's configuration struct: TOML keys with defaults, checked once by
+/// [`ServiceConfig::validate`] after the command line's overrides.
+pub trait ServiceConfig: DeserializeOwned + Default {
+    /// Checks what the types cannot; errors name the key.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// How the three service binaries read their configuration: `path`'s file (or the
+/// defaults), then `apply` (the command line's overrides), then one validation. On an
+/// error it prints `<binary>: <error>` (naming the config file) to stderr and answers
+/// the exit code 2, for `main` to return.
+pub fn load_or_exit<C: ServiceConfig>(
+    binary: &str,
+    path: Option<&Path>,
+    apply: impl FnOnce(&mut C),
+) -> Result<C, std::process::ExitCode> {
+    let fail = |e: &ConfigError| {
+        let where_ = match (e, path) {
+            (ConfigError::Invalid(_), Some(p)) => format!(" (config file {})", p.display()),
+            _ => String::new(),
+        };
+        tracing::error!("{e}{where_}");
+        eprintln!("{binary}: {e}{where_}");
+        std::process::ExitCode::from(2)
+    };
+    let mut cfg: C = load(path).map_err(|e| fail(&e))?;
+    apply(&mut cfg);
+    cfg.validate().map_err(|e| fail(&e))?;
+    Ok(cfg)
+}
+
 /// Parses TOML text; `path` is only used in error messages.
 pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {

@@ -29,7 +29,7 @@ id_type!(
     PageId(u64)
 );
 id_type!(
-    /// Per-page version, bumped by one on every change (DESIGN.md invariant 1).
+    /// Per-page version, bumped by one on every change (invariant 1 of docs/design.md).
     PageVersion(u64)
 );
 id_type!(

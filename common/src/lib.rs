@@ -4,7 +4,7 @@
 //!
 //! * [`ids`] — newtypes for the domain values (`PageId`, `NodeId`, `Epoch`, `TxnId`,
 //!   `Timestamp`, `RegionId`, ...). No bare `u64` crosses a function boundary.
-//! * [`fabric`] — the communication layer of DESIGN.md section 3: registered memory
+//! * [`fabric`] — the communication layer (docs/design.md): registered memory
 //!   regions, batched one-sided ops (READ, WRITE, CAS, FETCH_ADD) and an RPC path with
 //!   adaptive message batching, over three backends (`shm`, `tcp`, `rdma`).
 //! * [`proto`] (feature `grpc`) — protobuf definitions of the client APIs (the compute

@@ -1,5 +1,5 @@
 //! Fabric tests against a real server process (`fabric-bench serve`), over every
-//! backend that runs on this machine, including the bad-input cases of DESIGN.md §3.
+//! backend that runs on this machine, including the bad-input cases of docs/design.md.
 
 use common::fabric::{
     wire, Access, ClientOptions, ClusterKey, Connection, Endpoint, FabricError, Op, OpError,

@@ -1,4 +1,4 @@
-//! Row versions and their visibility (DESIGN.md §6 "MVCC", invariant 4).
+//! Row versions and their visibility (docs/protocols.md §5, invariant 4).
 //!
 //! A row is stored in its table's B-link tree as one value: the row's **version chain**,
 //! newest first. A version carries the writer's transaction id and, once known, its

@@ -3,7 +3,7 @@
 //! A [`Pager`] hands out
 //!
 //! * **reads**: an immutable copy of a page ([`Arc<Page>`]) that is at least as new as
-//!   the reading transaction requires (the coherence protocol's job, DESIGN.md §6); no
+//!   the reading transaction requires (the coherence protocol's job, docs/protocols.md §1); no
 //!   lock is held afterwards, so a tree must validate what it reads the B-link way
 //!   (high key + right link) and move right when a split overtook it;
 //! * **writes**: a [`PageWrite`] latch — on a cluster, the global X page lock plus this

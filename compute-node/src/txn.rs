@@ -1,4 +1,4 @@
-//! Transactions: the embedding API's engine (DESIGN.md §6 "MVCC" and "Commit",
+//! Transactions: the embedding API's engine (docs/protocols.md §5,
 //! invariants 2, 3, 4, 6).
 //!
 //! * `begin`: a transaction id and snapshot from the GTM, then a coherence view taken

@@ -131,6 +131,12 @@ heartbeat_ms = 300
 rpc_timeout_s = 30
 "#;
 
+impl common::config::ServiceConfig for ServiceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ServiceConfig::validate(self)
+    }
+}
+
 impl ServiceConfig {
     /// Loads `path` (or the defaults when `None`); errors name the file and the key.
     pub fn load(path: Option<&Path>) -> Result<ServiceConfig, ConfigError> {

@@ -4,7 +4,7 @@
 //! issued before it (below the txn-id high-water mark) without a durable commit record
 //! reads as Aborted, which is exactly right for aborted txns, for txns still in progress
 //! at the crash, and for commits whose record did not reach the disk (their callers never
-//! got an acknowledgement). DESIGN.md invariant 7: a commit is acknowledged only after
+//! got an acknowledgement). Invariant 7: a commit is acknowledged only after
 //! its record is durable.
 //!
 //! ## File format (`commit.log`, appended, little-endian)

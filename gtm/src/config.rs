@@ -79,6 +79,12 @@ storage_nodes = []
 metrics_listen = ""
 "#;
 
+impl common::config::ServiceConfig for GtmConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        GtmConfig::validate(self)
+    }
+}
+
 impl GtmConfig {
     /// Checks values the types cannot; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {

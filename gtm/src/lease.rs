@@ -1,4 +1,4 @@
-//! Membership and leases (DESIGN.md invariant 6).
+//! Membership and leases (invariant 6 of docs/design.md).
 //!
 //! ## Protocol
 //!

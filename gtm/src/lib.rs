@@ -1,7 +1,7 @@
 //! # gtm — the global transaction manager
 //!
-//! The GTM orders the transactions of a share-disk, multi-master cluster (DESIGN.md
-//! section 5). It is a fabric [`Server`](common::fabric::Server) with one registered
+//! The GTM orders the transactions of a share-disk, multi-master cluster
+//! (docs/design.md). It is a fabric [`Server`](common::fabric::Server) with one registered
 //! region — the transaction status table, read by compute nodes with batched one-sided
 //! READs — and an RPC service that handles whole message batches at once. Compute nodes
 //! use [`common::gtm::GtmClient`]; the wire messages are in [`common::gtm::proto`], the
@@ -30,7 +30,7 @@
 //! A message batch of N requests costs one timestamp `fetch_add`, one txn-id
 //! `fetch_add`, one lock acquisition, and for its commits one share of a group fsync.
 //!
-//! ## Invariants kept here (DESIGN.md section 7)
+//! ## Invariants kept here (docs/design.md)
 //!
 //! * **4** — a transaction is committed iff its commit record says so: commit and abort
 //!   are one compare-and-set each on the same state ([`status_table`]); the region shows

@@ -17,7 +17,7 @@
 //! ## Threads
 //!
 //! * group commit: takes every queued commit, appends their records, one `fdatasync`,
-//!   then `Committed(cts)` in the table and the answers (DESIGN.md invariant 7);
+//!   then `Committed(cts)` in the table and the answers (invariant 7 of docs/design.md);
 //! * housekeeper: expires leases (aborting the node's in-progress txns under the state
 //!   lock), publishes the GC watermark, and calls the [`LockReleaser`] outside the lock,
 //!   retrying failures;

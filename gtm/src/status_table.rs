@@ -7,7 +7,7 @@
 //! * the **active map**: txn id -> owner `(node, epoch)`, snapshot, and whether a commit
 //!   is under way; plus the active snapshots in order, for the GC watermark.
 //!
-//! ## Decisions (DESIGN.md invariant 4)
+//! ## Decisions (invariant 4 of docs/design.md)
 //!
 //! A transaction leaves `InProgress` exactly once, by a compare-and-set on its state:
 //! `InProgress -> Committing(cts)` (commit) or `InProgress -> Aborted` (abort, wound, or

@@ -1,5 +1,5 @@
 //! The timestamp oracle: strictly increasing 64-bit values that never go backwards or
-//! repeat, across restarts too (DESIGN.md invariant 5).
+//! repeat, across restarts too (invariant 5 of docs/design.md).
 //!
 //! A [`Sequence`] hands out values with one `fetch_add` per request batch. A high-water
 //! mark `H` is kept durable *ahead* of use: every value ever handed out is below the

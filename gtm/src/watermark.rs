@@ -1,5 +1,5 @@
 //! The GC watermark: the oldest snapshot any active transaction in the cluster holds,
-//! published for version pruning (DESIGN.md section 5).
+//! published for version pruning (docs/design.md).
 //!
 //! `watermark = oldest active snapshot`, or the TSO's next value when nothing is active.
 //! It never decreases: a new snapshot is granted under the same lock that computes the

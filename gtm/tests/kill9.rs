@@ -1,4 +1,4 @@
-//! DESIGN.md invariants 4, 5 and 7 under `kill -9` of the real `gtm` binary, in a loop,
+//! Invariants 4, 5 and 7 under `kill -9` of the real `gtm` binary, in a loop,
 //! while callers take timestamps and commit (some commits racing aborts).
 
 mod support;

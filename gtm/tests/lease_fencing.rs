@@ -1,4 +1,4 @@
-//! DESIGN.md invariant 6: a compute node whose lease lapses (here: a real client process
+//! Invariant 6: a compute node whose lease lapses (here: a real client process
 //! frozen with SIGSTOP) has its in-progress transactions aborted and its locks freed,
 //! and after SIGCONT its commits are refused — by its own fence and by the GTM.
 

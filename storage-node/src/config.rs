@@ -155,6 +155,12 @@ pub const KEYS: &[&str] = &[
     "notice_slots",
 ];
 
+impl common::config::ServiceConfig for StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        StorageConfig::validate(self)
+    }
+}
+
 impl StorageConfig {
     /// Loads `path` (defaults if `None`).
     pub fn load(path: Option<&Path>) -> Result<StorageConfig, ConfigError> {

@@ -1,6 +1,6 @@
 //! # storage-node
 //!
-//! The durable shared page store of DESIGN.md section 4: page directory and frames as
+//! The durable shared page store of docs/design.md: page directory and frames as
 //! fabric regions that compute nodes read one-sided, global page locks with wait queues,
 //! one redo stream per compute node with group-committed forces, checkpoints into a
 //! ping-pong page file, restart recovery, and rebuild of a dead node's pages.
@@ -33,7 +33,7 @@
 //! over RPC, appends redo to its stream, forces it, and writes images back. Lazy holders
 //! are asked to write back (and release) through a long-poll RPC.
 //!
-//! ## Invariants (DESIGN.md section 7)
+//! ## Invariants (docs/design.md)
 //!
 //! * **1** (versions totally ordered, changes under X): `store::Store::append_redo`
 //!   accepts a record only from the page's X holder and only if it continues the page's

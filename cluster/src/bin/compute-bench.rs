@@ -15,7 +15,7 @@
 //! `ops_per_s` includes each transaction's begin and commit at the GTM. `p50_us`/`p99_us`
 //! are per read; `round_trips_per_op` counts storage-node round trips (validations,
 //! fetches) per read. (This is a bin of the `cluster` crate rather than `compute-node`:
-//! a compute-node binary may not link the storage node and GTM, DESIGN.md §2.)
+//! a compute-node binary may not link the storage node and GTM, docs/design.md.)
 
 use anyhow::Result;
 use clap::Parser;

@@ -1,5 +1,5 @@
 //! The fabric: registered memory regions, batched one-sided ops and a message-batching
-//! RPC, with one API over three backends (DESIGN.md section 3).
+//! RPC, with one API over three backends (docs/design.md).
 //!
 //! ## Model
 //!

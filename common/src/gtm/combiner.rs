@@ -34,7 +34,7 @@
 //! * A batch is sent only after it was closed, and only callers that joined before it
 //!   closed share it: every timestamp is granted after its caller asked, so a timestamp
 //!   is larger than any timestamp or commit timestamp the GTM granted before the call
-//!   began (strictly increasing per caller and in real-time order; DESIGN.md
+//!   began (strictly increasing per caller and in real-time order; docs/design.md
 //!   invariant 5). A range is never split between requests or handed out twice.
 //! * One request is in flight at a time; a batch is closed only when none is, which is
 //!   what lets batches grow while the previous request travels.

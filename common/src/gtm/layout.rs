@@ -11,7 +11,7 @@
 //! 16      8     capacity         number of entries (C)
 //! 24      8     retired_below    txn id R: every txn id < R is resolved and may have
 //!                                lost its slot (see "Retirement")
-//! 32      8     gc_watermark     oldest active snapshot timestamp (DESIGN.md 5)
+//! 32      8     gc_watermark     oldest active snapshot timestamp (docs/design.md)
 //! 40      8     boot_txn_floor   txn ids < this were issued before the GTM's last start;
 //!                                ones without a durable commit record are Aborted
 //! 48      8     last_granted     the highest timestamp granted so far (0: none yet),

@@ -31,7 +31,7 @@
 //! send, fenced or not, that answers `AlreadyCommitted(cts)` if the commit won — as the
 //! compute node's `Engine::resolve_outcome` does.
 //!
-//! Invariants (DESIGN.md section 7) this side helps keep: 4 — a status read returns what
+//! Invariants (docs/design.md) this side helps keep: 4 — a status read returns what
 //! the commit record says, and a `Committing` status is waited out, never guessed;
 //! 5 — timestamps come only from the GTM; 6 — [`GtmClient::check_lease`] fences the node
 //! before its lease can have run out at the GTM.

@@ -1,4 +1,4 @@
-//! The storage-node protocol (DESIGN.md section 4): everything a compute node or the GTM
+//! The storage-node protocol (docs/design.md): everything a compute node or the GTM
 //! shares with a storage node.
 //!
 //! * [`page`] — the 8 KiB page format (header with page id, version, LSN, crc32c).
@@ -28,7 +28,7 @@
 //! is rebuilt from its last written-back image plus its durable redo before the lock is
 //! freed.
 //!
-//! Invariants served here (DESIGN.md section 7): 1 — redo records carry `before -> after`
+//! Invariants served here (docs/design.md): 1 — redo records carry `before -> after`
 //! and [`redo::RedoRecord::apply`] refuses a record that does not start at the page's
 //! version; 3 — `write_back` carries the version the storage node checks against durable
 //! redo; 7 — a commit is acknowledged only after `force_log` returned.

@@ -1,6 +1,6 @@
 //! The change-notice ring: how a storage node tells compute nodes which pages may have
 //! changed, so a validation round re-checks those pages only instead of every cached
-//! one (DESIGN.md §6 "Coherence").
+//! one (docs/protocols.md §1).
 //!
 //! The ring is a registered region that compute nodes read one-sided. Little-endian
 //! 8-byte words, each read and written atomically:

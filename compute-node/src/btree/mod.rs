@@ -1,5 +1,5 @@
 //! B-link trees (Lehman & Yao, 1981) over a [`Pager`]: the access method for tables and
-//! secondary indexes (DESIGN.md §6 "Tables"). Many threads — and, through a cluster
+//! secondary indexes (docs/design.md). Many threads — and, through a cluster
 //! pager, many compute nodes — read and write one tree at the same time.
 //!
 //! Keys are byte strings ordered by memcmp ([`key`] encodes typed tuples into them);

@@ -1,4 +1,4 @@
-//! The coherent pager: this node's view of the shared page space (DESIGN.md §6,
+//! The coherent pager: this node's view of the shared page space (docs/protocols.md §1-2,
 //! invariants 1, 2, 8 and 9).
 //!
 //! ## Coherence ticks

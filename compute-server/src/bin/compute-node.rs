@@ -14,9 +14,9 @@ use compute_server::service::ComputeService;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Compute node of the cluster: buffer pool, page coherence, MVCC transactions, served
 /// over gRPC.
@@ -101,23 +101,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     common::service::init_tracing("info");
-    let mut cfg = match ServiceConfig::load(args.config.as_deref()) {
+    let cfg = match common::config::load_or_exit::<ServiceConfig>(
+        "compute-node",
+        args.config.as_deref(),
+        |c| args.apply(c),
+    ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("compute-node: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    args.apply(&mut cfg);
-    if let Err(e) = cfg.validate() {
-        let where_ = args
-            .config
-            .as_ref()
-            .map(|p| format!(" (config file {})", p.display()))
-            .unwrap_or_default();
-        eprintln!("compute-node: {e}{where_}");
-        return ExitCode::from(2);
-    }
     match run(cfg, signals) {
         Ok(code) => code,
         Err(e) => {
@@ -146,13 +137,28 @@ fn run(
         .block_on(tokio::net::TcpListener::bind(listen))
         .with_context(|| format!("listen {listen}"))?;
     let bound = listener.local_addr()?;
-    let metrics_listener = if cfg.metrics_listen.is_empty() {
+    // The metrics endpoint too (common::metrics, as the other services'); it answers
+    // empty until the service exists.
+    let service_slot: Arc<OnceLock<ComputeService>> = Arc::default();
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics = if cfg.metrics_listen.is_empty() {
         None
     } else {
-        Some(
-            rt.block_on(tokio::net::TcpListener::bind(&cfg.metrics_listen))
-                .with_context(|| format!("metrics_listen {}", cfg.metrics_listen))?,
+        let slot = service_slot.clone();
+        let render: common::metrics::Render = Arc::new(move || {
+            slot.get()
+                .map(ComputeService::render_metrics)
+                .unwrap_or_default()
+        });
+        let (addr, thread) = common::metrics::serve_http(
+            &cfg.metrics_listen,
+            "compute-metrics",
+            render,
+            metrics_stop.clone(),
         )
+        .with_context(|| format!("metrics_listen {}", cfg.metrics_listen))?;
+        tracing::info!(%addr, "metrics endpoint");
+        Some(thread)
     };
 
     // Credentials and TLS before joining the cluster: a bad file fails fast.
@@ -160,6 +166,7 @@ fn run(
     let tls = cfg.server_tls().map_err(anyhow::Error::msg)?;
     let node = Arc::new(ComputeNode::start(&cfg.node).context("joining the cluster")?);
     let service = ComputeService::new(node.clone(), cfg.session_options(), auth);
+    let _ = service_slot.set(service.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let server = {
@@ -179,12 +186,6 @@ fn run(
         let _in_runtime = rt.enter();
         service.spawn_watchdog(Duration::from_millis(100))
     };
-    let metrics = metrics_listener.map(|l| {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(addr = %a, "metrics endpoint");
-        }
-        rt.spawn(serve_metrics(l, service.clone(), stop_rx.clone()))
-    });
     tracing::info!(
         addr = %bound,
         node = cfg.node.node_id,
@@ -228,10 +229,11 @@ fn run(
         tracing::info!(aborted, "open transactions aborted");
         let _ = reaper.await;
         let _ = watchdog.await;
-        if let Some(m) = metrics {
-            let _ = m.await;
-        }
     });
+    metrics_stop.store(true, Ordering::Release);
+    if let Some(m) = metrics {
+        let _ = m.join();
+    }
     let node2 = node.clone();
     match rt.block_on(rt.spawn_blocking(move || node2.shutdown())) {
         Ok(Ok(())) => tracing::info!("clean shutdown"),
@@ -248,40 +250,4 @@ fn run(
     drop(node);
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(code)
-}
-
-/// Serves the metrics text to any HTTP request on `listener` until `stop`.
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    service: ComputeService,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let mut sock = match conn {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let service = service.clone();
-        tokio::spawn(async move {
-            // The request itself does not matter; read what is there, briefly.
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
-            let body = service.render_metrics();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
 }

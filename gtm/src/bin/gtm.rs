@@ -12,6 +12,7 @@ use gtm::config::{GtmConfig, EXAMPLE};
 use gtm::{Gtm, GtmOptions, StorageReleaser};
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,34 +46,61 @@ struct Args {
     print_example_config: bool,
 }
 
-fn main() -> Result<()> {
-    let signals = common::service::shutdown_signals().context("installing signal handlers")?;
+impl Args {
+    /// The command line's overrides of the file's values.
+    fn apply(&self, cfg: &mut GtmConfig) {
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(k) = &self.cluster_key_file {
+            cfg.cluster_key_file = k.clone();
+        }
+        if let Some(l) = self.lease_ms {
+            cfg.lease_ms = l;
+        }
+        if let Some(c) = self.status_capacity {
+            cfg.status_capacity = c;
+        }
+        if let Some(m) = &self.metrics_listen {
+            cfg.metrics_listen = m.clone();
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let signals = match common::service::shutdown_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gtm: cannot install signal handling: {e}");
+            return ExitCode::from(1);
+        }
+    };
     common::service::init_tracing("info");
     let args = Args::parse();
     if args.print_example_config {
         print!("{EXAMPLE}");
-        return Ok(());
+        return ExitCode::SUCCESS;
     }
-    let mut cfg: GtmConfig = common::config::load(args.config.as_deref())?;
-    if !args.listen.is_empty() {
-        cfg.listen = args.listen.clone();
+    let cfg = match common::config::load_or_exit::<GtmConfig>("gtm", args.config.as_deref(), |c| {
+        args.apply(c)
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match run(cfg, signals) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("gtm: {e:#}");
+            ExitCode::from(1)
+        }
     }
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
-    }
-    if let Some(k) = args.cluster_key_file {
-        cfg.cluster_key_file = k;
-    }
-    if let Some(l) = args.lease_ms {
-        cfg.lease_ms = l;
-    }
-    if let Some(c) = args.status_capacity {
-        cfg.status_capacity = c;
-    }
-    if let Some(m) = args.metrics_listen {
-        cfg.metrics_listen = m;
-    }
-    cfg.validate()?;
+}
+
+fn run(cfg: GtmConfig, signals: std::sync::mpsc::Receiver<&'static str>) -> Result<()> {
     let key = ClusterKey::from_file(&cfg.cluster_key_file).map_err(anyhow::Error::msg)?;
 
     let storage_nodes = cfg

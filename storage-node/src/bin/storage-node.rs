@@ -121,24 +121,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     common::service::init_tracing("info");
-    let mut cfg = match StorageConfig::load(args.config.as_deref()) {
+    let cfg = match common::config::load_or_exit::<StorageConfig>(
+        "storage-node",
+        args.config.as_deref(),
+        |c| args.apply(c),
+    ) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("storage-node: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    args.apply(&mut cfg);
-    if let Err(e) = cfg.validate() {
-        let where_ = args
-            .config
-            .as_ref()
-            .map(|p| format!(" (config file {})", p.display()))
-            .unwrap_or_default();
-        eprintln!("storage-node: {e}{where_}");
-        return ExitCode::from(2);
-    }
     let node = match StorageNode::start(&cfg) {
         Ok(n) => n,
         Err(e) => {

@@ -1,7 +1,7 @@
 //! The page-lock protocol: taking and releasing X locks, handing a lock over to the
 //! next waiter, and queueing revocations for holders (answered through their long poll).
 //!
-//! Keeps invariant 1's lock side (DESIGN.md section 7): the lock table has at most one
+//! Keeps invariant 1's lock side (docs/design.md): the lock table has at most one
 //! holder per page, and every grant or release is published in the page's directory
 //! entry (`Regions::set_lock`) before the new holder is answered.
 

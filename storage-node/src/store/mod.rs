@@ -13,7 +13,7 @@
 //! One mutex (`core`) guards the in-memory state; fsyncs and page-file I/O happen
 //! outside it, except reading back a dead node's redo records during a rebuild.
 //!
-//! ## Invariants (DESIGN.md section 7) kept here
+//! ## Invariants (docs/design.md) kept here
 //!
 //! 1. *Versions totally ordered, changes under X:* `append_redo` accepts a record only
 //!    from the page's X holder and only if `before` equals the page's last logged version
