@@ -56,9 +56,22 @@ impl StorageReleaser {
 
 impl LockReleaser for StorageReleaser {
     fn release_locks_of(&self, node: NodeId, epoch: Epoch) -> Result<(), String> {
+        // Fault tests: `return(k)` delivers this release to the first `k` storage nodes
+        // only (`return`: to none) and fails the rest as if they were unreachable, so a
+        // test can stop the GTM between "fenced" and "released on every storage node".
+        #[cfg(feature = "failpoints")]
+        let deliver_to = fail::eval("gtm::release_locks_of", |arg| {
+            arg.and_then(|a| a.parse::<usize>().ok()).unwrap_or(0)
+        });
+        #[cfg(not(feature = "failpoints"))]
+        let deliver_to: Option<usize> = None;
         let mut clients = self.clients.lock();
         let mut failed = Vec::new();
         for (i, ep) in self.endpoints.iter().enumerate() {
+            if deliver_to.is_some_and(|k| i >= k) {
+                failed.push(format!("{ep}: failpoint gtm::release_locks_of"));
+                continue;
+            }
             if clients[i].is_none() {
                 match common::storage::StorageClient::connect_admin(ep, &self.opts) {
                     Ok(c) => clients[i] = Some(c),
