@@ -132,3 +132,35 @@ fn a_release_owed_for_a_superseded_epoch_survives_a_gtm_restart() {
         (NodeId(9), old)
     });
 }
+
+/// A release that keeps failing (storage nodes down, e.g. a whole cluster restarting
+/// with the GTM first and its owed releases queued) is retried at the housekeeper's
+/// pace, not in a busy loop; a new release still goes out at once.
+#[test]
+fn a_failing_release_is_retried_at_the_housekeeper_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = Arc::new(Releaser::default());
+    down.down.store(true, Ordering::Relaxed);
+    let (gtm, ep) = start(dir.path(), Duration::from_secs(60), &down);
+    let c = GtmClient::connect(&ep, &opts()).unwrap();
+    c.register(NodeId(1)).unwrap();
+    c.leave().unwrap();
+    wait_until("a release attempt", Duration::from_secs(10), || {
+        down.attempts.load(Ordering::Relaxed) >= 1
+    });
+    let from = down.attempts.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    let retries = down.attempts.load(Ordering::Relaxed) - from;
+    // The reaper interval is 10 ms: about 50 retries in 500 ms.
+    assert!(
+        (5..=150).contains(&retries),
+        "{retries} retries of one failing release in 500 ms"
+    );
+    down.down.store(false, Ordering::Relaxed);
+    wait_until(
+        "the release once the storage nodes are back",
+        Duration::from_secs(5),
+        || down.done.lock().contains(&(NodeId(1), Epoch(1))),
+    );
+    drop(gtm);
+}
