@@ -537,7 +537,8 @@ impl Inner {
 
     /// Calls the releaser for every queued `(node, epoch)`; persists the ones every
     /// storage node acknowledged (they are owed no more); keeps the failures queued.
-    fn run_releases(&self) {
+    /// `false` if some failed.
+    fn run_releases(&self) -> bool {
         let pending = std::mem::take(&mut *self.release_queue.lock());
         let mut failed = Vec::new();
         let mut done = Vec::new();
@@ -560,9 +561,11 @@ impl Inner {
         if !done.is_empty() {
             self.state.lock().members.released(&done);
         }
-        if !failed.is_empty() {
-            self.release_queue.lock().extend(failed);
+        if failed.is_empty() {
+            return true;
         }
+        self.release_queue.lock().extend(failed);
+        false
     }
 
     /// Expires leases, publishes the GC watermark, frees dead nodes' locks.
@@ -572,10 +575,13 @@ impl Inner {
             .min(self.gc_publish_interval)
             .max(Duration::from_millis(1));
         let mut last_gc = Instant::now();
+        // After a failed release the next attempt waits a tick (a new release wakes
+        // the thread sooner), so storage nodes that are down are not called in a loop.
+        let mut retry_later = false;
         loop {
             {
                 let mut q = self.release_queue.lock();
-                if q.is_empty() && !self.stop.load(Ordering::Acquire) {
+                if (q.is_empty() || retry_later) && !self.stop.load(Ordering::Acquire) {
                     self.housekeeper_wake.wait_for(&mut q, tick);
                 }
             }
@@ -622,7 +628,7 @@ impl Inner {
             if !expired_now.is_empty() {
                 self.release_queue.lock().extend(expired_now);
             }
-            self.run_releases();
+            retry_later = !self.run_releases();
         }
     }
 
