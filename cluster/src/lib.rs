@@ -116,6 +116,29 @@ fn endpoint(transport: Transport, dir: &Path, name: &str) -> Endpoint {
     }
 }
 
+/// Starts the GTM with its state in `dir/gtm`, serving `listen`.
+fn start_gtm(
+    dir: &Path,
+    options: &ClusterOptions,
+    key: &ClusterKey,
+    storage_endpoints: &[Endpoint],
+    listen: &Endpoint,
+) -> Result<(Gtm, Endpoint), ClusterError> {
+    let gtm_opts = GtmOptions {
+        data_dir: dir.join("gtm"),
+        lease: options.lease,
+        ..GtmOptions::from_config(&gtm::config::GtmConfig::default())
+    };
+    let releaser =
+        StorageReleaser::new(storage_endpoints.to_vec(), ClientOptions::new(key.clone()));
+    let mut gtm = Gtm::start(&gtm_opts, key.clone(), Box::new(releaser))
+        .map_err(|e| ClusterError::Gtm(e.to_string()))?;
+    let ep = gtm
+        .serve(listen)
+        .map_err(|e| ClusterError::Gtm(e.to_string()))?;
+    Ok((gtm, ep))
+}
+
 impl EmbeddedCluster {
     /// Starts a fresh cluster in a temporary directory.
     pub fn start(options: ClusterOptions) -> Result<EmbeddedCluster, ClusterError> {
@@ -147,18 +170,13 @@ impl EmbeddedCluster {
             storage_endpoints.push(node.endpoint());
             storages.push(node);
         }
-        let gtm_opts = GtmOptions {
-            data_dir: dir.join("gtm"),
-            lease: options.lease,
-            ..GtmOptions::from_config(&gtm::config::GtmConfig::default())
-        };
-        let releaser =
-            StorageReleaser::new(storage_endpoints.clone(), ClientOptions::new(key.clone()));
-        let mut gtm = Gtm::start(&gtm_opts, key.clone(), Box::new(releaser))
-            .map_err(|e| ClusterError::Gtm(e.to_string()))?;
-        let gtm_endpoint = gtm
-            .serve(&endpoint(options.transport, dir, "gtm"))
-            .map_err(|e| ClusterError::Gtm(e.to_string()))?;
+        let (gtm, gtm_endpoint) = start_gtm(
+            dir,
+            &options,
+            &key,
+            &storage_endpoints,
+            &endpoint(options.transport, dir, "gtm"),
+        )?;
         let mut c = EmbeddedCluster {
             nodes: Vec::new(),
             storages,
@@ -201,6 +219,39 @@ impl EmbeddedCluster {
                 message: e.to_string(),
             }
         })
+    }
+
+    /// The running GTM (its metrics).
+    pub fn gtm(&self) -> &Gtm {
+        &self.gtm
+    }
+
+    /// Stops the GTM as a crash would leave it: what it kept only in memory (leases,
+    /// queued lock releases) is gone, its files stay. Compute nodes see the connection
+    /// end. [`EmbeddedCluster::restart_gtm`] brings it back.
+    pub fn stop_gtm(&mut self) {
+        self.gtm.shutdown();
+    }
+
+    /// Starts the GTM again from its data directory, on the endpoint it had (stopping
+    /// it first if it still runs).
+    pub fn restart_gtm(&mut self) -> Result<(), ClusterError> {
+        self.gtm.shutdown();
+        let (gtm, ep) = start_gtm(
+            &self.dir,
+            &self.options,
+            &self.key,
+            &self.storage_endpoints,
+            &self.gtm_endpoint,
+        )?;
+        self.gtm = gtm;
+        if ep != self.gtm_endpoint {
+            return Err(ClusterError::Gtm(format!(
+                "restarted on {ep}, not on {}",
+                self.gtm_endpoint
+            )));
+        }
+        Ok(())
     }
 
     pub fn key(&self) -> &ClusterKey {

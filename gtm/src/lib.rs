@@ -24,7 +24,10 @@
 //!                                   txns whose slot was reused (Committed(cts)/Aborted)
 //!   GcWatermark                 ->  oldest active snapshot
 //! lease lapses                  ->  reaper: CAS InProgress -> Aborted for the epoch's txns,
-//!                                   LockReleaser::release_locks_of(node, epoch)
+//!                                   epoch persisted fenced and unreleased,
+//!                                   LockReleaser::release_locks_of(node, epoch) until it
+//!                                   succeeds, then persisted released (a restart sends
+//!                                   every release still owed)
 //! ```
 //!
 //! A message batch of N requests costs one timestamp `fetch_add`, one txn-id
@@ -40,8 +43,9 @@
 //!   a durable high-water mark ahead of every value handed out, and restarts above it.
 //! * **6** — after a lease expires the node writes nothing: the GTM refuses its begins,
 //!   commits and heartbeats (`Fenced`), aborts its in-progress transactions and has its
-//!   locks freed ([`lease`], the housekeeper in [`service`]); the client fences itself
-//!   earlier (`GtmClient::check_lease`).
+//!   locks freed ([`lease`], the housekeeper in [`service`]) — a release is owed in the
+//!   epoch store until every storage node acknowledged it, across restarts; the client
+//!   fences itself earlier (`GtmClient::check_lease`).
 //! * **7** — an acknowledged commit survives a GTM crash: the answer leaves only after
 //!   the group fsync of its record ([`commit_log`], the group-commit thread in
 //!   [`service`]); recovery rebuilds the status table and the outcome index of retired
@@ -50,7 +54,8 @@
 //!
 //! Tests named after the invariants: `tests/kill9.rs` (4, 5, 7 under `kill -9` of the
 //! real binary, also for transactions whose slot was reused), `tests/lease_fencing.rs`
-//! (6, with a SIGSTOPped client process),
+//! (6, with a SIGSTOPped client process), `tests/release_restart.rs` (6, releases owed
+//! across restarts),
 //! `tests/engine.rs` (batching, watermark, Committing waits).
 
 pub mod commit_log;

@@ -20,7 +20,8 @@
 //!   then `Committed(cts)` in the table and the answers (invariant 7 of docs/design.md);
 //! * housekeeper: expires leases (aborting the node's in-progress txns under the state
 //!   lock), publishes the GC watermark, and calls the [`LockReleaser`] outside the lock,
-//!   retrying failures;
+//!   retrying failures; a release stays owed in the epoch store until it succeeded, and
+//!   a started GTM begins with the releases owed from before;
 //! * one high-water-mark helper per [`Sequence`] (timestamps, txn ids).
 //!
 //! Lock order: `state` then `commit_queue`; the releaser and the fabric are never called
@@ -191,18 +192,25 @@ impl Gtm {
             "GTM recovered"
         );
 
+        let members = Members::new(epochs, opts.lease, Instant::now());
+        // Releases a previous run fenced or superseded but did not see acknowledged by
+        // every storage node: done again (a storage node ignores a repeated one).
+        let owed = members.unreleased();
+        if !owed.is_empty() {
+            tracing::warn!(?owed, "lock releases owed from before the restart; queued");
+        }
         let metrics = Arc::new(Metrics::default());
         let inner = Arc::new(Inner {
             tso: tso.clone(),
             txn_ids: txn_ids.clone(),
             state: Mutex::new(State {
-                members: Members::new(epochs, opts.lease, Instant::now()),
+                members,
                 table,
                 watermark,
             }),
             commit_queue: Mutex::new(Vec::new()),
             commit_wake: Condvar::new(),
-            release_queue: Mutex::new(Vec::new()),
+            release_queue: Mutex::new(owed),
             housekeeper_wake: Condvar::new(),
             releaser,
             metrics,
@@ -527,15 +535,19 @@ impl Inner {
         self.housekeeper_wake.notify_one();
     }
 
-    /// Calls the releaser for every queued `(node, epoch)`; keeps the failures queued.
-    fn run_releases(&self) {
+    /// Calls the releaser for every queued `(node, epoch)`; persists the ones every
+    /// storage node acknowledged (they are owed no more); keeps the failures queued.
+    /// `false` if some failed.
+    fn run_releases(&self) -> bool {
         let pending = std::mem::take(&mut *self.release_queue.lock());
         let mut failed = Vec::new();
+        let mut done = Vec::new();
         for (node, epoch) in pending {
             match self.releaser.release_locks_of(node, epoch) {
                 Ok(()) => {
                     self.metrics.lock_releases.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%node, %epoch, "page locks released");
+                    done.push((node, epoch));
                 }
                 Err(e) => {
                     self.metrics
@@ -546,9 +558,14 @@ impl Inner {
                 }
             }
         }
-        if !failed.is_empty() {
-            self.release_queue.lock().extend(failed);
+        if !done.is_empty() {
+            self.state.lock().members.released(&done);
         }
+        if failed.is_empty() {
+            return true;
+        }
+        self.release_queue.lock().extend(failed);
+        false
     }
 
     /// Expires leases, publishes the GC watermark, frees dead nodes' locks.
@@ -558,10 +575,13 @@ impl Inner {
             .min(self.gc_publish_interval)
             .max(Duration::from_millis(1));
         let mut last_gc = Instant::now();
+        // After a failed release the next attempt waits a tick (a new release wakes
+        // the thread sooner), so storage nodes that are down are not called in a loop.
+        let mut retry_later = false;
         loop {
             {
                 let mut q = self.release_queue.lock();
-                if q.is_empty() && !self.stop.load(Ordering::Acquire) {
+                if (q.is_empty() || retry_later) && !self.stop.load(Ordering::Acquire) {
                     self.housekeeper_wake.wait_for(&mut q, tick);
                 }
             }
@@ -608,7 +628,7 @@ impl Inner {
             if !expired_now.is_empty() {
                 self.release_queue.lock().extend(expired_now);
             }
-            self.run_releases();
+            retry_later = !self.run_releases();
         }
     }
 

@@ -141,6 +141,73 @@ fn invariant_6_release_locks_of_fences_and_rebuilds() {
     node.shutdown().unwrap();
 }
 
+/// The GTM sends a release again when it did not see every storage node acknowledge it
+/// (a restarted GTM does every release it still owes): a repeated release, or one of an
+/// older epoch, is a no-op. The fence stays, and the node's next epoch keeps its locks,
+/// its pages and its durable redo.
+#[test]
+fn invariant_6_a_repeated_release_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 64);
+    let node = start(&cfg);
+    let ep = node.endpoint();
+    let a7 = client(&ep, 1, 7);
+    let pages = a7.allocate_pages(2).unwrap();
+    let imgs = a7.read_pages(&pages).unwrap();
+    a7.lock_exclusive(pages[0]).unwrap();
+    let (v1, r1) = next_version(&imgs[0]);
+    let lsn = a7.append_redo(&[r1]).unwrap();
+    a7.force_log(lsn).unwrap();
+    let gtm = StorageClient::connect_admin(&ep, &opts()).unwrap();
+    gtm.release_locks_of(NodeId(1), Epoch(7)).unwrap();
+
+    // Epoch 8 of the same node takes both pages: page 0 it changes in its durable redo
+    // only, page 1 it also writes back.
+    let a8 = client(&ep, 1, 8);
+    a8.lock_exclusive(pages[0]).unwrap();
+    a8.lock_exclusive(pages[1]).unwrap();
+    let cur = a8.read_pages(&pages).unwrap();
+    assert_same(&cur[0], &v1);
+    let (v2, r2) = next_version(&cur[0]);
+    let lsn = a8.append_redo(&[r2]).unwrap();
+    a8.force_log(lsn).unwrap();
+    let w1 = change(&a8, &cur[1]);
+    let before = a8.read_pages(&pages).unwrap();
+
+    for epoch in [7, 7, 6] {
+        gtm.release_locks_of(NodeId(1), Epoch(epoch)).unwrap();
+    }
+    let holders: Vec<_> = a8
+        .read_dir_entries(&pages)
+        .unwrap()
+        .iter()
+        .map(|e| e.holder.map(|h| (h.node, h.epoch)))
+        .collect();
+    assert_eq!(holders, vec![Some((NodeId(1), Epoch(8))); 2]);
+    let after = a8.read_pages(&pages).unwrap();
+    assert_same(&after[0], &before[0]);
+    assert_same(&after[1], &w1);
+    // Epoch 8 goes on; epoch 7 stays fenced.
+    a8.write_back(&v2).unwrap();
+    let w2 = change(&a8, &w1);
+    a8.unlock(pages[0]).unwrap();
+    a8.unlock(pages[1]).unwrap();
+    assert!(matches!(
+        StorageClient::connect(&ep, &opts(), NodeId(1), Epoch(7)),
+        Err(StorageError::Fenced { .. })
+    ));
+    let c = client(&ep, 2, 1);
+    let got = c.read_pages(&pages).unwrap();
+    assert_same(&got[0], &v2);
+    assert_same(&got[1], &w2);
+    drop((a7, a8, c, gtm));
+    node.shutdown().unwrap();
+    assert_eq!(
+        storage_node::recovery::read_fences(&cfg.data_dir).unwrap(),
+        [(NodeId(1), Epoch(7))].into_iter().collect()
+    );
+}
+
 #[test]
 fn lazy_holder_is_asked_to_write_back_and_release() {
     let dir = tempfile::tempdir().unwrap();
