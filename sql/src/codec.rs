@@ -210,10 +210,13 @@ pub fn chunk_count(chunk0: &[u8]) -> Option<u16> {
     Some(u16::from_le_bytes(chunk0.get(..2)?.try_into().ok()?))
 }
 
+/// A tree entry (or a reassembled record): key and bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Reassembles the records of a scan over chunk entries (ascending key order): each
 /// record's entries are `key ++ 0000`, `key ++ 0001`, ….
-pub fn join_chunks(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+pub fn join_chunks(entries: Vec<Entry>) -> Result<Vec<Entry>, String> {
+    let mut out: Vec<Entry> = Vec::new();
     let mut expect: Option<(Vec<u8>, u16, u16)> = None; // (key, next index, count)
     for (k, v) in entries {
         if k.len() < 2 {

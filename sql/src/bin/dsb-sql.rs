@@ -89,7 +89,7 @@ fn load_config(path: &PathBuf) -> Result<ComputeConfig, String> {
 }
 
 enum Cluster {
-    Embedded(EmbeddedCluster),
+    Embedded(Box<EmbeddedCluster>),
     Joined,
 }
 
@@ -112,7 +112,7 @@ fn connect(args: &Args) -> Result<(Arc<ComputeNode>, Cluster), String> {
         let node = cluster
             .start_compute_node(args.node_id.unwrap_or(1))
             .map_err(|e| format!("embedded cluster: {e}"))?;
-        return Ok((Arc::new(node), Cluster::Embedded(cluster)));
+        return Ok((Arc::new(node), Cluster::Embedded(Box::new(cluster))));
     }
     let mut cfg = match &args.config {
         Some(path) => load_config(path)?,
