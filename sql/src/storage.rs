@@ -978,6 +978,12 @@ impl Planner for SqlStorage {
     /// GlueSQL's planner with index planning; outside a transaction its schema reads
     /// share one engine transaction (instead of one each).
     fn plan(&self, statement: StatementPlan) -> Result<StatementPlan> {
+        if matches!(
+            statement,
+            StatementPlan::StartTransaction | StatementPlan::Commit | StatementPlan::Rollback
+        ) {
+            return Ok(statement); // nothing to plan, no schema to read
+        }
         let temporary = {
             let mut state = self.state.lock();
             if matches!(*state, State::Idle) {
