@@ -98,7 +98,9 @@ fn de<'a, T: Deserialize<'a>>(b: &'a [u8], what: &str) -> R<T> {
 /// The message of an engine error that ended the transaction.
 fn ended(e: &TxnError) -> String {
     if e.is_retryable() {
-        format!("{RETRYABLE}: the transaction was rolled back ({e}); it can be retried")
+        let why = e.to_string();
+        let why = why.strip_prefix("retryable conflict: ").unwrap_or(&why);
+        format!("{RETRYABLE}: the transaction was rolled back ({why}); it can be retried")
     } else if e.is_unknown() {
         format!("commit outcome unknown: {e}")
     } else {
