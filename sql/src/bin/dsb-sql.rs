@@ -10,10 +10,11 @@
 //! Joining a running cluster, `dsb-sql` is a compute node itself (the embedding model:
 //! its own buffer pool, page locks and GTM lease), so it needs a node id no other
 //! compute node of the cluster uses. `--config` takes the `compute-node` service's TOML
-//! (its `[node]` table; the service keys are ignored) or a bare `[node]`-style table;
-//! flags override it. Embedded (the default without `--config`/`--gtm`): a storage
-//! node, the GTM and the compute node run in this process, in `--data-dir` (kept, and
-//! recovered the next time) or in a temporary directory.
+//! (its `[node]` table; the service keys are ignored; `--node-id` is then required, the
+//! file's id being the service's) or a bare `[node]`-style table; flags override it.
+//! Embedded (the default without `--config`/`--gtm`): a storage node, the GTM and the
+//! compute node run in this process, in `--data-dir` (kept, and recovered the next
+//! time) or in a temporary directory.
 //!
 //! `-c` and `-f` run their statements in order (every `-c`, then every `-f`) and stop
 //! at the first error (exit status 1). Otherwise statements are read from stdin, each
@@ -74,18 +75,21 @@ struct Args {
     file: Vec<PathBuf>,
 }
 
-/// A compute-node config: the `[node]` table of a service config, or the whole file.
-fn load_config(path: &PathBuf) -> Result<ComputeConfig, String> {
+/// A compute-node config: the `[node]` table of a service config (`true`), or the
+/// whole file (`false`).
+fn load_config(path: &PathBuf) -> Result<(ComputeConfig, bool), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let node = match table.remove("node") {
-        Some(toml::Value::Table(t)) => t,
+    let (node, service) = match table.remove("node") {
+        Some(toml::Value::Table(t)) => (t, true),
         Some(_) => return Err(format!("{}: [node] must be a table", path.display())),
-        None => table,
+        None => (table, false),
     };
-    node.try_into()
-        .map_err(|e| format!("{}: [node]: {e}", path.display()))
+    let cfg = node
+        .try_into()
+        .map_err(|e| format!("{}: [node]: {e}", path.display()))?;
+    Ok((cfg, service))
 }
 
 enum Cluster {
@@ -115,7 +119,20 @@ fn connect(args: &Args) -> Result<(Arc<ComputeNode>, Cluster), String> {
         return Ok((Arc::new(node), Cluster::Embedded(Box::new(cluster))));
     }
     let mut cfg = match &args.config {
-        Some(path) => load_config(path)?,
+        Some(path) => {
+            let (cfg, service) = load_config(path)?;
+            if service && args.node_id.is_none() {
+                // Its node id belongs to the compute-node service it configures: joining
+                // with it would fence that service.
+                return Err(format!(
+                    "{} configures a compute-node service whose node id is {}: pass \
+                     --node-id with an id no compute node of the cluster uses",
+                    path.display(),
+                    cfg.node_id
+                ));
+            }
+            cfg
+        }
         None => ComputeConfig::default(),
     };
     if let Some(v) = args.node_id {
