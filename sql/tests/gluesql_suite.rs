@@ -24,10 +24,16 @@ struct Shared {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
-        // Under the target directory: a run removes what earlier runs left (a static
-        // is never dropped, so the cluster's directory outlives the process).
+        // Under the target directory, one per process: a run removes what finished
+        // runs left (a static is never dropped, so the cluster's directory outlives
+        // its process).
         let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sql-suite");
-        let _ = std::fs::remove_dir_all(&base);
+        for old in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let pid = old.file_name().to_string_lossy().into_owned();
+            if !std::path::Path::new("/proc").join(&pid).exists() {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
         let dir = base.join(std::process::id().to_string());
         let cluster = EmbeddedCluster::start_in(
             &dir,
