@@ -11,7 +11,7 @@
 //! | `BEGIN` … `COMMIT` / `ROLLBACK` | one engine transaction ([`Txn`](compute_node::txn::Txn)): snapshot isolation, `commit` / `abort` |
 //! | a statement outside `BEGIN` | its own engine transaction, committed after the statement |
 //! | a retryable conflict (first updater wins, a wound, a lock-wait timeout) | the transaction is aborted; the error says `retryable conflict: … it can be retried` ([`is_retryable`]); inside `BEGIN` later statements fail until `ROLLBACK` |
-//! | a table's schema (`Schema`, bincode) | a row of the engine table `sql.schemas`, key = the table name; with its creation time and the names of its row and index trees |
+//! | a table's schema (`Schema`, bincode) | a row of the engine table `sql.schemas` (key: the table name, prefix-free encoded; chunked like rows), with its creation time and the names of its row and index trees |
 //! | a table's rows | one engine table (B-link tree) `sql.t.<txn id>.<n>` per `CREATE TABLE`; key = the GlueSQL `Key` encoded order-preservingly ([`codec`]), value = bincode `(Key, Vec<Value>)` in chunks of at most [`codec::CHUNK`] bytes |
 //! | a row without a primary key | key `U128(creating transaction id << 64 \| n)`: unique across nodes with no shared counter |
 //! | an index (`CREATE INDEX`) | one engine table `sql.i.<txn id>.<n>`: key = the indexed value's encoding + the row key, value = the row key |
