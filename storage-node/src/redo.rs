@@ -60,6 +60,21 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Writes `bytes` at `offset` of a segment and fsyncs it (data only): the one place a
+/// redo tail reaches the disk. With the `failpoints` feature, `redo::write_error` fails
+/// the write (nothing written, as with ENOSPC) and `redo::fsync_error` fails the fsync
+/// after a successful write (EIO), both without touching the file.
+pub fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    fail::fail_point!("redo::write_error", |_| Err(io::Error::from_raw_os_error(
+        28 // ENOSPC
+    )));
+    file.write_all_at(bytes, offset)?;
+    fail::fail_point!("redo::fsync_error", |_| Err(io::Error::from_raw_os_error(
+        5 // EIO
+    )));
+    file.sync_data()
+}
+
 /// A stream found on disk at startup.
 pub struct ScannedStream {
     pub node: NodeId,
@@ -200,8 +215,7 @@ impl Stream {
         let mut newly_durable = Vec::new();
         if self.appended.0 - self.active_start().0 >= self.segment_bytes {
             let (file, offset, bytes, upto) = self.take_unwritten();
-            file.write_all_at(&bytes, offset)?;
-            file.sync_data()?;
+            write_and_sync(&file, offset, &bytes)?;
             newly_durable = self.mark_durable(upto);
             let start = self.appended;
             let f = OpenOptions::new()

@@ -20,7 +20,6 @@ use common::storage::redo::RedoRecord;
 use common::storage::StorageError;
 use parking_lot::MutexGuard;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,7 +185,7 @@ impl Store {
         for (n, f, off, bytes, upto) in tails {
             fail::fail_point!("storage::before_log_fsync");
             Metrics::add(&self.metrics.log_fsyncs, 1);
-            match f.write_all_at(&bytes, off).and_then(|_| f.sync_data()) {
+            match crate::redo::write_and_sync(&f, off, &bytes) {
                 Ok(()) => synced.push((n, upto)),
                 Err(e) => {
                     // The tail is lost from memory: the stream cannot continue safely.
