@@ -38,18 +38,60 @@ pub struct Stream {
     segments: Vec<Lsn>,
     active: Arc<File>,
     /// End of the stream (LSN past the last appended record).
-    pub appended: Lsn,
-    /// Everything before this LSN is on disk (fsynced).
-    pub durable: Lsn,
+    appended: Lsn,
+    /// Everything before this LSN was written and fsynced. Advanced only by
+    /// [`Stream::finish_sync`], to the end of the tail its job wrote.
+    durable: Lsn,
     /// Encoded records from `written` to `appended`, not yet handed to the kernel: the
     /// log forcer writes and fsyncs them in one go (appends never do I/O).
     buf: Vec<u8>,
-    /// LSN up to which bytes were handed to the kernel.
+    /// LSN up to which bytes were taken by a [`SyncJob`] (written, or being written).
     written: Lsn,
+    /// A [`SyncJob`] is out (between `begin_sync` and `finish_sync`).
+    syncing: bool,
+    /// The active segment is full and the log forcer was asked to seal it.
+    seal_asked: bool,
     segment_bytes: u64,
     /// (end lsn, page, version after) of appended records not yet durable.
     undurable: VecDeque<(Lsn, PageId, PageVersion)>,
     pub pending: HashMap<PageId, VecDeque<PendingRecord>>,
+}
+
+/// The unwritten tail of a stream, taken by [`Stream::begin_sync`]: [`SyncJob::run`]
+/// writes and fsyncs it (and, if the active segment is full, starts the next segment)
+/// without any lock held; [`Stream::finish_sync`] then records what became durable.
+pub struct SyncJob {
+    file: Arc<File>,
+    offset: u64,
+    bytes: Vec<u8>,
+    upto: Lsn,
+    /// The stream's directory, when the next segment starts at `upto`.
+    seal: Option<PathBuf>,
+}
+
+/// What a [`SyncJob`] did, for [`Stream::finish_sync`].
+pub struct SyncDone {
+    upto: Lsn,
+    written: io::Result<()>,
+    /// The next segment (starting at `upto`), when the job sealed the active one.
+    next_segment: Option<io::Result<File>>,
+}
+
+impl SyncJob {
+    /// Writes and fsyncs the tail; then, if asked to seal, creates the next segment
+    /// and fsyncs the directory. Does not touch the stream (no lock needed).
+    pub fn run(self) -> SyncDone {
+        let written = write_and_sync(&self.file, self.offset, &self.bytes);
+        let next_segment = match (&written, &self.seal) {
+            (Ok(()), Some(dir)) => Some(create_segment(dir, self.upto)),
+            _ => None,
+        };
+        SyncDone {
+            upto: self.upto,
+            written,
+            next_segment,
+        }
+    }
 }
 
 pub fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
@@ -73,6 +115,19 @@ pub fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> 
         5 // EIO
     )));
     file.sync_data()
+}
+
+/// Creates the (empty) segment file of `dir` starting at `start` and makes its
+/// directory entry durable.
+fn create_segment(dir: &Path, start: Lsn) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(segment_path(dir, start))?;
+    sync_dir(dir)?;
+    Ok(f)
 }
 
 /// A stream found on disk at startup.
@@ -195,6 +250,8 @@ impl Stream {
             durable: end,
             buf: Vec::new(),
             written: end,
+            syncing: false,
+            seal_asked: false,
             segment_bytes,
             undurable: VecDeque::new(),
             pending: HashMap::new(),
@@ -205,29 +262,20 @@ impl Stream {
         *self.segments.last().expect("a stream always has a segment")
     }
 
+    /// End of the stream (LSN past the last appended record).
+    pub fn appended(&self) -> Lsn {
+        self.appended
+    }
+
+    /// Everything before this LSN was written and fsynced.
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
     /// Appends records (their LSNs are assigned here) to the in-memory tail; returns the
-    /// new end and, if a segment was sealed (written and fsynced) on the way, what
-    /// became durable. Only sealing does I/O.
-    pub fn append(
-        &mut self,
-        records: &mut [RedoRecord],
-    ) -> io::Result<(Lsn, Vec<(PageId, PageVersion)>)> {
-        let mut newly_durable = Vec::new();
-        if self.appended.0 - self.active_start().0 >= self.segment_bytes {
-            let (file, offset, bytes, upto) = self.take_unwritten();
-            write_and_sync(&file, offset, &bytes)?;
-            newly_durable = self.mark_durable(upto);
-            let start = self.appended;
-            let f = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .write(true)
-                .truncate(true)
-                .open(segment_path(&self.dir, start))?;
-            sync_dir(&self.dir)?;
-            self.active = Arc::new(f);
-            self.segments.push(start);
-        }
+    /// new end, and whether the active segment just became full: the caller then asks
+    /// the log forcer to sync the stream, which seals the segment. No I/O.
+    pub fn append(&mut self, records: &mut [RedoRecord]) -> (Lsn, bool) {
         let mut lsn = self.appended.0;
         for r in records.iter_mut() {
             let start = lsn;
@@ -250,22 +298,84 @@ impl Stream {
                 });
         }
         self.appended = Lsn(lsn);
-        Ok((self.appended, newly_durable))
+        let full = self.appended.0 - self.active_start().0 >= self.segment_bytes;
+        let ask = full && !self.seal_asked;
+        self.seal_asked |= ask;
+        (self.appended, ask)
     }
 
-    /// Hands the unwritten tail to the caller: (active segment, file offset, bytes, LSN
-    /// they reach). The caller writes and fsyncs them, then calls [`Stream::mark_durable`]
-    /// with that LSN. Callers must not overlap (the engine serialises them).
-    pub fn take_unwritten(&mut self) -> (Arc<File>, u64, Vec<u8>, Lsn) {
-        let offset = self.written.0 - self.active_start().0;
-        let bytes = std::mem::take(&mut self.buf);
+    /// Takes the unwritten tail for writing: `None` if there is nothing to write or
+    /// seal, or if a job is already out. The one writer of the stream's file runs the
+    /// job and hands its result to [`Stream::finish_sync`]; until then no other job is
+    /// handed out, so tails reach the file in LSN order and nothing is marked durable
+    /// that a job has not written and fsynced. The active segment is sealed by the job
+    /// that writes its last bytes, after their fsync (the only place a segment ends).
+    pub fn begin_sync(&mut self) -> Option<SyncJob> {
+        if self.syncing {
+            return None;
+        }
+        debug_assert_eq!(
+            self.durable, self.written,
+            "no job out: all written is durable"
+        );
+        let seal = self.appended.0 - self.active_start().0 >= self.segment_bytes;
+        if self.buf.is_empty() && !seal {
+            return None;
+        }
+        let job = SyncJob {
+            file: self.active.clone(),
+            offset: self.written.0 - self.active_start().0,
+            bytes: std::mem::take(&mut self.buf),
+            upto: self.appended,
+            seal: seal.then(|| self.dir.clone()),
+        };
         self.written = self.appended;
-        (self.active.clone(), offset, bytes, self.appended)
+        self.syncing = true;
+        Some(job)
     }
 
-    /// Records that everything before `upto` is durable; returns the (page, version
-    /// after) of the records that just became durable.
-    pub fn mark_durable(&mut self, upto: Lsn) -> Vec<(PageId, PageVersion)> {
+    /// Records the outcome of the job [`Stream::begin_sync`] handed out: on success
+    /// everything before its end is durable (returned: the (page, version after) of the
+    /// records that just became durable) and, if it sealed the segment, appends go to
+    /// the next one.
+    pub fn finish_sync(
+        &mut self,
+        done: SyncDone,
+    ) -> (Vec<(PageId, PageVersion)>, Result<(), String>) {
+        debug_assert!(self.syncing, "finish_sync without begin_sync");
+        self.syncing = false;
+        if let Err(e) = done.written {
+            return (
+                Vec::new(),
+                Err(format!(
+                    "redo write/fsync up to LSN {} failed: {e}",
+                    done.upto
+                )),
+            );
+        }
+        let newly = self.mark_durable(done.upto);
+        match done.next_segment {
+            None => (newly, Ok(())),
+            Some(Ok(f)) => {
+                self.active = Arc::new(f);
+                self.segments.push(done.upto);
+                self.seal_asked = false;
+                (newly, Ok(()))
+            }
+            Some(Err(e)) => (
+                newly,
+                Err(format!(
+                    "cannot start the redo segment at LSN {}: {e}",
+                    done.upto
+                )),
+            ),
+        }
+    }
+
+    /// Records that everything before `upto` (written and fsynced by a job) is durable;
+    /// returns the (page, version after) of the records that just became durable.
+    fn mark_durable(&mut self, upto: Lsn) -> Vec<(PageId, PageVersion)> {
+        debug_assert!(upto <= self.written, "durable beyond what was written");
         let mut out = Vec::new();
         if upto > self.durable {
             self.durable = upto;
@@ -353,22 +463,62 @@ mod tests {
         }
     }
 
+    /// One force: begin, run, finish; returns how many records became durable.
+    fn sync(s: &mut Stream) -> usize {
+        match s.begin_sync() {
+            None => 0,
+            Some(job) => {
+                let (newly, r) = s.finish_sync(job.run());
+                r.unwrap();
+                newly.len()
+            }
+        }
+    }
+
+    /// The contract of `begin_sync`: one job at a time; appends made while it is out
+    /// are not covered by it; a full segment is sealed only by the job that wrote its
+    /// last bytes, and nothing is durable that no job wrote.
+    #[test]
+    fn only_written_and_fsynced_bytes_become_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
+        let (end1, full) = s.append(&mut [rec(1, 0)]);
+        assert!(!full);
+        let job = s.begin_sync().expect("a tail to write");
+        assert!(s.begin_sync().is_none(), "a second job while one is out");
+        // Appends go on meanwhile and fill the segment: the forcer is asked once.
+        let (_, full) = s.append(&mut [rec(1, 1), rec(1, 2), rec(1, 3)]);
+        assert!(full);
+        let (end, again) = s.append(&mut [rec(1, 4)]);
+        assert!(!again, "asked once per segment");
+        assert_eq!(s.durable(), Lsn(0));
+        assert_eq!(s.segment_count(), 1, "appends never seal");
+        let (newly, r) = s.finish_sync(job.run());
+        r.unwrap();
+        assert_eq!(newly, vec![(PageId(1), PageVersion(1))]);
+        assert_eq!(s.durable(), end1, "only the job's tail is durable");
+        // The next job writes the rest and seals the full segment after its fsync.
+        assert_eq!(sync(&mut s), 4);
+        assert_eq!((s.durable(), s.segment_count()), (end, 2));
+        assert!(s.begin_sync().is_none(), "nothing left to write");
+        let scanned = scan_streams(dir.path()).unwrap();
+        assert_eq!(scanned[0].records.len(), 5);
+        assert_eq!(scanned[0].end, end);
+    }
+
     #[test]
     fn append_scan_truncate_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
         let mut durable = 0;
         for v in 0..10 {
-            let (end, sealed) = s.append(&mut [rec(1, v), rec(2, v)]).unwrap();
-            durable += sealed.len();
+            let (end, _) = s.append(&mut [rec(1, v), rec(2, v)]);
             assert_eq!(end, s.appended);
+            // A force writes and fsyncs the tail, and seals a full segment.
+            durable += sync(&mut s);
+            assert_eq!(s.durable(), end);
         }
         assert!(s.segment_count() > 2);
-        // Sealing a segment fsyncs it; a force writes and syncs the rest.
-        let (f, off, bytes, upto) = s.take_unwritten();
-        f.write_all_at(&bytes, off).unwrap();
-        f.sync_data().unwrap();
-        durable += s.mark_durable(upto).len();
         assert_eq!(durable, 20);
         let first = *s.pending[&PageId(1)].front().unwrap();
         assert_eq!(s.read_record(&first).unwrap().before, PageVersion(0));
@@ -380,6 +530,9 @@ mod tests {
         for p in &gone {
             std::fs::remove_file(p).unwrap();
         }
+        // The last sync sealed the full segment; one more record goes to the new one.
+        s.append(&mut [rec(2, 10)]);
+        assert_eq!(sync(&mut s), 1);
         // Tear the tail: the scan keeps every whole record before it.
         let end = s.appended;
         let last = segment_path(&s.dir, s.active_start());
@@ -397,9 +550,12 @@ mod tests {
         assert!(recs
             .iter()
             .any(|r| r.page == PageId(2) && r.before == PageVersion(5)));
-        assert!(!recs
+        assert!(recs
             .iter()
             .any(|r| r.page == PageId(2) && r.before == PageVersion(9)));
+        assert!(!recs
+            .iter()
+            .any(|r| r.page == PageId(2) && r.before == PageVersion(10)));
     }
 
     /// Writes segment `start` of node 1's stream under `redo_dir`: `records` (their LSNs

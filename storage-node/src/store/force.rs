@@ -11,7 +11,7 @@
 
 use super::{io_err, reply, Core, ForceWaiter, Store};
 use crate::metrics::Metrics;
-use crate::redo::Stream;
+use crate::redo::{Stream, SyncJob};
 use common::fabric::Replier;
 use common::ids::{Lsn, NodeId, PageId, PageVersion};
 use common::storage::dir::LockHolder;
@@ -21,7 +21,6 @@ use common::storage::StorageError;
 use parking_lot::MutexGuard;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 impl Store {
@@ -108,8 +107,12 @@ impl Store {
         }
         let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
         let stream = core.streams.get_mut(&who.node).expect("inserted");
-        let (end, newly) = stream.append(&mut records).map_err(io_err)?;
-        self.mark_durable(core, newly);
+        let (end, full) = stream.append(&mut records);
+        if full {
+            // The active segment is full: the forcer writes the tail and seals it even
+            // if nobody forces (appends never do I/O; the buffer stays bounded).
+            self.queue_force(who.node, Lsn(0), None);
+        }
         for (page, v) in heads {
             let idx = self.index(core, page)?;
             core.pages[idx as usize].logged = v;
@@ -139,7 +142,7 @@ impl Store {
     ) {
         Metrics::add(&self.metrics.force_requests, 1);
         let (durable, appended) = match core.streams.get(&who.node) {
-            Some(s) => (s.durable, s.appended),
+            Some(s) => (s.durable(), s.appended()),
             None => (Lsn(0), Lsn(0)),
         };
         drop(core);
@@ -154,53 +157,61 @@ impl Store {
                 ))),
             );
         }
-        self.forces.lock().push(ForceWaiter {
-            node: who.node,
-            lsn,
-            replier,
-        });
+        self.queue_force(who.node, lsn, Some(replier));
+    }
+
+    /// Queues a force of `node`'s stream for the log forcer (`replier` None: nobody
+    /// waits, e.g. a full segment to seal). The force queue's mutex is a leaf: it may be
+    /// taken under the engine mutex.
+    fn queue_force(&self, node: NodeId, lsn: Lsn, replier: Option<Replier>) {
+        self.forces.lock().push(ForceWaiter { node, lsn, replier });
         self.force_cv.notify_one();
     }
 
-    /// Writes and fsyncs the unwritten tails of the streams of `nodes` (outside the core
-    /// lock) and records durability. Serialised, so tails reach the file in order before
-    /// anyone marks them durable.
+    /// Writes and fsyncs the unwritten tails of the streams of `nodes` and records what
+    /// became durable; returns each stream's durable LSN (or why its sync failed).
+    ///
+    /// The one writer of redo files: under `sync_lock`, for each stream, take its tail
+    /// (`Stream::begin_sync`, engine mutex), write + fsync it and seal a full segment
+    /// (`SyncJob::run`, no engine mutex, so appends and one-sided work go on), then
+    /// record the result (`Stream::finish_sync`, engine mutex) before `sync_lock` is
+    /// released. So tails reach a file in LSN order, a segment is sealed only after its
+    /// last bytes were fsynced, and a stream's (and a page's) durable mark covers only
+    /// bytes some job wrote and fsynced.
     pub(super) fn sync_streams(&self, nodes: &[NodeId]) -> HashMap<NodeId, Result<Lsn, String>> {
         let _serial = self.sync_lock.lock();
-        type Tail = (NodeId, Arc<std::fs::File>, u64, Vec<u8>, Lsn);
-        let tails: Vec<Tail> = {
+        let jobs: Vec<(NodeId, SyncJob)> = {
             let mut core = self.core.lock();
             nodes
                 .iter()
                 .filter_map(|n| {
-                    core.streams.get_mut(n).map(|s| {
-                        let (f, off, bytes, upto) = s.take_unwritten();
-                        (*n, f, off, bytes, upto)
-                    })
+                    let job = core.streams.get_mut(n)?.begin_sync()?;
+                    Some((*n, job))
                 })
                 .collect()
         };
-        let mut out = HashMap::new();
-        let mut synced = Vec::new();
-        for (n, f, off, bytes, upto) in tails {
+        let mut done = Vec::with_capacity(jobs.len());
+        for (n, job) in jobs {
             fail::fail_point!("storage::before_log_fsync");
             Metrics::add(&self.metrics.log_fsyncs, 1);
-            match crate::redo::write_and_sync(&f, off, &bytes) {
-                Ok(()) => synced.push((n, upto)),
-                Err(e) => {
-                    // The tail is lost from memory: the stream cannot continue safely.
-                    tracing::error!(node = %n, error = %e, "redo write/fsync failed");
-                    out.insert(n, Err(e.to_string()));
-                }
-            }
+            done.push((n, job.run()));
         }
+        let mut out = HashMap::new();
         let mut core = self.core.lock();
-        for (n, upto) in synced {
+        for (n, d) in done {
             let s = core.streams.get_mut(&n).expect("streams are never removed");
-            let newly = s.mark_durable(upto);
-            let d = s.durable;
+            let (newly, r) = s.finish_sync(d);
+            let r = r.map(|()| s.durable());
+            if let Err(e) = &r {
+                tracing::error!(node = %n, error = %e, "redo write/fsync failed");
+            }
             self.mark_durable(&mut core, newly);
-            out.insert(n, Ok(d));
+            out.insert(n, r);
+        }
+        for n in nodes {
+            if let (Some(s), false) = (core.streams.get(n), out.contains_key(n)) {
+                out.insert(*n, Ok(s.durable()));
+            }
         }
         out
     }
@@ -223,11 +234,12 @@ impl Store {
             nodes.dedup();
             let res = self.sync_streams(&nodes);
             for w in batch {
+                let Some(replier) = w.replier else { continue };
                 match res.get(&w.node) {
-                    Some(Ok(d)) if *d >= w.lsn => reply(w.replier, Ok(Response::Lsn(*d))),
-                    Some(Err(e)) => reply(w.replier, Err(StorageError::Io(e.clone()))),
+                    Some(Ok(d)) if *d >= w.lsn => reply(replier, Ok(Response::Lsn(*d))),
+                    Some(Err(e)) => reply(replier, Err(StorageError::Io(e.clone()))),
                     _ => reply(
-                        w.replier,
+                        replier,
                         Err(StorageError::Io("log force did not reach the LSN".into())),
                     ),
                 }

@@ -144,7 +144,8 @@ enum Job {
 struct ForceWaiter {
     node: NodeId,
     lsn: Lsn,
-    replier: Replier,
+    /// None: a sync nobody waits for (a full segment to seal).
+    replier: Option<Replier>,
 }
 
 pub struct StoreOptions {

@@ -121,7 +121,7 @@ impl Store {
         }
         let mut image = self.regions.read_frame(f);
         for pr in recs {
-            if pr.start.0 >= stream.durable.0 {
+            if pr.start >= stream.durable() {
                 break;
             }
             let rec = stream.read_record(&pr).map_err(io_err)?;
