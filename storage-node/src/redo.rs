@@ -3,13 +3,35 @@
 //! One stream per compute node id lives in `<data>/redo/<node>/` as segment files named
 //! by the LSN of their first byte (`<start lsn, 20 digits>.seg`). An LSN is a byte offset
 //! in the node's logical stream; a record's LSN (stored in it) is the offset just past
-//! it. Only the last segment is appended to; when it exceeds the segment size it is
-//! fsynced and a new one starts. Records are those of `common::storage::redo`, each with
-//! its own crc32c, so a torn tail is found by the first record that fails to decode.
+//! it. Only the last segment is appended to; once it reaches the segment size, the sync
+//! that writes and fsyncs its last bytes starts a new one. Records are those of
+//! `common::storage::redo`, each with its own crc32c, so a torn tail is found by the
+//! first record that fails to decode.
 //!
 //! The stream remembers, per page, the records not yet covered by a checkpointed page
 //! image (`pending`); segments before the oldest such record are deleted after a
 //! checkpoint (log truncation), and a dead node's pages are rebuilt from them.
+//!
+//! ## Writes, fsyncs and durability
+//!
+//! Three LSNs, `durable <= written <= appended`: [`Stream::append`] only encodes into
+//! memory (`appended`), never does I/O and never seals. Bytes reach the file only through
+//! a [`SyncJob`]: [`Stream::begin_sync`] takes the tail (`written = appended`),
+//! [`SyncJob::run`] writes it at its offset, fsyncs it and, if the segment is full,
+//! creates the next segment (directory fsync), touching nothing of the stream; and
+//! [`Stream::finish_sync`] is the only place `durable` advances, to exactly the end of
+//! the tail that job wrote and fsynced. One job at a time: `begin_sync` hands out none
+//! while one is out, so tails reach the file in LSN order with no hole, and between
+//! jobs `durable == written`.
+//!
+//! In the storage node the log forcer runs every job (`store::Store::sync_streams`):
+//! its `sync_lock` orders all redo writes, fsyncs, seals and `finish_sync` (the durable
+//! mark) of every stream; `begin_sync` and `finish_sync` run under the engine mutex
+//! too, taken after `sync_lock`, and the write and fsync without it.
+//!
+//! A write or fsync error fails the stream for good ([`Stream::finish_sync`]): it
+//! keeps its `durable` mark and refuses appends and jobs until a restart, whose recovery
+//! reads the valid prefix of records from the file.
 
 use common::ids::{Lsn, NodeId, PageId, PageVersion};
 use common::storage::redo::RedoRecord;
@@ -51,6 +73,9 @@ pub struct Stream {
     syncing: bool,
     /// The active segment is full and the log forcer was asked to seal it.
     seal_asked: bool,
+    /// A write or fsync of this stream failed: why. The stream refuses every append and
+    /// sync from then on (until a restart recovers it from what is on disk).
+    failed: Option<String>,
     segment_bytes: u64,
     /// (end lsn, page, version after) of appended records not yet durable.
     undurable: VecDeque<(Lsn, PageId, PageVersion)>,
@@ -252,6 +277,7 @@ impl Stream {
             written: end,
             syncing: false,
             seal_asked: false,
+            failed: None,
             segment_bytes,
             undurable: VecDeque::new(),
             pending: HashMap::new(),
@@ -272,10 +298,19 @@ impl Stream {
         self.durable
     }
 
+    /// Why the stream failed (a write or fsync error), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// Appends records (their LSNs are assigned here) to the in-memory tail; returns the
     /// new end, and whether the active segment just became full: the caller then asks
-    /// the log forcer to sync the stream, which seals the segment. No I/O.
-    pub fn append(&mut self, records: &mut [RedoRecord]) -> (Lsn, bool) {
+    /// the log forcer to sync the stream, which seals the segment. No I/O. A failed
+    /// stream refuses (its error).
+    pub fn append(&mut self, records: &mut [RedoRecord]) -> Result<(Lsn, bool), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let mut lsn = self.appended.0;
         for r in records.iter_mut() {
             let start = lsn;
@@ -301,7 +336,7 @@ impl Stream {
         let full = self.appended.0 - self.active_start().0 >= self.segment_bytes;
         let ask = full && !self.seal_asked;
         self.seal_asked |= ask;
-        (self.appended, ask)
+        Ok((self.appended, ask))
     }
 
     /// Takes the unwritten tail for writing: `None` if there is nothing to write or
@@ -310,9 +345,13 @@ impl Stream {
     /// handed out, so tails reach the file in LSN order and nothing is marked durable
     /// that a job has not written and fsynced. The active segment is sealed by the job
     /// that writes its last bytes, after their fsync (the only place a segment ends).
-    pub fn begin_sync(&mut self) -> Option<SyncJob> {
+    /// A failed stream refuses (its error): it has nothing more it can make durable.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         if self.syncing {
-            return None;
+            return Ok(None);
         }
         debug_assert_eq!(
             self.durable, self.written,
@@ -320,7 +359,7 @@ impl Stream {
         );
         let seal = self.appended.0 - self.active_start().0 >= self.segment_bytes;
         if self.buf.is_empty() && !seal {
-            return None;
+            return Ok(None);
         }
         let job = SyncJob {
             file: self.active.clone(),
@@ -331,13 +370,23 @@ impl Stream {
         };
         self.written = self.appended;
         self.syncing = true;
-        Some(job)
+        Ok(Some(job))
     }
 
     /// Records the outcome of the job [`Stream::begin_sync`] handed out: on success
     /// everything before its end is durable (returned: the (page, version after) of the
     /// records that just became durable) and, if it sealed the segment, appends go to
     /// the next one.
+    ///
+    /// A failed write or fsync fails the stream for good: the tail's bytes are no longer
+    /// in memory, the file may hold any part of them, and after a failed fsync the
+    /// kernel may have dropped the dirty pages and marked them clean, so a later fsync
+    /// would succeed without writing them (PostgreSQL's "fsyncgate"). Nothing at or
+    /// past the failed tail is ever marked durable: forces beyond `durable` and appends
+    /// are refused until a restart recovers the stream from the file (the valid prefix
+    /// of records, which holds everything durable). A failed seal (the write and fsync
+    /// worked, the next segment could not be made durable) marks the tail durable and
+    /// fails the stream too.
     pub fn finish_sync(
         &mut self,
         done: SyncDone,
@@ -347,10 +396,10 @@ impl Stream {
         if let Err(e) = done.written {
             return (
                 Vec::new(),
-                Err(format!(
-                    "redo write/fsync up to LSN {} failed: {e}",
-                    done.upto
-                )),
+                Err(self.fail(format!(
+                    "redo write/fsync of LSNs {}..{} failed: {e}",
+                    self.durable, done.upto
+                ))),
             );
         }
         let newly = self.mark_durable(done.upto);
@@ -362,14 +411,25 @@ impl Stream {
                 self.seal_asked = false;
                 (newly, Ok(()))
             }
-            Some(Err(e)) => (
-                newly,
-                Err(format!(
+            Some(Err(e)) => {
+                let e = self.fail(format!(
                     "cannot start the redo segment at LSN {}: {e}",
                     done.upto
-                )),
-            ),
+                ));
+                (newly, Err(e))
+            }
         }
+    }
+
+    fn fail(&mut self, why: String) -> String {
+        let why = format!(
+            "redo stream of node {} failed: {why}; it refuses appends and forces past \
+             LSN {} until the storage node restarts",
+            self.node, self.durable
+        );
+        self.buf = Vec::new();
+        self.failed = Some(why.clone());
+        why
     }
 
     /// Records that everything before `upto` (written and fsynced by a job) is durable;
@@ -465,7 +525,7 @@ mod tests {
 
     /// One force: begin, run, finish; returns how many records became durable.
     fn sync(s: &mut Stream) -> usize {
-        match s.begin_sync() {
+        match s.begin_sync().unwrap() {
             None => 0,
             Some(job) => {
                 let (newly, r) = s.finish_sync(job.run());
@@ -482,14 +542,17 @@ mod tests {
     fn only_written_and_fsynced_bytes_become_durable() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
-        let (end1, full) = s.append(&mut [rec(1, 0)]);
+        let (end1, full) = s.append(&mut [rec(1, 0)]).unwrap();
         assert!(!full);
-        let job = s.begin_sync().expect("a tail to write");
-        assert!(s.begin_sync().is_none(), "a second job while one is out");
+        let job = s.begin_sync().unwrap().expect("a tail to write");
+        assert!(
+            s.begin_sync().unwrap().is_none(),
+            "a second job while one is out"
+        );
         // Appends go on meanwhile and fill the segment: the forcer is asked once.
-        let (_, full) = s.append(&mut [rec(1, 1), rec(1, 2), rec(1, 3)]);
+        let (_, full) = s.append(&mut [rec(1, 1), rec(1, 2), rec(1, 3)]).unwrap();
         assert!(full);
-        let (end, again) = s.append(&mut [rec(1, 4)]);
+        let (end, again) = s.append(&mut [rec(1, 4)]).unwrap();
         assert!(!again, "asked once per segment");
         assert_eq!(s.durable(), Lsn(0));
         assert_eq!(s.segment_count(), 1, "appends never seal");
@@ -500,10 +563,36 @@ mod tests {
         // The next job writes the rest and seals the full segment after its fsync.
         assert_eq!(sync(&mut s), 4);
         assert_eq!((s.durable(), s.segment_count()), (end, 2));
-        assert!(s.begin_sync().is_none(), "nothing left to write");
+        assert!(s.begin_sync().unwrap().is_none(), "nothing left to write");
         let scanned = scan_streams(dir.path()).unwrap();
         assert_eq!(scanned[0].records.len(), 5);
         assert_eq!(scanned[0].end, end);
+    }
+
+    /// A failed job fails the stream: nothing it took is ever durable, and no later
+    /// append or job is accepted (a later fsync could succeed without the lost bytes).
+    #[test]
+    fn a_failed_write_fails_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 1 << 20).unwrap();
+        s.append(&mut [rec(1, 0)]).unwrap();
+        assert_eq!(sync(&mut s), 1);
+        let durable = s.durable();
+        s.append(&mut [rec(1, 1)]).unwrap();
+        let job = s.begin_sync().unwrap().unwrap();
+        let done = SyncDone {
+            upto: job.upto,
+            written: Err(io::Error::from_raw_os_error(5)),
+            next_segment: None,
+        };
+        let (newly, r) = s.finish_sync(done);
+        assert!(newly.is_empty());
+        let e = r.unwrap_err();
+        assert_eq!(s.failure(), Some(e.as_str()));
+        assert_eq!(s.durable(), durable);
+        assert!(s.append(&mut [rec(1, 2)]).is_err());
+        assert!(s.begin_sync().is_err());
+        assert_eq!(s.durable(), durable);
     }
 
     #[test]
@@ -512,7 +601,7 @@ mod tests {
         let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
         let mut durable = 0;
         for v in 0..10 {
-            let (end, _) = s.append(&mut [rec(1, v), rec(2, v)]);
+            let (end, _) = s.append(&mut [rec(1, v), rec(2, v)]).unwrap();
             assert_eq!(end, s.appended);
             // A force writes and fsyncs the tail, and seals a full segment.
             durable += sync(&mut s);
@@ -531,7 +620,7 @@ mod tests {
             std::fs::remove_file(p).unwrap();
         }
         // The last sync sealed the full segment; one more record goes to the new one.
-        s.append(&mut [rec(2, 10)]);
+        s.append(&mut [rec(2, 10)]).unwrap();
         assert_eq!(sync(&mut s), 1);
         // Tear the tail: the scan keeps every whole record before it.
         let end = s.appended;

@@ -114,7 +114,13 @@ fn a_failed_redo_write_is_never_acknowledged_later() {
     }
     let write_back = c.write_back(&v3);
     let forced = c.force_log(Lsn(1));
+    let metrics = c.metrics().unwrap();
+    // The node's lease expires: its pages are not rebuilt from a stream that may
+    // still gain the failed bytes on disk (their locks stay until the restart).
+    let gtm = common::storage::StorageClient::connect_admin(&node.endpoint(), &opts()).unwrap();
+    let released = gtm.release_locks_of(common::ids::NodeId(1), common::ids::Epoch(1));
 
+    drop(gtm);
     drop(c);
     drop(node); // crash: nothing is flushed beyond what was forced
     let node = start(&cfg);
@@ -139,6 +145,14 @@ fn a_failed_redo_write_is_never_acknowledged_later() {
         "a write-back above the durable redo of a failed stream: {write_back:?}"
     );
     assert!(forced.is_ok(), "{forced:?}");
+    assert!(
+        metrics.contains("storage_redo_streams_failed 1"),
+        "{metrics}"
+    );
+    assert!(
+        matches!(released, Err(StorageError::Io(_))),
+        "release_locks_of over a failed stream: {released:?}"
+    );
     // The restarted node starts the stream afresh and accepts the chain from the
     // recovered version.
     c.lock_exclusive(p).unwrap();

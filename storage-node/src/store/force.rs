@@ -6,8 +6,12 @@
 //! only if it continues the page's version chain (`before` equals the logged head), and
 //! a request is appended whole or not at all. Keeps invariant 7: a force is answered
 //! only after the stream was written and fsynced up to the asked LSN, and a page's
-//! `durable` version advances only after an fsync (of a tail here, or of a segment
-//! sealed by `Stream::append`).
+//! `durable` version advances only after that fsync (`Stream::finish_sync`, called only
+//! by `Store::sync_streams` under `sync_lock`; appends do no I/O and never seal a
+//! segment). A stream whose write or fsync failed is failed for good: its appends and
+//! its forces past its durable LSN are refused until the node restarts, so nothing
+//! lost with the failed tail is ever acknowledged (a resend of a lost record would
+//! otherwise pass the dedup as "already logged").
 
 use super::{io_err, reply, Core, ForceWaiter, Store};
 use crate::metrics::Metrics;
@@ -34,6 +38,11 @@ impl Store {
             return Err(StorageError::BadRequest(
                 "the admin identity has no redo stream".into(),
             ));
+        }
+        // A stream whose write or fsync failed takes nothing more, resends included:
+        // the dedup below would take a record lost with the failed tail for logged.
+        if let Some(e) = core.streams.get(&who.node).and_then(|s| s.failure()) {
+            return Err(StorageError::Io(e.to_string()));
         }
         // Validate everything first: a request is appended whole or not at all.
         //
@@ -107,7 +116,7 @@ impl Store {
         }
         let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
         let stream = core.streams.get_mut(&who.node).expect("inserted");
-        let (end, full) = stream.append(&mut records);
+        let (end, full) = stream.append(&mut records).map_err(StorageError::Io)?;
         if full {
             // The active segment is full: the forcer writes the tail and seals it even
             // if nobody forces (appends never do I/O; the buffer stays bounded).
@@ -141,13 +150,17 @@ impl Store {
         replier: Replier,
     ) {
         Metrics::add(&self.metrics.force_requests, 1);
-        let (durable, appended) = match core.streams.get(&who.node) {
-            Some(s) => (s.durable(), s.appended()),
-            None => (Lsn(0), Lsn(0)),
+        let (durable, appended, failed) = match core.streams.get(&who.node) {
+            Some(s) => (s.durable(), s.appended(), s.failure().map(str::to_string)),
+            None => (Lsn(0), Lsn(0), None),
         };
         drop(core);
+        // Up to `durable` was written and fsynced, also on a stream that failed later.
         if lsn <= durable {
             return reply(replier, Ok(Response::Lsn(durable)));
+        }
+        if let Some(e) = failed {
+            return reply(replier, Err(StorageError::Io(e)));
         }
         if lsn > appended {
             return reply(
@@ -180,30 +193,34 @@ impl Store {
     /// bytes some job wrote and fsynced.
     pub(super) fn sync_streams(&self, nodes: &[NodeId]) -> HashMap<NodeId, Result<Lsn, String>> {
         let _serial = self.sync_lock.lock();
-        let jobs: Vec<(NodeId, SyncJob)> = {
+        let mut out = HashMap::new();
+        let mut jobs: Vec<(NodeId, SyncJob)> = Vec::new();
+        {
             let mut core = self.core.lock();
-            nodes
-                .iter()
-                .filter_map(|n| {
-                    let job = core.streams.get_mut(n)?.begin_sync()?;
-                    Some((*n, job))
-                })
-                .collect()
-        };
+            for n in nodes {
+                match core.streams.get_mut(n).map(|s| s.begin_sync()) {
+                    Some(Ok(Some(job))) => jobs.push((*n, job)),
+                    Some(Err(e)) => {
+                        out.insert(*n, Err(e));
+                    }
+                    Some(Ok(None)) | None => {}
+                }
+            }
+        }
         let mut done = Vec::with_capacity(jobs.len());
         for (n, job) in jobs {
             fail::fail_point!("storage::before_log_fsync");
             Metrics::add(&self.metrics.log_fsyncs, 1);
             done.push((n, job.run()));
         }
-        let mut out = HashMap::new();
         let mut core = self.core.lock();
         for (n, d) in done {
             let s = core.streams.get_mut(&n).expect("streams are never removed");
             let (newly, r) = s.finish_sync(d);
             let r = r.map(|()| s.durable());
             if let Err(e) = &r {
-                tracing::error!(node = %n, error = %e, "redo write/fsync failed");
+                Metrics::add(&self.metrics.redo_stream_failures, 1);
+                tracing::error!(node = %n, error = %e, "redo write/fsync failed; stream failed");
             }
             self.mark_durable(&mut core, newly);
             out.insert(n, r);
