@@ -49,7 +49,9 @@
 //! * **7** (acknowledged changes survive a crash): `force_log` answers after fsync; restart
 //!   recovery replays all durable redo over the page file and repairs torn pages. Tests:
 //!   `tests/crash.rs::invariant_7_kill9_loop_keeps_every_acknowledged_change`,
-//!   `tests/durability.rs::invariant_7_torn_page_is_rebuilt_from_the_log`.
+//!   `tests/durability.rs::invariant_7_torn_page_is_rebuilt_from_the_log`. Only the log
+//!   forcer writes and seals redo, and a failed redo write or fsync fails the stream
+//!   until a restart (`redo`). Tests (`--features failpoints`): `tests/redo_faults.rs`.
 
 pub mod config;
 pub mod frames;

@@ -43,6 +43,7 @@ metrics! {
     redo_bytes: "redo bytes appended",
     force_requests: "log force requests",
     log_fsyncs: "fsyncs of redo streams (group commits)",
+    redo_stream_failures: "redo streams failed by a write or fsync error (refuse until restart)",
     checkpoints: "checkpoints run",
     pages_checkpointed: "page images written to the page file",
     segments_truncated: "redo segments deleted after checkpoint",

@@ -3,13 +3,35 @@
 //! One stream per compute node id lives in `<data>/redo/<node>/` as segment files named
 //! by the LSN of their first byte (`<start lsn, 20 digits>.seg`). An LSN is a byte offset
 //! in the node's logical stream; a record's LSN (stored in it) is the offset just past
-//! it. Only the last segment is appended to; when it exceeds the segment size it is
-//! fsynced and a new one starts. Records are those of `common::storage::redo`, each with
-//! its own crc32c, so a torn tail is found by the first record that fails to decode.
+//! it. Only the last segment is appended to; once it reaches the segment size, the sync
+//! that writes and fsyncs its last bytes starts a new one. Records are those of
+//! `common::storage::redo`, each with its own crc32c, so a torn tail is found by the
+//! first record that fails to decode.
 //!
 //! The stream remembers, per page, the records not yet covered by a checkpointed page
 //! image (`pending`); segments before the oldest such record are deleted after a
 //! checkpoint (log truncation), and a dead node's pages are rebuilt from them.
+//!
+//! ## Writes, fsyncs and durability
+//!
+//! Three LSNs, `durable <= written <= appended`: [`Stream::append`] only encodes into
+//! memory (`appended`), never does I/O and never seals. Bytes reach the file only through
+//! a [`SyncJob`]: [`Stream::begin_sync`] takes the tail (`written = appended`),
+//! [`SyncJob::run`] writes it at its offset, fsyncs it and, if the segment is full,
+//! creates the next segment (directory fsync), touching nothing of the stream; and
+//! [`Stream::finish_sync`] is the only place `durable` advances, to exactly the end of
+//! the tail that job wrote and fsynced. One job at a time: `begin_sync` hands out none
+//! while one is out, so tails reach the file in LSN order with no hole, and between
+//! jobs `durable == written`.
+//!
+//! In the storage node the log forcer runs every job (`store::Store::sync_streams`):
+//! its `sync_lock` orders all redo writes, fsyncs, seals and `finish_sync` (the durable
+//! mark) of every stream; `begin_sync` and `finish_sync` run under the engine mutex
+//! too, taken after `sync_lock`, and the write and fsync without it.
+//!
+//! A write or fsync error fails the stream for good ([`Stream::finish_sync`]): it
+//! keeps its `durable` mark and refuses appends and jobs until a restart, whose recovery
+//! reads the valid prefix of records from the file.
 
 use common::ids::{Lsn, NodeId, PageId, PageVersion};
 use common::storage::redo::RedoRecord;
@@ -38,18 +60,63 @@ pub struct Stream {
     segments: Vec<Lsn>,
     active: Arc<File>,
     /// End of the stream (LSN past the last appended record).
-    pub appended: Lsn,
-    /// Everything before this LSN is on disk (fsynced).
-    pub durable: Lsn,
+    appended: Lsn,
+    /// Everything before this LSN was written and fsynced. Advanced only by
+    /// [`Stream::finish_sync`], to the end of the tail its job wrote.
+    durable: Lsn,
     /// Encoded records from `written` to `appended`, not yet handed to the kernel: the
     /// log forcer writes and fsyncs them in one go (appends never do I/O).
     buf: Vec<u8>,
-    /// LSN up to which bytes were handed to the kernel.
+    /// LSN up to which bytes were taken by a [`SyncJob`] (written, or being written).
     written: Lsn,
+    /// A [`SyncJob`] is out (between `begin_sync` and `finish_sync`).
+    syncing: bool,
+    /// The active segment is full and the log forcer was asked to seal it.
+    seal_asked: bool,
+    /// A write or fsync of this stream failed: why. The stream refuses every append and
+    /// sync from then on (until a restart recovers it from what is on disk).
+    failed: Option<String>,
     segment_bytes: u64,
     /// (end lsn, page, version after) of appended records not yet durable.
     undurable: VecDeque<(Lsn, PageId, PageVersion)>,
     pub pending: HashMap<PageId, VecDeque<PendingRecord>>,
+}
+
+/// The unwritten tail of a stream, taken by [`Stream::begin_sync`]: [`SyncJob::run`]
+/// writes and fsyncs it (and, if the active segment is full, starts the next segment)
+/// without any lock held; [`Stream::finish_sync`] then records what became durable.
+pub struct SyncJob {
+    file: Arc<File>,
+    offset: u64,
+    bytes: Vec<u8>,
+    upto: Lsn,
+    /// The stream's directory, when the next segment starts at `upto`.
+    seal: Option<PathBuf>,
+}
+
+/// What a [`SyncJob`] did, for [`Stream::finish_sync`].
+pub struct SyncDone {
+    upto: Lsn,
+    written: io::Result<()>,
+    /// The next segment (starting at `upto`), when the job sealed the active one.
+    next_segment: Option<io::Result<File>>,
+}
+
+impl SyncJob {
+    /// Writes and fsyncs the tail; then, if asked to seal, creates the next segment
+    /// and fsyncs the directory. Does not touch the stream (no lock needed).
+    pub fn run(self) -> SyncDone {
+        let written = write_and_sync(&self.file, self.offset, &self.bytes);
+        let next_segment = match (&written, &self.seal) {
+            (Ok(()), Some(dir)) => Some(create_segment(dir, self.upto)),
+            _ => None,
+        };
+        SyncDone {
+            upto: self.upto,
+            written,
+            next_segment,
+        }
+    }
 }
 
 pub fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
@@ -58,6 +125,34 @@ pub fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` at `offset` of a segment and fsyncs it (data only): the one place a
+/// redo tail reaches the disk. With the `failpoints` feature, `redo::write_error` fails
+/// the write (nothing written, as with ENOSPC) and `redo::fsync_error` fails the fsync
+/// after a successful write (EIO), both without touching the file.
+pub fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    fail::fail_point!("redo::write_error", |_| Err(io::Error::from_raw_os_error(
+        28 // ENOSPC
+    )));
+    file.write_all_at(bytes, offset)?;
+    fail::fail_point!("redo::fsync_error", |_| Err(io::Error::from_raw_os_error(
+        5 // EIO
+    )));
+    file.sync_data()
+}
+
+/// Creates the (empty) segment file of `dir` starting at `start` and makes its
+/// directory entry durable.
+fn create_segment(dir: &Path, start: Lsn) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(segment_path(dir, start))?;
+    sync_dir(dir)?;
+    Ok(f)
 }
 
 /// A stream found on disk at startup.
@@ -180,6 +275,9 @@ impl Stream {
             durable: end,
             buf: Vec::new(),
             written: end,
+            syncing: false,
+            seal_asked: false,
+            failed: None,
             segment_bytes,
             undurable: VecDeque::new(),
             pending: HashMap::new(),
@@ -190,29 +288,28 @@ impl Stream {
         *self.segments.last().expect("a stream always has a segment")
     }
 
+    /// End of the stream (LSN past the last appended record).
+    pub fn appended(&self) -> Lsn {
+        self.appended
+    }
+
+    /// Everything before this LSN was written and fsynced.
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    /// Why the stream failed (a write or fsync error), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// Appends records (their LSNs are assigned here) to the in-memory tail; returns the
-    /// new end and, if a segment was sealed (written and fsynced) on the way, what
-    /// became durable. Only sealing does I/O.
-    pub fn append(
-        &mut self,
-        records: &mut [RedoRecord],
-    ) -> io::Result<(Lsn, Vec<(PageId, PageVersion)>)> {
-        let mut newly_durable = Vec::new();
-        if self.appended.0 - self.active_start().0 >= self.segment_bytes {
-            let (file, offset, bytes, upto) = self.take_unwritten();
-            file.write_all_at(&bytes, offset)?;
-            file.sync_data()?;
-            newly_durable = self.mark_durable(upto);
-            let start = self.appended;
-            let f = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .write(true)
-                .truncate(true)
-                .open(segment_path(&self.dir, start))?;
-            sync_dir(&self.dir)?;
-            self.active = Arc::new(f);
-            self.segments.push(start);
+    /// new end, and whether the active segment just became full: the caller then asks
+    /// the log forcer to sync the stream, which seals the segment. No I/O. A failed
+    /// stream refuses (its error).
+    pub fn append(&mut self, records: &mut [RedoRecord]) -> Result<(Lsn, bool), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
         }
         let mut lsn = self.appended.0;
         for r in records.iter_mut() {
@@ -236,22 +333,109 @@ impl Stream {
                 });
         }
         self.appended = Lsn(lsn);
-        Ok((self.appended, newly_durable))
+        let full = self.appended.0 - self.active_start().0 >= self.segment_bytes;
+        let ask = full && !self.seal_asked;
+        self.seal_asked |= ask;
+        Ok((self.appended, ask))
     }
 
-    /// Hands the unwritten tail to the caller: (active segment, file offset, bytes, LSN
-    /// they reach). The caller writes and fsyncs them, then calls [`Stream::mark_durable`]
-    /// with that LSN. Callers must not overlap (the engine serialises them).
-    pub fn take_unwritten(&mut self) -> (Arc<File>, u64, Vec<u8>, Lsn) {
-        let offset = self.written.0 - self.active_start().0;
-        let bytes = std::mem::take(&mut self.buf);
+    /// Takes the unwritten tail for writing: `None` if there is nothing to write or
+    /// seal, or if a job is already out. The one writer of the stream's file runs the
+    /// job and hands its result to [`Stream::finish_sync`]; until then no other job is
+    /// handed out, so tails reach the file in LSN order and nothing is marked durable
+    /// that a job has not written and fsynced. The active segment is sealed by the job
+    /// that writes its last bytes, after their fsync (the only place a segment ends).
+    /// A failed stream refuses (its error): it has nothing more it can make durable.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.syncing {
+            return Ok(None);
+        }
+        debug_assert_eq!(
+            self.durable, self.written,
+            "no job out: all written is durable"
+        );
+        let seal = self.appended.0 - self.active_start().0 >= self.segment_bytes;
+        if self.buf.is_empty() && !seal {
+            return Ok(None);
+        }
+        let job = SyncJob {
+            file: self.active.clone(),
+            offset: self.written.0 - self.active_start().0,
+            bytes: std::mem::take(&mut self.buf),
+            upto: self.appended,
+            seal: seal.then(|| self.dir.clone()),
+        };
         self.written = self.appended;
-        (self.active.clone(), offset, bytes, self.appended)
+        self.syncing = true;
+        Ok(Some(job))
     }
 
-    /// Records that everything before `upto` is durable; returns the (page, version
-    /// after) of the records that just became durable.
-    pub fn mark_durable(&mut self, upto: Lsn) -> Vec<(PageId, PageVersion)> {
+    /// Records the outcome of the job [`Stream::begin_sync`] handed out: on success
+    /// everything before its end is durable (returned: the (page, version after) of the
+    /// records that just became durable) and, if it sealed the segment, appends go to
+    /// the next one.
+    ///
+    /// A failed write or fsync fails the stream for good: the tail's bytes are no longer
+    /// in memory, the file may hold any part of them, and after a failed fsync the
+    /// kernel may have dropped the dirty pages and marked them clean, so a later fsync
+    /// would succeed without writing them (PostgreSQL's "fsyncgate"). Nothing at or
+    /// past the failed tail is ever marked durable: forces beyond `durable` and appends
+    /// are refused until a restart recovers the stream from the file (the valid prefix
+    /// of records, which holds everything durable). A failed seal (the write and fsync
+    /// worked, the next segment could not be made durable) marks the tail durable and
+    /// fails the stream too.
+    pub fn finish_sync(
+        &mut self,
+        done: SyncDone,
+    ) -> (Vec<(PageId, PageVersion)>, Result<(), String>) {
+        debug_assert!(self.syncing, "finish_sync without begin_sync");
+        self.syncing = false;
+        if let Err(e) = done.written {
+            return (
+                Vec::new(),
+                Err(self.fail(format!(
+                    "redo write/fsync of LSNs {}..{} failed: {e}",
+                    self.durable, done.upto
+                ))),
+            );
+        }
+        let newly = self.mark_durable(done.upto);
+        match done.next_segment {
+            None => (newly, Ok(())),
+            Some(Ok(f)) => {
+                self.active = Arc::new(f);
+                self.segments.push(done.upto);
+                self.seal_asked = false;
+                (newly, Ok(()))
+            }
+            Some(Err(e)) => {
+                let e = self.fail(format!(
+                    "cannot start the redo segment at LSN {}: {e}",
+                    done.upto
+                ));
+                (newly, Err(e))
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) -> String {
+        let why = format!(
+            "redo stream of node {} failed: {why}; it refuses appends and forces past \
+             LSN {} until the storage node restarts",
+            self.node, self.durable
+        );
+        self.buf = Vec::new();
+        self.failed = Some(why.clone());
+        why
+    }
+
+    /// Records that everything before `upto` (written and fsynced by a job) is durable;
+    /// returns the (page, version after) of the records that just became durable.
+    fn mark_durable(&mut self, upto: Lsn) -> Vec<(PageId, PageVersion)> {
+        debug_assert!(upto <= self.written, "durable beyond what was written");
         let mut out = Vec::new();
         if upto > self.durable {
             self.durable = upto;
@@ -339,22 +523,91 @@ mod tests {
         }
     }
 
+    /// One force: begin, run, finish; returns how many records became durable.
+    fn sync(s: &mut Stream) -> usize {
+        match s.begin_sync().unwrap() {
+            None => 0,
+            Some(job) => {
+                let (newly, r) = s.finish_sync(job.run());
+                r.unwrap();
+                newly.len()
+            }
+        }
+    }
+
+    /// The contract of `begin_sync`: one job at a time; appends made while it is out
+    /// are not covered by it; a full segment is sealed only by the job that wrote its
+    /// last bytes, and nothing is durable that no job wrote.
+    #[test]
+    fn only_written_and_fsynced_bytes_become_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
+        let (end1, full) = s.append(&mut [rec(1, 0)]).unwrap();
+        assert!(!full);
+        let job = s.begin_sync().unwrap().expect("a tail to write");
+        assert!(
+            s.begin_sync().unwrap().is_none(),
+            "a second job while one is out"
+        );
+        // Appends go on meanwhile and fill the segment: the forcer is asked once.
+        let (_, full) = s.append(&mut [rec(1, 1), rec(1, 2), rec(1, 3)]).unwrap();
+        assert!(full);
+        let (end, again) = s.append(&mut [rec(1, 4)]).unwrap();
+        assert!(!again, "asked once per segment");
+        assert_eq!(s.durable(), Lsn(0));
+        assert_eq!(s.segment_count(), 1, "appends never seal");
+        let (newly, r) = s.finish_sync(job.run());
+        r.unwrap();
+        assert_eq!(newly, vec![(PageId(1), PageVersion(1))]);
+        assert_eq!(s.durable(), end1, "only the job's tail is durable");
+        // The next job writes the rest and seals the full segment after its fsync.
+        assert_eq!(sync(&mut s), 4);
+        assert_eq!((s.durable(), s.segment_count()), (end, 2));
+        assert!(s.begin_sync().unwrap().is_none(), "nothing left to write");
+        let scanned = scan_streams(dir.path()).unwrap();
+        assert_eq!(scanned[0].records.len(), 5);
+        assert_eq!(scanned[0].end, end);
+    }
+
+    /// A failed job fails the stream: nothing it took is ever durable, and no later
+    /// append or job is accepted (a later fsync could succeed without the lost bytes).
+    #[test]
+    fn a_failed_write_fails_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 1 << 20).unwrap();
+        s.append(&mut [rec(1, 0)]).unwrap();
+        assert_eq!(sync(&mut s), 1);
+        let durable = s.durable();
+        s.append(&mut [rec(1, 1)]).unwrap();
+        let job = s.begin_sync().unwrap().unwrap();
+        let done = SyncDone {
+            upto: job.upto,
+            written: Err(io::Error::from_raw_os_error(5)),
+            next_segment: None,
+        };
+        let (newly, r) = s.finish_sync(done);
+        assert!(newly.is_empty());
+        let e = r.unwrap_err();
+        assert_eq!(s.failure(), Some(e.as_str()));
+        assert_eq!(s.durable(), durable);
+        assert!(s.append(&mut [rec(1, 2)]).is_err());
+        assert!(s.begin_sync().is_err());
+        assert_eq!(s.durable(), durable);
+    }
+
     #[test]
     fn append_scan_truncate_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
         let mut durable = 0;
         for v in 0..10 {
-            let (end, sealed) = s.append(&mut [rec(1, v), rec(2, v)]).unwrap();
-            durable += sealed.len();
+            let (end, _) = s.append(&mut [rec(1, v), rec(2, v)]).unwrap();
             assert_eq!(end, s.appended);
+            // A force writes and fsyncs the tail, and seals a full segment.
+            durable += sync(&mut s);
+            assert_eq!(s.durable(), end);
         }
         assert!(s.segment_count() > 2);
-        // Sealing a segment fsyncs it; a force writes and syncs the rest.
-        let (f, off, bytes, upto) = s.take_unwritten();
-        f.write_all_at(&bytes, off).unwrap();
-        f.sync_data().unwrap();
-        durable += s.mark_durable(upto).len();
         assert_eq!(durable, 20);
         let first = *s.pending[&PageId(1)].front().unwrap();
         assert_eq!(s.read_record(&first).unwrap().before, PageVersion(0));
@@ -366,6 +619,9 @@ mod tests {
         for p in &gone {
             std::fs::remove_file(p).unwrap();
         }
+        // The last sync sealed the full segment; one more record goes to the new one.
+        s.append(&mut [rec(2, 10)]).unwrap();
+        assert_eq!(sync(&mut s), 1);
         // Tear the tail: the scan keeps every whole record before it.
         let end = s.appended;
         let last = segment_path(&s.dir, s.active_start());
@@ -383,9 +639,12 @@ mod tests {
         assert!(recs
             .iter()
             .any(|r| r.page == PageId(2) && r.before == PageVersion(5)));
-        assert!(!recs
+        assert!(recs
             .iter()
             .any(|r| r.page == PageId(2) && r.before == PageVersion(9)));
+        assert!(!recs
+            .iter()
+            .any(|r| r.page == PageId(2) && r.before == PageVersion(10)));
     }
 
     /// Writes segment `start` of node 1's stream under `redo_dir`: `records` (their LSNs

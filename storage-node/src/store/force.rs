@@ -6,12 +6,16 @@
 //! only if it continues the page's version chain (`before` equals the logged head), and
 //! a request is appended whole or not at all. Keeps invariant 7: a force is answered
 //! only after the stream was written and fsynced up to the asked LSN, and a page's
-//! `durable` version advances only after an fsync (of a tail here, or of a segment
-//! sealed by `Stream::append`).
+//! `durable` version advances only after that fsync (`Stream::finish_sync`, called only
+//! by `Store::sync_streams` under `sync_lock`; appends do no I/O and never seal a
+//! segment). A stream whose write or fsync failed is failed for good: its appends and
+//! its forces past its durable LSN are refused until the node restarts, so nothing
+//! lost with the failed tail is ever acknowledged (a resend of a lost record would
+//! otherwise pass the dedup as "already logged").
 
 use super::{io_err, reply, Core, ForceWaiter, Store};
 use crate::metrics::Metrics;
-use crate::redo::Stream;
+use crate::redo::{Stream, SyncJob};
 use common::fabric::Replier;
 use common::ids::{Lsn, NodeId, PageId, PageVersion};
 use common::storage::dir::LockHolder;
@@ -20,9 +24,7 @@ use common::storage::redo::RedoRecord;
 use common::storage::StorageError;
 use parking_lot::MutexGuard;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 impl Store {
@@ -36,6 +38,11 @@ impl Store {
             return Err(StorageError::BadRequest(
                 "the admin identity has no redo stream".into(),
             ));
+        }
+        // A stream whose write or fsync failed takes nothing more, resends included:
+        // the dedup below would take a record lost with the failed tail for logged.
+        if let Some(e) = core.streams.get(&who.node).and_then(|s| s.failure()) {
+            return Err(StorageError::Io(e.to_string()));
         }
         // Validate everything first: a request is appended whole or not at all.
         //
@@ -109,8 +116,12 @@ impl Store {
         }
         let bytes: usize = records.iter().map(|r| r.encoded_len()).sum();
         let stream = core.streams.get_mut(&who.node).expect("inserted");
-        let (end, newly) = stream.append(&mut records).map_err(io_err)?;
-        self.mark_durable(core, newly);
+        let (end, full) = stream.append(&mut records).map_err(StorageError::Io)?;
+        if full {
+            // The active segment is full: the forcer writes the tail and seals it even
+            // if nobody forces (appends never do I/O; the buffer stays bounded).
+            self.queue_force(who.node, Lsn(0), None);
+        }
         for (page, v) in heads {
             let idx = self.index(core, page)?;
             core.pages[idx as usize].logged = v;
@@ -139,13 +150,17 @@ impl Store {
         replier: Replier,
     ) {
         Metrics::add(&self.metrics.force_requests, 1);
-        let (durable, appended) = match core.streams.get(&who.node) {
-            Some(s) => (s.durable, s.appended),
-            None => (Lsn(0), Lsn(0)),
+        let (durable, appended, failed) = match core.streams.get(&who.node) {
+            Some(s) => (s.durable(), s.appended(), s.failure().map(str::to_string)),
+            None => (Lsn(0), Lsn(0), None),
         };
         drop(core);
+        // Up to `durable` was written and fsynced, also on a stream that failed later.
         if lsn <= durable {
             return reply(replier, Ok(Response::Lsn(durable)));
+        }
+        if let Some(e) = failed {
+            return reply(replier, Err(StorageError::Io(e)));
         }
         if lsn > appended {
             return reply(
@@ -155,53 +170,65 @@ impl Store {
                 ))),
             );
         }
-        self.forces.lock().push(ForceWaiter {
-            node: who.node,
-            lsn,
-            replier,
-        });
+        self.queue_force(who.node, lsn, Some(replier));
+    }
+
+    /// Queues a force of `node`'s stream for the log forcer (`replier` None: nobody
+    /// waits, e.g. a full segment to seal). The force queue's mutex is a leaf: it may be
+    /// taken under the engine mutex.
+    fn queue_force(&self, node: NodeId, lsn: Lsn, replier: Option<Replier>) {
+        self.forces.lock().push(ForceWaiter { node, lsn, replier });
         self.force_cv.notify_one();
     }
 
-    /// Writes and fsyncs the unwritten tails of the streams of `nodes` (outside the core
-    /// lock) and records durability. Serialised, so tails reach the file in order before
-    /// anyone marks them durable.
+    /// Writes and fsyncs the unwritten tails of the streams of `nodes` and records what
+    /// became durable; returns each stream's durable LSN (or why its sync failed).
+    ///
+    /// The one writer of redo files: under `sync_lock`, for each stream, take its tail
+    /// (`Stream::begin_sync`, engine mutex), write + fsync it and seal a full segment
+    /// (`SyncJob::run`, no engine mutex, so appends and one-sided work go on), then
+    /// record the result (`Stream::finish_sync`, engine mutex) before `sync_lock` is
+    /// released. So tails reach a file in LSN order, a segment is sealed only after its
+    /// last bytes were fsynced, and a stream's (and a page's) durable mark covers only
+    /// bytes some job wrote and fsynced.
     pub(super) fn sync_streams(&self, nodes: &[NodeId]) -> HashMap<NodeId, Result<Lsn, String>> {
         let _serial = self.sync_lock.lock();
-        type Tail = (NodeId, Arc<std::fs::File>, u64, Vec<u8>, Lsn);
-        let tails: Vec<Tail> = {
-            let mut core = self.core.lock();
-            nodes
-                .iter()
-                .filter_map(|n| {
-                    core.streams.get_mut(n).map(|s| {
-                        let (f, off, bytes, upto) = s.take_unwritten();
-                        (*n, f, off, bytes, upto)
-                    })
-                })
-                .collect()
-        };
         let mut out = HashMap::new();
-        let mut synced = Vec::new();
-        for (n, f, off, bytes, upto) in tails {
-            fail::fail_point!("storage::before_log_fsync");
-            Metrics::add(&self.metrics.log_fsyncs, 1);
-            match f.write_all_at(&bytes, off).and_then(|_| f.sync_data()) {
-                Ok(()) => synced.push((n, upto)),
-                Err(e) => {
-                    // The tail is lost from memory: the stream cannot continue safely.
-                    tracing::error!(node = %n, error = %e, "redo write/fsync failed");
-                    out.insert(n, Err(e.to_string()));
+        let mut jobs: Vec<(NodeId, SyncJob)> = Vec::new();
+        {
+            let mut core = self.core.lock();
+            for n in nodes {
+                match core.streams.get_mut(n).map(|s| s.begin_sync()) {
+                    Some(Ok(Some(job))) => jobs.push((*n, job)),
+                    Some(Err(e)) => {
+                        out.insert(*n, Err(e));
+                    }
+                    Some(Ok(None)) | None => {}
                 }
             }
         }
+        let mut done = Vec::with_capacity(jobs.len());
+        for (n, job) in jobs {
+            fail::fail_point!("storage::before_log_fsync");
+            Metrics::add(&self.metrics.log_fsyncs, 1);
+            done.push((n, job.run()));
+        }
         let mut core = self.core.lock();
-        for (n, upto) in synced {
+        for (n, d) in done {
             let s = core.streams.get_mut(&n).expect("streams are never removed");
-            let newly = s.mark_durable(upto);
-            let d = s.durable;
+            let (newly, r) = s.finish_sync(d);
+            let r = r.map(|()| s.durable());
+            if let Err(e) = &r {
+                Metrics::add(&self.metrics.redo_stream_failures, 1);
+                tracing::error!(node = %n, error = %e, "redo write/fsync failed; stream failed");
+            }
             self.mark_durable(&mut core, newly);
-            out.insert(n, Ok(d));
+            out.insert(n, r);
+        }
+        for n in nodes {
+            if let (Some(s), false) = (core.streams.get(n), out.contains_key(n)) {
+                out.insert(*n, Ok(s.durable()));
+            }
         }
         out
     }
@@ -224,11 +251,12 @@ impl Store {
             nodes.dedup();
             let res = self.sync_streams(&nodes);
             for w in batch {
+                let Some(replier) = w.replier else { continue };
                 match res.get(&w.node) {
-                    Some(Ok(d)) if *d >= w.lsn => reply(w.replier, Ok(Response::Lsn(*d))),
-                    Some(Err(e)) => reply(w.replier, Err(StorageError::Io(e.clone()))),
+                    Some(Ok(d)) if *d >= w.lsn => reply(replier, Ok(Response::Lsn(*d))),
+                    Some(Err(e)) => reply(replier, Err(StorageError::Io(e.clone()))),
                     _ => reply(
-                        w.replier,
+                        replier,
                         Err(StorageError::Io("log force did not reach the LSN".into())),
                     ),
                 }

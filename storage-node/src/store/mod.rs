@@ -13,6 +13,14 @@
 //! One mutex (`core`) guards the in-memory state; fsyncs and page-file I/O happen
 //! outside it, except reading back a dead node's redo records during a rebuild.
 //!
+//! Lock order: `sync_lock` → `core` → `forces` (a leaf). `sync_lock` orders every redo
+//! write, fsync, segment seal and durable mark: only `Store::sync_streams` (the log
+//! forcer, a rebuild, shutdown) writes records to redo files, and it holds `sync_lock`
+//! from taking a stream's tail (`Stream::begin_sync`, under `core`) through the write
+//! and fsync (without `core`) to recording it durable (`Stream::finish_sync`, under
+//! `core`).
+//! `meta_lock` orders the metadata files (allocation mark, fences).
+//!
 //! ## Invariants (docs/design.md) kept here
 //!
 //! 1. *Versions totally ordered, changes under X:* `append_redo` accepts a record only
@@ -26,7 +34,8 @@
 //!    of that node with an epoch <= `epoch` is refused ([`Core::admit`]); the fence is
 //!    persisted before the call returns, so it survives a restart.
 //! 7. *Acknowledged commits survive a crash:* `force_log` answers only after fsync; a
-//!    restart replays every durable record (`recovery`).
+//!    restart replays every durable record (`recovery`). A stream whose write or fsync
+//!    failed refuses appends and forces past its durable LSN until a restart.
 //!
 //! ## Files
 //!
@@ -144,7 +153,8 @@ enum Job {
 struct ForceWaiter {
     node: NodeId,
     lsn: Lsn,
-    replier: Replier,
+    /// None: a sync nobody waits for (a full segment to seal).
+    replier: Option<Replier>,
 }
 
 pub struct StoreOptions {
@@ -168,7 +178,8 @@ pub struct Store {
     stopping: AtomicBool,
     /// Serialises metadata writes (allocation high-water mark, fences).
     meta_lock: Mutex<()>,
-    /// Serialises redo tail writes + fsyncs.
+    /// Serialises redo tail writes, fsyncs, segment seals and durable marks (taken
+    /// before `core`).
     sync_lock: Mutex<()>,
 }
 
@@ -410,6 +421,14 @@ impl Store {
                 "redo streams (one per compute node)",
                 core.streams.len() as u64,
             ),
+            (
+                "redo_streams_failed",
+                "redo streams that refuse appends after a write or fsync error",
+                core.streams
+                    .values()
+                    .filter(|s| s.failure().is_some())
+                    .count() as u64,
+            ),
         ]
     }
 
@@ -434,17 +453,20 @@ impl Store {
         self.force_cv.notify_all();
         self.job_cv.notify_all();
         let nodes: Vec<NodeId> = self.core.lock().streams.keys().copied().collect();
+        let mut failed = None;
         for (n, r) in self.sync_streams(&nodes) {
             if let Err(e) = r {
-                return Err(StorageError::Io(format!("stream {n}: {e}")));
+                failed.get_or_insert(StorageError::Io(format!("stream {n}: {e}")));
             }
         }
+        // Checkpoints write only images whose redo is durable, also when a stream
+        // failed: what they write is still right, and shortens the next recovery.
         for _ in 0..4 {
             if self.checkpoint()? == 0 {
                 break;
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     pub fn stop(&self) {

@@ -5,6 +5,13 @@
 //! Keeps invariant 6 (a fenced node writes nothing: the fence is in memory before
 //! anything else and on disk before the call returns) and invariant 3 (a page is
 //! rebuilt only from redo that was fsynced).
+//!
+//! If the dead node's stream failed (a redo write or fsync error), the call fails after
+//! persisting the fence and the GTM retries it: the pages stay locked until the storage
+//! node restarts. Rebuilding from the durable prefix and handing the pages on would let
+//! another node continue their chains from there, while bytes of the failed tail may
+//! still reach the disk; recovery would then find two records starting at the same
+//! version of a page.
 
 use super::{io_err, reply, Core, Store};
 use crate::metrics::Metrics;
@@ -121,7 +128,7 @@ impl Store {
         }
         let mut image = self.regions.read_frame(f);
         for pr in recs {
-            if pr.start.0 >= stream.durable.0 {
+            if pr.start >= stream.durable() {
                 break;
             }
             let rec = stream.read_record(&pr).map_err(io_err)?;
