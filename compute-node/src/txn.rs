@@ -6,12 +6,14 @@
 //!   needs, invariant 2).
 //! * Reads walk a table's B-link tree through the view and pick the visible row version
 //!   ([`crate::mvcc`]); writes append a version to the row's chain under the leaf's
-//!   page latch (the global X lock), first updater wins, wait-die between writers.
+//!   page latch (the global X lock), first updater wins; a writer meeting another's
+//!   uncommitted version waits or aborts by the node's wait policy (wound-wait by
+//!   default, [`crate::mvcc::WaitPolicy`]).
 //! * `commit`: the transaction's redo is forced on every storage node it touched (one
 //!   group-committed force each, in parallel), then the commit record is written at the
 //!   GTM, then the caller hears "committed" (invariant 3). A lease that may have run out
 //!   fences the commit before it is sent (invariant 6).
-//! * A wait-die victim's caller can [`Txn::abort_and_wait`]: abort first (holding
+//! * A conflict's victim (wait-die, no-wait) can [`Txn::abort_and_wait`]: abort first (holding
 //!   nothing, it cannot close a wait cycle), then wait until the writer it died on has
 //!   finished, so the retry starts after that writer instead of after a blind back-off.
 //! * `abort`: the status becomes Aborted at the GTM; the versions stay and are invisible

@@ -7,7 +7,7 @@
 //! has a holder and waiters, the holder has a `WriteBackAndRelease` revocation queued
 //! (delivered by its long poll). Invariant 1 (one writer per page) is kept here: there is
 //! at most one holder per page and only [`LockTable::release`] by that holder, or
-//! [`LockTable::take_all_of`] for a fenced holder, ends a hold.
+//! [`LockTable::force_release`] for a fenced holder, ends a hold.
 
 use common::fabric::Replier;
 use common::ids::PageId;

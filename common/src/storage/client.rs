@@ -523,8 +523,6 @@ impl StorageClient {
         }
     }
 
-    /// Reads directory entries one-sided, one batch (for coherence validation: version
-    /// and X holder). Entries caught mid-rewrite (BUSY) are reread a few times.
     /// Reads the directory entries of `count` consecutive pages from `first` with large
     /// sequential one-sided reads (up to 1 MiB each, all in one batch): the bulk
     /// validation path. Entries caught mid-rewrite come back with `busy` set; the caller
@@ -558,6 +556,8 @@ impl StorageClient {
         Ok(out)
     }
 
+    /// Reads directory entries one-sided, one batch (for coherence validation: version
+    /// and X holder). Entries caught mid-rewrite (BUSY) are reread a few times.
     pub fn read_dir_entries(&self, pages: &[PageId]) -> Result<Vec<DirEntry>, StorageError> {
         let offsets = pages
             .iter()
