@@ -40,6 +40,9 @@ pub struct ClusterOptions {
     pub compute: ComputeConfig,
     /// Slots of each storage node's change-notice ring.
     pub notice_slots: u32,
+    /// Template for every storage node's settings (transport, endpoint, data directory,
+    /// memory, page range and notice slots come from the fields above).
+    pub storage: StorageConfig,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             lease: Duration::from_secs(3),
             compute: ComputeConfig::default(),
             notice_slots: common::storage::notice::NOTICE_CAPACITY,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -101,7 +105,7 @@ fn start_storage_node(
         first_page: 1 + i as u64 * options.pages_per_storage_node,
         page_count: options.pages_per_storage_node,
         notice_slots: options.notice_slots,
-        ..StorageConfig::default()
+        ..options.storage.clone()
     };
     StorageNode::start_with_key(&cfg, key.clone(), ep).map_err(|e| ClusterError::Storage {
         index: i,
@@ -308,6 +312,11 @@ impl EmbeddedCluster {
         let node = start_storage_node(&self.options, &self.dir, i, &self.key, &ep)?;
         self.storages.insert(i, node);
         Ok(())
+    }
+
+    /// Storage node `i` (its store, for metrics and checkpoints in tests).
+    pub fn storage(&self, i: usize) -> &StorageNode {
+        &self.storages[i]
     }
 
     /// First page id of storage node `i`.

@@ -113,6 +113,10 @@ pub struct StorageConfig {
     /// Size at which a redo segment is sealed and a new one started; whole sealed
     /// segments are deleted once every page they describe is checkpointed.
     pub redo_segment: ByteSize,
+    /// Redo a stream keeps before the storage node asks lock holders to write back the
+    /// pages that hold its truncation back (a lazy holder that never writes back would
+    /// otherwise keep every segment since its first write). At least `redo_segment`.
+    pub redo_retain: ByteSize,
     /// `host:port` of the Prometheus metrics endpoint (port 0 picks a free port; the
     /// bound address is logged); empty: none.
     pub metrics_listen: String,
@@ -134,6 +138,7 @@ impl Default for StorageConfig {
             key_file: PathBuf::new(),
             checkpoint_interval_ms: 500,
             redo_segment: ByteSize(64 << 20),
+            redo_retain: ByteSize(256 << 20),
             metrics_listen: String::new(),
             notice_slots: common::storage::notice::NOTICE_CAPACITY,
         }
@@ -151,6 +156,7 @@ pub const KEYS: &[&str] = &[
     "key_file",
     "checkpoint_interval_ms",
     "redo_segment",
+    "redo_retain",
     "metrics_listen",
     "notice_slots",
 ];
@@ -189,6 +195,8 @@ impl StorageConfig {
              checkpoint_interval_ms = {}\n\
              # redo segment size\n\
              redo_segment = \"{}\"\n\
+             # redo kept per stream before holders are asked to write back (>= redo_segment)\n\
+             redo_retain = \"{}\"\n\
              # host:port of the Prometheus metrics endpoint; empty: none\n\
              metrics_listen = \"{}\"\n\
              # slots of the change-notice ring compute nodes validate their caches with\n\
@@ -201,6 +209,7 @@ impl StorageConfig {
             d.page_count,
             d.checkpoint_interval_ms,
             d.redo_segment,
+            d.redo_retain,
             d.metrics_listen,
             d.notice_slots,
         )
@@ -247,6 +256,12 @@ impl StorageConfig {
             return bad(format!(
                 "redo_segment = {}: at least 64KiB",
                 self.redo_segment
+            ));
+        }
+        if self.redo_retain.0 < self.redo_segment.0 {
+            return bad(format!(
+                "redo_retain = {}: at least redo_segment ({})",
+                self.redo_retain, self.redo_segment
             ));
         }
         if self.checkpoint_interval_ms == 0 {

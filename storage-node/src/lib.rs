@@ -181,6 +181,7 @@ impl StorageNode {
                 page_count: cfg.page_count,
                 checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),
                 redo_segment: cfg.redo_segment.0,
+                redo_retain: cfg.redo_retain.0,
             },
             regions,
             page_file,

@@ -47,6 +47,7 @@ metrics! {
     checkpoints: "checkpoints run",
     pages_checkpointed: "page images written to the page file",
     segments_truncated: "redo segments deleted after checkpoint",
+    truncation_write_backs: "write-backs asked of lock holders whose pages held redo truncation back",
     fenced: "release_locks_of calls (dead node epochs fenced)",
     pages_rebuilt: "pages rebuilt from redo for a dead holder",
 }

@@ -505,6 +505,22 @@ impl Stream {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+
+    /// Bytes of log the stream keeps: from the start of its oldest segment to its end.
+    pub fn retained_bytes(&self) -> u64 {
+        self.appended.0 - self.segments[0].0
+    }
+
+    /// Up to `max` pages whose oldest needed record starts before `lsn`, with the
+    /// version that record produces: the pages that keep the log from being truncated
+    /// to `lsn`. The storage node asks their lock holders to write them back.
+    pub fn pages_holding_back(&self, lsn: Lsn, max: usize) -> Vec<(PageId, PageVersion)> {
+        self.pending
+            .iter()
+            .filter_map(|(p, q)| q.front().filter(|r| r.start < lsn).map(|r| (*p, r.after)))
+            .take(max)
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use storage_node::config::{ByteSize, StorageConfig};
 
 /// Where the services run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -249,6 +250,13 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                     ..ComputeConfig::default()
                 },
                 notice_slots: case.notice_slots,
+                // Small segments and a small retained size: histories also run while
+                // segments are truncated and lazy holders are asked for write-backs.
+                storage: StorageConfig {
+                    redo_segment: ByteSize(256 << 10),
+                    redo_retain: ByteSize(512 << 10),
+                    ..StorageConfig::default()
+                },
             })
             .map_err(|e| e.to_string())?;
             let nodes: Arc<Vec<_>> = Arc::new(

@@ -22,7 +22,7 @@ use storage_node::StorageNode;
 #[command(name = "storage-node", version)]
 struct Args {
     /// TOML config file. Keys: transport, listen, data_dir, memory, first_page,
-    /// page_count, key_file, checkpoint_interval_ms, redo_segment, metrics_listen,
+    /// page_count, key_file, checkpoint_interval_ms, redo_segment, redo_retain, metrics_listen,
     /// notice_slots.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -59,6 +59,10 @@ struct Args {
     /// [key: redo_segment] redo segment size, e.g. 64MiB (default 64MiB, min 64KiB).
     #[arg(long, value_name = "SIZE")]
     redo_segment: Option<ByteSize>,
+    /// [key: redo_retain] redo kept per stream before the holders of the pages that hold
+    /// its truncation back are asked to write them back (default 256MiB).
+    #[arg(long, value_name = "SIZE")]
+    redo_retain: Option<ByteSize>,
     /// [key: metrics_listen] host:port of the Prometheus metrics endpoint (port 0 = any
     /// free port, logged; default "" = none).
     #[arg(long, value_name = "HOST:PORT")]
@@ -96,6 +100,9 @@ impl Args {
         }
         if let Some(v) = self.redo_segment {
             c.redo_segment = v;
+        }
+        if let Some(v) = self.redo_retain {
+            c.redo_retain = v;
         }
         if let Some(v) = &self.metrics_listen {
             c.metrics_listen = v.clone();

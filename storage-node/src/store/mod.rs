@@ -60,7 +60,7 @@ use crate::page_dir::Regions;
 use crate::page_file::PageFile;
 use crate::redo::Stream;
 use common::fabric::Replier;
-use common::ids::{Epoch, Lsn, NodeId, PageId};
+use common::ids::{Epoch, Lsn, NodeId, PageId, PageVersion};
 use common::storage::dir::{LockHolder, MAX_EPOCH};
 use common::storage::msg::{
     encode_response, Envelope, Layout, Request, Response, Revocation, RevocationKind, ADMIN_NODE,
@@ -93,6 +93,9 @@ pub struct Core {
     pub fenced: HashMap<NodeId, Epoch>,
     revocations: HashMap<LockHolder, Vec<Revocation>>,
     pollers: HashMap<LockHolder, Poller>,
+    /// Pages whose holders were asked to write back for log truncation: the version
+    /// asked for, and when.
+    truncation_asks: HashMap<PageId, (PageVersion, Instant)>,
 }
 
 impl Core {
@@ -105,6 +108,7 @@ impl Core {
             fenced: HashMap::new(),
             revocations: HashMap::new(),
             pollers: HashMap::new(),
+            truncation_asks: HashMap::new(),
         }
     }
 
@@ -163,6 +167,9 @@ pub struct StoreOptions {
     pub page_count: u64,
     pub checkpoint_interval: Duration,
     pub redo_segment: u64,
+    /// Redo a stream keeps before holders of the pages that hold it back are asked to
+    /// write them back (`pages::ask_holders_to_unpin_log`).
+    pub redo_retain: u64,
 }
 
 pub struct Store {

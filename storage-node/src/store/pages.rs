@@ -10,11 +10,12 @@
 use super::{io_err, reply, Core, Store};
 use crate::metrics::Metrics;
 use crate::page_file::{target_slot, Slot};
-use common::ids::{PageId, PageVersion};
+use common::ids::{Lsn, PageId, PageVersion};
 use common::storage::dir::LockHolder;
-use common::storage::msg::Response;
+use common::storage::msg::{Response, Revocation, RevocationKind};
 use common::storage::page::Page;
 use common::storage::StorageError;
+use std::time::{Duration, Instant};
 
 impl Store {
     /// A frame for a page that is not resident: a free or clean one (CLOCK). Marks the
@@ -249,6 +250,64 @@ impl Store {
         }
         Metrics::add(&self.metrics.checkpoints, 1);
         Metrics::add(&self.metrics.pages_checkpointed, written as u64);
+        self.ask_holders_to_unpin_log();
         Ok(written)
+    }
+
+    /// Bounds the redo a lazy holder can pin. A segment is deleted only once every page
+    /// it describes is checkpointed, and a page whose newest image sits in a compute
+    /// node that holds its X lock (and is never asked for it) is never checkpointed.
+    /// So when a stream keeps more than `redo_retain` bytes, the holders of the pages
+    /// whose oldest needed record lies before the last `redo_retain` bytes are asked
+    /// to write them back and keep their locks (as for a reader's `RequestWriteBack`);
+    /// the next checkpoint writes the images and truncates. A page is asked again once
+    /// the image asked for has arrived and a newer record holds the log back, or after a
+    /// second without an answer; at most `MAX_ASKS` pages per stream and checkpoint.
+    pub(super) fn ask_holders_to_unpin_log(&self) {
+        const MAX_ASKS: usize = 4096;
+        const REPEAT: Duration = Duration::from_secs(1);
+        let retain = self.opts.redo_retain;
+        let mut core = self.core.lock();
+        let now = Instant::now();
+        core.truncation_asks
+            .retain(|_, (_, at)| now.duration_since(*at) < REPEAT);
+        let pinned: Vec<(PageId, PageVersion)> = core
+            .streams
+            .values()
+            .filter(|s| s.retained_bytes() > retain && s.failure().is_none())
+            .flat_map(|s| {
+                let keep_from = Lsn(s.appended().0.saturating_sub(retain));
+                s.pages_holding_back(keep_from, MAX_ASKS)
+            })
+            .collect();
+        let mut asked = 0u64;
+        for (page, needed) in pinned {
+            let Ok(idx) = self.index(&core, page) else {
+                continue;
+            };
+            let here = core.pages[idx as usize].version;
+            let outstanding = core
+                .truncation_asks
+                .get(&page)
+                .is_some_and(|(asked, _)| here < *asked);
+            if here >= needed || outstanding {
+                // The image is here (the next checkpoint writes it), or is on its way.
+                continue;
+            }
+            let Some(holder) = core.locks.holder(page) else {
+                continue;
+            };
+            core.truncation_asks.insert(page, (needed, now));
+            self.revoke(
+                &mut core,
+                holder,
+                Revocation {
+                    page,
+                    kind: RevocationKind::WriteBackAndKeep,
+                },
+            );
+            asked += 1;
+        }
+        Metrics::add(&self.metrics.truncation_write_backs, asked);
     }
 }

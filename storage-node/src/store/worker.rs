@@ -1,6 +1,7 @@
 //! The worker thread: runs the jobs that need page-file or metadata I/O (allocation,
 //! slow reads, write-backs waiting for a frame, `release_locks_of`), expires long
-//! polls, and starts checkpoints on time or when half the frames are dirty.
+//! polls, and starts checkpoints on time (when frames are dirty or a redo stream keeps
+//! more than `redo_retain`) or when half the frames are dirty.
 //!
 //! Keeps the rule that fabric threads never block on I/O: they hand such requests over
 //! as a `Job`. An allocation is made durable in the metadata file before the pages are
@@ -35,13 +36,18 @@ impl Store {
                 None => {}
             }
             self.expire_polls();
-            let (dirty, frames) = {
+            let (dirty, frames, log_over) = {
                 let c = self.core.lock();
-                (c.frames.dirty_count(), c.frames.len())
+                let over = c
+                    .streams
+                    .values()
+                    .any(|s| s.retained_bytes() > self.opts.redo_retain);
+                (c.frames.dirty_count(), c.frames.len(), over)
             };
-            if dirty > 0
-                && (last_ckpt.elapsed() >= self.opts.checkpoint_interval || dirty * 2 > frames)
-            {
+            // A log over its retained size checkpoints on time even with nothing dirty:
+            // that is when the pages holding it back are asked for.
+            let due = last_ckpt.elapsed() >= self.opts.checkpoint_interval;
+            if (dirty > 0 && (due || dirty * 2 > frames)) || (log_over && due) {
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "checkpoint failed");
                 }

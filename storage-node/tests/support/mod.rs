@@ -34,6 +34,7 @@ pub fn config(dir: &Path, frames: u32) -> StorageConfig {
         key_file: PathBuf::new(),
         checkpoint_interval_ms: 100,
         redo_segment: ByteSize(1 << 20),
+        redo_retain: ByteSize(4 << 20),
         metrics_listen: String::new(),
         notice_slots: 64,
     }
