@@ -43,6 +43,9 @@ pub struct ClusterOptions {
     /// Template for every storage node's settings (transport, endpoint, data directory,
     /// memory, page range and notice slots come from the fields above).
     pub storage: StorageConfig,
+    /// Template for the GTM's settings (data directory and lease come from the fields
+    /// above).
+    pub gtm: gtm::config::GtmConfig,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +61,7 @@ impl Default for ClusterOptions {
             compute: ComputeConfig::default(),
             notice_slots: common::storage::notice::NOTICE_CAPACITY,
             storage: StorageConfig::default(),
+            gtm: gtm::config::GtmConfig::default(),
         }
     }
 }
@@ -131,7 +135,7 @@ fn start_gtm(
     let gtm_opts = GtmOptions {
         data_dir: dir.join("gtm"),
         lease: options.lease,
-        ..GtmOptions::from_config(&gtm::config::GtmConfig::default())
+        ..GtmOptions::from_config(&options.gtm)
     };
     let releaser =
         StorageReleaser::new(storage_endpoints.to_vec(), ClientOptions::new(key.clone()));

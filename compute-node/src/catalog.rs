@@ -106,6 +106,28 @@ impl Catalog {
         Ok(t)
     }
 
+    /// Every table, in name order (read now from the catalog tree).
+    pub fn tables(&self) -> Result<Vec<Table>, TxnError> {
+        let tree = self.tree()?;
+        let mut out = Vec::new();
+        let (lo, hi) = (b"table/".as_slice(), b"table0".as_slice());
+        tree.scan(
+            (std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)),
+            false,
+            None,
+            |k, v| {
+                let name = String::from_utf8_lossy(&k[lo.len()..]).into_owned();
+                let meta = v
+                    .try_into()
+                    .map(|b: [u8; 8]| PageId(u64::from_le_bytes(b)))
+                    .map_err(|_| TxnError::Corrupt(format!("catalog entry of {name}")))?;
+                out.push(Table { name, meta });
+                Ok::<_, TxnError>(true)
+            },
+        )?;
+        Ok(out)
+    }
+
     pub fn create_table(&self, name: &str) -> Result<Table, TxnError> {
         self.create_table_with(name, TreeOptions::default())
     }

@@ -23,6 +23,7 @@ pub mod btree;
 pub mod buffer_pool;
 pub mod catalog;
 pub mod coherence;
+pub mod freeze;
 pub mod mvcc;
 pub mod node;
 pub mod pager;

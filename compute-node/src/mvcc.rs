@@ -440,6 +440,53 @@ impl Chain {
         }
     }
 
+    /// Whether the chain holds a version of a txn below `below` that is not stamped (a
+    /// write whose outcome readers still look up, or a lock): the rows a freeze sweep
+    /// rewrites (`crate::freeze`).
+    pub fn needs_freeze(&self, below: TxnId) -> bool {
+        self.versions
+            .iter()
+            .any(|v| v.writer < below && v.cts.is_none())
+    }
+
+    /// The freeze sweep's rewrite: stamps every version of a txn below `below`, drops
+    /// those that aborted and every finished lock, and prunes below `gc_watermark`.
+    /// Every txn below `below` has ended, so one still in progress is an error (never a
+    /// guess). Returns whether the chain changed.
+    pub fn freeze(
+        &mut self,
+        below: TxnId,
+        gc_watermark: Timestamp,
+        oracle: &dyn StatusOracle,
+    ) -> Result<bool, MvccError> {
+        if !self.needs_freeze(below) {
+            return Ok(false);
+        }
+        let mut kept = Vec::with_capacity(self.versions.len());
+        for mut v in std::mem::take(&mut self.versions) {
+            if v.writer < below && v.cts.is_none() {
+                match oracle.state_of(v.writer) {
+                    Ok(WriterState::Committed(cts)) => v.cts = Some(cts),
+                    Ok(WriterState::Aborted) => continue,
+                    Ok(WriterState::InProgress) => {
+                        return Err(MvccError::Status(format!(
+                            "txn {} is below the freeze target {below} but not ended",
+                            v.writer
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                }
+                if v.lock {
+                    continue;
+                }
+            }
+            kept.push(v);
+        }
+        self.versions = kept;
+        self.prune(gc_watermark);
+        Ok(true)
+    }
+
     /// True if the chain holds nothing anyone can ever see again: a lone tombstone
     /// committed below the watermark. Such a row may be removed from the tree.
     pub fn is_dead(&self, gc_watermark: Timestamp) -> bool {
@@ -648,6 +695,44 @@ mod tests {
         st.0.insert(TxnId(6), WriterState::Committed(Timestamp(31)));
         put(&mut empty, 7, 30, b"z", &st).unwrap();
         assert_eq!(empty.versions.len(), 1, "only T7's row is left");
+    }
+
+    #[test]
+    fn a_freeze_stamps_old_versions_drops_aborted_ones_and_finished_locks() {
+        let v = |w: u64, lock: bool| Version {
+            writer: TxnId(w),
+            cts: None,
+            row: (!lock).then(|| vec![w as u8]),
+            lock,
+        };
+        // Newest first: 5 in progress, 4 a committed lock, 3 aborted, 1 committed.
+        let mut c = Chain {
+            versions: vec![v(5, false), v(4, true), v(3, false), v(1, false)],
+            truncated: false,
+        };
+        let st = Table(HashMap::from([
+            (TxnId(1), WriterState::Committed(Timestamp(6))),
+            (TxnId(3), WriterState::Aborted),
+            (TxnId(4), WriterState::Committed(Timestamp(9))),
+        ]));
+        assert!(c.needs_freeze(TxnId(5)));
+        let wm = Timestamp(0);
+        assert!(c.freeze(TxnId(5), wm, &st).unwrap());
+        assert!(!c.needs_freeze(TxnId(5)), "{c:?}");
+        let writers: Vec<u64> = c.versions.iter().map(|v| v.writer.0).collect();
+        assert_eq!(
+            writers,
+            vec![5, 1],
+            "aborted 3 and the finished lock of 4 are gone"
+        );
+        assert_eq!(c.versions[1].cts, Some(Timestamp(6)));
+        assert_eq!(c.versions[0].cts, None, "5 is not below the target");
+        assert!(!c.freeze(TxnId(5), wm, &st).unwrap(), "nothing left to do");
+        // A target above a txn still in progress is refused, not guessed.
+        assert!(matches!(
+            c.freeze(TxnId(6), wm, &st),
+            Err(MvccError::Status(_))
+        ));
     }
 
     #[test]

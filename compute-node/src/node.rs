@@ -52,6 +52,7 @@
 use crate::btree::TreeOptions;
 use crate::catalog::Catalog;
 use crate::coherence::{CoherentPager, LockMode, StorageSet, ValidationMode};
+use crate::freeze::FreezeThread;
 use crate::mvcc::WaitPolicy;
 use crate::txn::{Engine, EngineConfig, Isolation, Resolved, Table, Txn, TxnError};
 use common::fabric::{ClientOptions, ClusterKey, Endpoint};
@@ -97,6 +98,10 @@ pub struct ComputeConfig {
     pub heartbeat_ms: u64,
     /// Seconds a call to a storage node or the GTM may take (lock waits included).
     pub rpc_timeout_s: u64,
+    /// Milliseconds between asks whether a freeze sweep is due (the GTM decides how
+    /// often one runs: its `freeze_interval_ms`; `crate::freeze`); 0: this node never
+    /// sweeps.
+    pub freeze_poll_ms: u64,
 }
 
 impl ComputeConfig {
@@ -154,6 +159,7 @@ impl Default for ComputeConfig {
             wound_after_ms: 200,
             heartbeat_ms: 300,
             rpc_timeout_s: 30,
+            freeze_poll_ms: 5000,
         }
     }
 }
@@ -174,7 +180,9 @@ pub enum StartError {
 /// engine and catalog. A rejoin replaces it as a whole.
 struct Incarnation {
     engine: Arc<Engine>,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
+    /// Dropped (stopped) before the heartbeats.
+    _freezer: Option<FreezeThread>,
     _heartbeats: HeartbeatThread,
     generation: u64,
 }
@@ -231,11 +239,19 @@ impl Incarnation {
                 ..EngineConfig::default()
             },
         );
-        let catalog = Catalog::open_or_bootstrap(pager)?;
+        let catalog = Arc::new(Catalog::open_or_bootstrap(pager)?);
+        let freezer = (cfg.freeze_poll_ms > 0).then(|| {
+            FreezeThread::spawn(
+                engine.clone(),
+                catalog.clone(),
+                Duration::from_millis(cfg.freeze_poll_ms),
+            )
+        });
         tracing::info!(node = %reg.node, epoch = %reg.epoch, generation, "compute node ready");
         Ok(Incarnation {
             engine,
             catalog,
+            _freezer: freezer,
             _heartbeats: heartbeats,
             generation,
         })
@@ -268,6 +284,9 @@ impl Incarnation {
     /// Ends this incarnation's connections: its threads stop, its open transactions
     /// fail.
     fn close(&self) {
+        if let Some(f) = &self._freezer {
+            f.stop();
+        }
         self.engine.gtm().connection().close();
         let storage = self.engine.pager().storage();
         for i in 0..storage.len() {

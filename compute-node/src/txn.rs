@@ -328,6 +328,10 @@ pub struct EngineStats {
     pub wounds: AtomicU64,
     /// Commits that ended with an unknown outcome ([`TxnError::Unknown`]).
     pub unknown_outcomes: AtomicU64,
+    /// Freeze sweeps this node ran and reported (`crate::freeze`).
+    pub freeze_sweeps: AtomicU64,
+    /// Row chains those sweeps rewrote (stamped) or removed.
+    pub rows_frozen: AtomicU64,
 }
 
 impl Engine {
@@ -365,7 +369,19 @@ impl Engine {
         &self.gtm
     }
 
-    fn gc_watermark(&self) -> Timestamp {
+    /// The status oracle (the GTM status table behind this node's cache).
+    pub(crate) fn oracle(&self) -> &dyn StatusOracle {
+        &self.oracle
+    }
+
+    pub(crate) fn count_freeze(&self, st: &crate::freeze::SweepStats) {
+        self.stats.freeze_sweeps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .rows_frozen
+            .fetch_add(st.rows_rewritten + st.rows_removed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gc_watermark(&self) -> Timestamp {
         let mut at = self.watermark_at.lock();
         if at.elapsed() > Duration::from_millis(200) {
             if let Ok(w) = self.gtm.published_gc_watermark() {
@@ -580,7 +596,9 @@ impl Engine {
                 Some(TxnStatus::Committing(_)) => continue,
                 Some(TxnStatus::Retired) => {
                     return Err(TxnError::Gtm(format!(
-                        "the GTM no longer knows the outcome of transaction {txn}"
+                        "the outcome of transaction {txn} was forgotten: it is below the \
+                         GTM's freeze floor (resolve unknown outcomes sooner than the GTM's \
+                         freeze_interval_ms)"
                     )))
                 }
                 None => {

@@ -14,23 +14,23 @@
 //! ```
 //!
 //! Replay stops at the first short or mismatching record (a torn tail from a crash) and
-//! truncates the file there (at start; the only time the file is cut).
+//! truncates the file there (at start).
 //!
 //! ## Size and compaction
 //!
-//! Every record is kept: the log is the durable half of the GTM's outcome index
+//! The log is the durable half of the GTM's outcome index
 //! (`status_table::OutcomeIndex`), which answers for committed transactions long after
 //! their status-table slot was reused, because compute nodes stamp commit timestamps
-//! into row versions lazily and a version may stay unstamped indefinitely. The file
-//! grows by 20 bytes per commit (a retried commit may log its record twice) and is read
-//! in full (streamed) at every start.
+//! into row versions lazily. It grows by 20 bytes per commit (a retried commit may log
+//! its record twice) and is read in full (streamed) at every start.
 //!
-//! There is no online compaction, and the start-up pass only drops a torn tail. To
-//! bound the log later: once compute nodes report a *stamped-below* watermark `S` (see
-//! `status_table`, "Compacting later"), persist `S` first, then at start (or online:
-//! write the kept records to `commit.log.tmp`, fsync, rename over `commit.log`, fsync the
-//! directory, reopen for appends under the group-commit thread) drop records of txns
-//! `< S`. Never drop a record without persisting `S`: a missing record reads as Aborted.
+//! Freeze sweeps bound it (`crate::freeze`): once the freeze floor `F` is durable, the
+//! group-commit thread rewrites the log without the records of txns below `F`
+//! ([`CommitLog::compact_below`]: the kept records into `commit.log.tmp`, fsync, rename
+//! over `commit.log`, fsync the directory; appends go on in the new file). A crash at
+//! any point leaves either the old log or the new one, both complete above `F`.
+//! Never drop a record without persisting `F` first: a missing record reads as
+//! Aborted below the boot floor.
 
 use common::ids::{Timestamp, TxnId};
 use std::fs::{File, OpenOptions};
@@ -74,6 +74,8 @@ impl CommitLog {
     /// Opens (or creates) the log at `path` and returns every commit record in it, in log
     /// order (duplicates possible); a torn tail is cut off.
     pub fn open(path: &Path) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
+        // A compaction that crashed before its rename left an unfinished copy.
+        let _ = std::fs::remove_file(path.with_extension("log.tmp"));
         let mut records = Vec::new();
         let mut valid = 0u64;
         let mut len = 0u64;
@@ -123,11 +125,68 @@ impl CommitLog {
         &self.path
     }
 
+    /// Rewrites the log without the records of txns below `floor` (already durable as
+    /// the freeze floor). Returns (records kept, records dropped). Runs in the
+    /// group-commit thread, between groups. An error before the rename leaves the old
+    /// log in use; an error after it (the directory fsync) means the rename may not be
+    /// durable while appends would go to the new file, so the caller must stop
+    /// committing (as for a failed append).
+    pub fn compact_below(&mut self, floor: TxnId) -> Result<(usize, usize), CompactError> {
+        let bytes = std::fs::read(&self.path).map_err(CompactError::Before)?;
+        let (records, valid) = decode_records(&bytes);
+        if valid != bytes.len() {
+            return Err(CompactError::Before(std::io::Error::other(format!(
+                "{}: {} bytes past the last valid record",
+                self.path.display(),
+                bytes.len() - valid
+            ))));
+        }
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut n = 0;
+        for &(txn, cts) in &records {
+            if txn >= floor {
+                encode_record(txn, cts, &mut kept);
+                n += 1;
+            }
+        }
+        let dropped = records.len() - n;
+        if dropped == 0 {
+            return Ok((n, 0));
+        }
+        let tmp = self.path.with_extension("log.tmp");
+        let file = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&kept)?;
+            f.sync_all()?;
+            // Appends go to this inode once it is renamed over the log.
+            OpenOptions::new().append(true).open(&tmp)
+        })()
+        .map_err(CompactError::Before)?;
+        std::fs::rename(&tmp, &self.path).map_err(CompactError::Before)?;
+        self.file = file;
+        crate::tso::sync_dir(&self.path).map_err(CompactError::After)?;
+        Ok((n, dropped))
+    }
+
     /// Appends a group of encoded records and makes them durable (one fdatasync).
     pub fn append_durably(&mut self, records: &[u8]) -> std::io::Result<()> {
         self.file.write_all(records)?;
         self.file.sync_data()
     }
+}
+
+/// Why a compaction failed: before the new log replaced the old one (nothing changed),
+/// or after (the replacement may not be durable).
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error("commit log compaction failed (the old log stays): {0}")]
+    Before(std::io::Error),
+    #[error("commit log compaction: directory fsync after the rename failed: {0}")]
+    After(std::io::Error),
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -181,6 +240,33 @@ mod tests {
         let (_, recs) = CommitLog::open(&path).unwrap();
         assert_eq!(recs.len(), n as usize + 1);
         assert_eq!(recs[n as usize], (TxnId(n + 1), Timestamp(7)));
+    }
+
+    #[test]
+    fn compaction_keeps_the_records_above_the_floor_and_appends_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("commit.log");
+        let (mut log, _) = CommitLog::open(&path).unwrap();
+        let mut buf = Vec::new();
+        // Commit order is not txn order: txn 7 commits after txn 9.
+        for t in [1u64, 2, 3, 5, 9, 7, 12] {
+            encode_record(TxnId(t), Timestamp(100 + t), &mut buf);
+        }
+        log.append_durably(&buf).unwrap();
+        assert_eq!(log.compact_below(TxnId(7)).unwrap(), (3, 4));
+        assert_eq!(
+            log.compact_below(TxnId(7)).unwrap(),
+            (3, 0),
+            "nothing more to drop"
+        );
+        buf.clear();
+        encode_record(TxnId(13), Timestamp(200), &mut buf);
+        log.append_durably(&buf).unwrap();
+        drop(log);
+        assert!(!dir.path().join("commit.log.tmp").exists());
+        let (_, recs) = CommitLog::open(&path).unwrap();
+        let txns: Vec<u64> = recs.iter().map(|r| r.0 .0).collect();
+        assert_eq!(txns, vec![9, 7, 12, 13]);
     }
 
     #[test]

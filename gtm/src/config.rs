@@ -32,6 +32,9 @@ pub struct GtmConfig {
     pub storage_nodes: Vec<String>,
     /// `host:port` of the Prometheus metrics endpoint; empty: none.
     pub metrics_listen: String,
+    /// Least time between two freeze sweeps (ms), which bound the commit log and the
+    /// outcome index (`crate::freeze`); 0: never (both grow with every commit).
+    pub freeze_interval_ms: u64,
 }
 
 impl Default for GtmConfig {
@@ -48,6 +51,7 @@ impl Default for GtmConfig {
             status_capacity: 1 << 20,
             storage_nodes: Vec::new(),
             metrics_listen: String::new(),
+            freeze_interval_ms: 60_000,
         }
     }
 }
@@ -77,6 +81,8 @@ status_capacity = 1048576
 storage_nodes = []
 # host:port of the Prometheus metrics endpoint; empty: none
 metrics_listen = ""
+# Least time between two freeze sweeps, which bound the commit log (ms); 0: never
+freeze_interval_ms = 60000
 "#;
 
 impl common::config::ServiceConfig for GtmConfig {

@@ -60,6 +60,7 @@
 
 pub mod commit_log;
 pub mod config;
+pub mod freeze;
 pub mod lease;
 pub mod metrics;
 pub mod service;

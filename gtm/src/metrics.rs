@@ -14,6 +14,8 @@ macro_rules! counters {
             pub live_members: AtomicU64,
             pub gc_watermark: AtomicU64,
             pub retired_commits: AtomicU64,
+            pub freeze_floor: AtomicU64,
+            pub commit_log_records: AtomicU64,
         }
 
         impl Metrics {
@@ -31,6 +33,8 @@ macro_rules! counters {
                     ("live_members", "Compute nodes holding a live lease.", &self.live_members),
                     ("gc_watermark", "Oldest active snapshot (published).", &self.gc_watermark),
                     ("retired_commits", "Entries of the outcome index (16 bytes each): committed transactions whose status slot was reused.", &self.retired_commits),
+                    ("freeze_floor", "Txns below this id are frozen: their outcomes are forgotten.", &self.freeze_floor),
+                    ("commit_log_records", "Records in the commit log (20 bytes each) after the last compaction, plus those written since.", &self.commit_log_records),
                 ] {
                     s.push_str(&format!(
                         "# HELP gtm_{name} {help}\n# TYPE gtm_{name} gauge\ngtm_{name} {}\n",
@@ -62,6 +66,10 @@ counters! {
     bad_requests: "Malformed requests.",
     outcome_requests: "Outcomes requests (statuses of retired transactions).",
     outcome_lookups: "Transactions looked up by Outcomes requests.",
+    freeze_grants: "Freeze sweeps granted to compute nodes.",
+    freezes: "Freeze sweeps applied (floor raised, outcomes below it forgotten).",
+    log_compactions: "Commit-log rewrites without the records below the freeze floor.",
+    log_records_dropped: "Commit records dropped by compactions.",
 }
 
 /// Serves `GET /metrics` (any path, in fact) on `addr` until `stop` is set; see

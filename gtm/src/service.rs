@@ -28,6 +28,7 @@
 //! under `state`.
 
 use crate::commit_log::{self, CommitLog};
+use crate::freeze::Freezer;
 use crate::lease::{EpochStore, LockReleaser, Members};
 use crate::metrics::Metrics;
 use crate::status_table::{AbortDecision, CommitDecision, StatusRegion, StatusTable};
@@ -43,7 +44,7 @@ use common::gtm::STATUS_REGION;
 use common::ids::{Epoch, NodeId, Timestamp, TxnId};
 use parking_lot::{Condvar, Mutex};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,6 +59,8 @@ pub struct GtmOptions {
     pub tso_window: u64,
     pub txn_id_window: u64,
     pub status_capacity: u64,
+    /// Least time between two freeze sweeps; zero: none (`crate::freeze`).
+    pub freeze_interval: Duration,
 }
 
 impl GtmOptions {
@@ -70,6 +73,7 @@ impl GtmOptions {
             tso_window: c.tso_window,
             txn_id_window: c.txn_id_window,
             status_capacity: c.status_capacity,
+            freeze_interval: Duration::from_millis(c.freeze_interval_ms),
         }
     }
 
@@ -101,6 +105,7 @@ pub enum StartError {
 struct State {
     members: Members,
     table: StatusTable,
+    freezer: Freezer,
     /// Last computed GC watermark (monotone).
     watermark: Timestamp,
 }
@@ -117,6 +122,8 @@ struct Inner {
     state: Mutex<State>,
     commit_queue: Mutex<Vec<PendingCommit>>,
     commit_wake: Condvar,
+    /// A freeze floor the group-commit thread is to compact the commit log to (0: none).
+    compact_to: AtomicU64,
     /// Lock releases still to do (retried until they succeed).
     release_queue: Mutex<Vec<(NodeId, Epoch)>>,
     housekeeper_wake: Condvar,
@@ -167,6 +174,10 @@ impl Gtm {
         assert_eq!(region.id(), STATUS_REGION, "the status table is region 0");
         let status = StatusRegion::format(region, capacity, boot_floor);
         let mut table = StatusTable::new(status, boot_floor);
+        let floor_path = dir.join("freeze.floor");
+        let freezer =
+            Freezer::open(&floor_path, opts.freeze_interval).map_err(io_err(&floor_path))?;
+        let floor = freezer.floor();
         let log_path = dir.join("commit.log");
         let (log, mut records) = CommitLog::open(&log_path).map_err(io_err(&log_path))?;
         let logged = records.len();
@@ -175,10 +186,12 @@ impl Gtm {
             if !ok {
                 tracing::error!(%txn, %cts, "commit record beyond the high-water marks; ignored");
             }
-            ok
+            // Below the freeze floor (a compaction that did not finish): forgotten.
+            ok && txn >= floor
         });
         // The last `capacity` txn ids go back into their slots, older ones into the
         // outcome index (answered through the `Outcomes` RPC).
+        table.freeze_below(floor);
         table.restore_committed(records);
         let watermark = Timestamp(tso.current());
         table.region.publish_gc_watermark(watermark);
@@ -187,6 +200,7 @@ impl Gtm {
             first_timestamp = tso.current(),
             first_txn = %boot_floor,
             recovered_commits = logged,
+            freeze_floor = %floor,
             retired_commits = table.outcome_index().len(),
             outcome_index_bytes = table.outcome_index().bytes(),
             "GTM recovered"
@@ -200,16 +214,22 @@ impl Gtm {
             tracing::warn!(?owed, "lock releases owed from before the restart; queued");
         }
         let metrics = Arc::new(Metrics::default());
+        metrics.freeze_floor.store(floor.0, Ordering::Relaxed);
+        metrics
+            .commit_log_records
+            .store(logged as u64, Ordering::Relaxed);
         let inner = Arc::new(Inner {
             tso: tso.clone(),
             txn_ids: txn_ids.clone(),
             state: Mutex::new(State {
                 members,
                 table,
+                freezer,
                 watermark,
             }),
             commit_queue: Mutex::new(Vec::new()),
             commit_wake: Condvar::new(),
+            compact_to: AtomicU64::new(0),
             release_queue: Mutex::new(owed),
             housekeeper_wake: Condvar::new(),
             releaser,
@@ -497,6 +517,48 @@ impl Inner {
                             .fetch_add(txns.len() as u64, Ordering::Relaxed);
                         Response::Outcomes(txns.iter().map(|&t| st.table.outcome(t)).collect())
                     }
+                    Request::FreezeTarget { node, epoch } => {
+                        // Every txn below it has ended: the oldest one in progress or
+                        // committing, or the next id to be issued.
+                        let next = if begins > 0 {
+                            next_txn
+                        } else {
+                            self.txn_ids.current()
+                        };
+                        let target = st.table.oldest_active_txn().map_or(next, |t| t.0.min(next));
+                        if !st.members.is_live(node, epoch, now) {
+                            m.fenced_requests.fetch_add(1, Ordering::Relaxed);
+                            fenced(node, epoch)
+                        } else {
+                            let members = &st.members;
+                            match st.freezer.grant(node, epoch, TxnId(target), now, |n, e| {
+                                members.is_live(n, e, now)
+                            }) {
+                                Ok(below) => {
+                                    m.freeze_grants.fetch_add(1, Ordering::Relaxed);
+                                    tracing::info!(%node, %below, "freeze sweep granted");
+                                    Response::FreezeTarget { below }
+                                }
+                                Err(why) => Response::error(ErrorKind::Busy, why),
+                            }
+                        }
+                    }
+                    Request::Frozen { node, epoch, below } => {
+                        if !st.members.is_live(node, epoch, now) {
+                            m.fenced_requests.fetch_add(1, Ordering::Relaxed);
+                            fenced(node, epoch)
+                        } else {
+                            // Taken at a timestamp above every snapshot granted so far.
+                            let at = Timestamp(self.tso.current().max(next_ts));
+                            match st.freezer.report(node, epoch, below, at) {
+                                Ok(()) => {
+                                    tracing::info!(%node, %below, "freeze sweep reported");
+                                    Response::Frozen
+                                }
+                                Err(why) => Response::error(ErrorKind::BadRequest, why),
+                            }
+                        }
+                    }
                     Request::Leave { node, epoch } => {
                         if st.members.remove(node, epoch) {
                             let v = st.table.abort_all_of(node, epoch);
@@ -590,6 +652,7 @@ impl Inner {
             }
             let now = Instant::now();
             let mut expired_now = Vec::new();
+            let mut freeze = None;
             {
                 let mut st = self.state.lock();
                 for (node, epoch) in st.members.expire(now) {
@@ -614,6 +677,7 @@ impl Inner {
                     st.watermark = w;
                     st.table.region.publish_gc_watermark(w);
                     self.metrics.gc_watermark.store(w.0, Ordering::Relaxed);
+                    freeze = st.freezer.ready(w);
                 }
                 self.metrics
                     .active_txns
@@ -628,7 +692,60 @@ impl Inner {
             if !expired_now.is_empty() {
                 self.release_queue.lock().extend(expired_now);
             }
+            if let Some(below) = freeze {
+                self.apply_freeze(below);
+            }
             retry_later = !self.run_releases();
+        }
+    }
+
+    /// Applies a reported freeze sweep whose old snapshots have ended: the floor is made
+    /// durable first, then the outcomes below it are forgotten and the commit log is
+    /// compacted (by the group-commit thread, which owns the log).
+    fn apply_freeze(&self, below: TxnId) {
+        // The fsyncs of the floor file run under the state lock: once a few minutes.
+        let mut st = self.state.lock();
+        if let Err(e) = st.freezer.raise_floor(below) {
+            tracing::error!(error = %e, %below, "cannot persist the freeze floor; nothing dropped");
+            return;
+        }
+        let before = st.table.outcome_index().len();
+        st.table.freeze_below(below);
+        let forgotten = before - st.table.outcome_index().len();
+        drop(st);
+        self.metrics.freezes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.freeze_floor.store(below.0, Ordering::Relaxed);
+        tracing::info!(floor = %below, forgotten, "freeze floor raised");
+        self.compact_to.fetch_max(below.0, Ordering::AcqRel);
+        let _q = self.commit_queue.lock();
+        self.commit_wake.notify_one();
+    }
+
+    /// Compacts the commit log if a new freeze floor asks for it (group-commit thread).
+    fn compact_log(&self, log: &mut CommitLog) {
+        let floor = self.compact_to.swap(0, Ordering::AcqRel);
+        if floor == 0 {
+            return;
+        }
+        match log.compact_below(TxnId(floor)) {
+            Ok((kept, dropped)) => {
+                self.metrics.log_compactions.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .log_records_dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                self.metrics
+                    .commit_log_records
+                    .store(kept as u64, Ordering::Relaxed);
+                tracing::info!(floor, kept, dropped, "commit log compacted");
+            }
+            Err(e @ commit_log::CompactError::Before(_)) => {
+                // The old log stays in use, complete; the next floor tries again.
+                tracing::warn!(error = %e, "commit log compaction failed");
+            }
+            Err(e @ commit_log::CompactError::After(_)) => {
+                tracing::error!(error = %e, "commit log may not be durable; refusing commits");
+                self.failed.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -638,14 +755,21 @@ impl Inner {
         loop {
             let group = {
                 let mut q = self.commit_queue.lock();
-                while q.is_empty() && !self.stop.load(Ordering::Acquire) {
+                while q.is_empty()
+                    && !self.stop.load(Ordering::Acquire)
+                    && self.compact_to.load(Ordering::Acquire) == 0
+                {
                     self.commit_wake.wait(&mut q);
                 }
-                if q.is_empty() {
+                if q.is_empty() && self.stop.load(Ordering::Acquire) {
                     return;
                 }
                 std::mem::take(&mut *q)
             };
+            self.compact_log(&mut log);
+            if group.is_empty() {
+                continue;
+            }
             buf.clear();
             for c in &group {
                 commit_log::encode_record(c.txn, c.cts, &mut buf);
@@ -667,6 +791,9 @@ impl Inner {
             self.metrics.log_syncs.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .log_records
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .commit_log_records
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
             self.metrics
                 .commits

@@ -44,21 +44,20 @@
 //! **Memory bound**: 16 bytes per committed transaction whose slot was reused — a sorted
 //! `Vec<(u64, u64)>`, appended in eviction order (ascending but for slots skipped by
 //! `Busy` begins, which go to a small side map merged back in batches of
-//! [`OutcomeIndex::MERGE_AT`]). It grows without bound: 1 GiB per 67 M commits (at
-//! 100 k commits/s, about 5.8 GB per hour; the commit log grows 20 bytes per commit).
+//! [`OutcomeIndex::MERGE_AT`]). Without freeze sweeps it grows without bound: 1 GiB per
+//! 67 M commits (at 100 k commits/s, about 5.8 GB per hour; the commit log grows 20
+//! bytes per commit).
 //! The Vec's spare capacity is untouched virtual memory, not resident. The gauge
 //! `gtm_retired_commits` shows the entry count.
 //!
-//! **Compacting later** (not done yet): the index (and the commit log) need to cover
-//! only transactions whose versions may still be unstamped. Once every compute node
-//! reports a *stamped-below* watermark `S` (it stamped or pruned every version written
-//! by a txn `< S`; e.g. piggybacked on the heartbeat, and taken as the minimum over
-//! live nodes and over nodes whose unstamped redo may still be replayed), the GTM can
-//! persist `S` (a small `.hwm`-style file, fsynced before anything is dropped), drop
-//! index entries `< S` ([`OutcomeIndex::forget_below`]) and rewrite the commit log
-//! without their records. `outcome` must then answer `Retired` ("lost") for txns `< S`
-//! that are not in a slot, never `Aborted`: a committed txn must not turn into an
-//! aborted one.
+//! **Compaction** ([`crate::freeze`]): the index (and the commit log) need to cover only
+//! transactions whose versions may still be unstamped. A freeze sweep stamps every
+//! version of the txns below a target `T`; once no snapshot older than its report
+//! runs, the GTM persists `T` as the freeze floor, drops the index entries below it
+//! ([`StatusTable::freeze_below`]) and rewrites the commit log without their records.
+//! `outcome` then answers `Retired` for txns below the floor that are not in a slot,
+//! never `Aborted`: a committed txn must not turn into an aborted one. So the index
+//! holds the commits since the last applied sweep, not all of them.
 
 use common::fabric::Region;
 use common::gtm::layout::{self, Entry, EntryState};
@@ -302,6 +301,8 @@ pub struct StatusTable {
     snapshots: BTreeSet<(Timestamp, TxnId)>,
     boot_txn_floor: TxnId,
     outcomes: OutcomeIndex,
+    /// The freeze floor (`crate::freeze`): outcomes below it are forgotten.
+    frozen_below: TxnId,
 }
 
 impl StatusTable {
@@ -312,6 +313,7 @@ impl StatusTable {
             snapshots: BTreeSet::new(),
             boot_txn_floor,
             outcomes: OutcomeIndex::default(),
+            frozen_below: TxnId(0),
         }
     }
 
@@ -337,8 +339,17 @@ impl StatusTable {
         self.outcomes = OutcomeIndex::from_records(older);
     }
 
+    /// Forgets the outcomes below `floor`, which the caller has made durable as the
+    /// freeze floor (`crate::freeze`): they answer `Retired` from now on.
+    pub fn freeze_below(&mut self, floor: TxnId) {
+        if floor > self.frozen_below {
+            self.frozen_below = floor;
+            self.outcomes.forget_below(floor);
+        }
+    }
+
     /// What the GTM knows about `txn`, also after its slot was reused (the `Outcomes`
-    /// RPC). Never `Retired`: the outcome index is not compacted (see the module docs).
+    /// RPC). `Retired` only below the freeze floor, once its slot was reused.
     pub fn outcome(&self, txn: TxnId) -> TxnStatus {
         if txn.0 == 0 {
             return TxnStatus::Unknown;
@@ -354,6 +365,11 @@ impl StatusTable {
         }
         if let Some(cts) = self.outcomes.get(txn) {
             return TxnStatus::Committed(cts);
+        }
+        if txn < self.frozen_below {
+            // Committed or aborted, no longer known: every version it wrote is stamped
+            // or gone, so no reader should ask (never `Aborted`: it may have committed).
+            return TxnStatus::Retired;
         }
         if txn < self.boot_txn_floor || e.txn > txn.0 {
             // Issued before this start without a durable commit record; or its slot was
@@ -393,7 +409,8 @@ impl StatusTable {
             return false;
         }
         let evicted = self.region.read_slot(txn);
-        if let (EntryState::Committed(cts), true) = (evicted.state, evicted.txn != 0) {
+        let keep = evicted.txn != 0 && evicted.txn >= self.frozen_below.0;
+        if let (EntryState::Committed(cts), true) = (evicted.state, keep) {
             self.outcomes.insert(TxnId(evicted.txn), Timestamp(cts));
         }
         self.region.write(txn, EntryState::InProgress);
@@ -492,6 +509,11 @@ impl StatusTable {
     }
 
     /// The oldest snapshot still active, if any.
+    /// The oldest txn in progress or committing.
+    pub fn oldest_active_txn(&self) -> Option<TxnId> {
+        self.active.keys().min().copied()
+    }
+
     pub fn oldest_snapshot(&self) -> Option<Timestamp> {
         self.snapshots.first().map(|(ts, _)| *ts)
     }
@@ -600,6 +622,23 @@ mod tests {
             CommitDecision::Aborted
         );
         assert_eq!(t.outcome_index().len(), 40 - 16 - 1);
+
+        // Frozen below 20: retired txns below it are forgotten (never Aborted), those in
+        // slots still answer, the index keeps only what is above the floor.
+        t.freeze_below(TxnId(20));
+        assert_eq!(t.outcome(TxnId(1)), TxnStatus::Retired);
+        assert_eq!(
+            t.outcome(TxnId(2)),
+            TxnStatus::Retired,
+            "not Aborted: unknown now"
+        );
+        assert_eq!(t.outcome(TxnId(19)), TxnStatus::Retired);
+        assert_eq!(t.outcome(TxnId(24)), TxnStatus::Committed(Timestamp(241)));
+        assert_eq!(t.outcome(TxnId(40)), TxnStatus::Committed(Timestamp(401)));
+        assert_eq!(t.outcome_index().len(), 5, "20 ..= 24");
+        // A slot reused now does not put a frozen occupant into the index.
+        assert!(t.begin(TxnId(41), N, E, Timestamp(500), Timestamp(500)));
+        assert_eq!(t.outcome_index().len(), 6, "25 moved in, above the floor");
     }
 
     #[test]

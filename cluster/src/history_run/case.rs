@@ -247,7 +247,15 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                     // Writers that lock keys in random order deadlock often: a short
                     // grace period keeps the run moving (and wounds often).
                     wound_after_ms: if case.locking { 20 } else { 200 },
+                    freeze_poll_ms: 100,
                     ..ComputeConfig::default()
+                },
+                // Freeze sweeps run during the histories (and outcomes are forgotten
+                // below their floors): a version a sweep missed fails a read.
+                gtm: gtm::config::GtmConfig {
+                    freeze_interval_ms: 500,
+                    status_capacity: 4096,
+                    ..gtm::config::GtmConfig::default()
                 },
                 notice_slots: case.notice_slots,
                 // Small segments and a small retained size: histories also run while

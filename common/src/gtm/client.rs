@@ -396,6 +396,38 @@ impl GtmClient {
         }
     }
 
+    /// Asks for the freeze sweep: `Some(below)` if this node may sweep now (stamp every
+    /// row version of the txns below `below`, all of which have ended), `None` if no
+    /// sweep is due or another node runs one (`gtm::freeze`).
+    pub fn freeze_target(&self) -> Result<Option<TxnId>, GtmError> {
+        let reg = self.check_lease()?;
+        let r = self.rpc(&Request::FreezeTarget {
+            node: reg.node,
+            epoch: reg.epoch,
+        });
+        match self.fenced(r) {
+            Ok(Response::FreezeTarget { below }) => Ok(Some(below)),
+            Ok(r) => Err(Self::unexpected(r)),
+            Err(GtmError::Busy(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reports the sweep granted by [`GtmClient::freeze_target`] done: every version
+    /// written below `below` is stamped or dropped, and durable.
+    pub fn frozen(&self, below: TxnId) -> Result<(), GtmError> {
+        let reg = self.check_lease()?;
+        let r = self.rpc(&Request::Frozen {
+            node: reg.node,
+            epoch: reg.epoch,
+            below,
+        });
+        match self.fenced(r)? {
+            Response::Frozen => Ok(()),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
     /// The oldest active snapshot in the cluster, computed now by the GTM.
     pub fn gc_watermark(&self) -> Result<Timestamp, GtmError> {
         match self.rpc(&Request::GcWatermark)? {

@@ -67,10 +67,10 @@ pub enum TxnStatus {
     /// was recycled (see [`layout`], "Retirement"); [`GtmClient::txn_status_batch`] and
     /// its `_nowait` variant then ask the GTM with one batched `Outcomes` RPC, which
     /// answers from its durable outcome index, so callers do not see `Retired` for that.
-    /// They see it only if the GTM itself has lost the outcome: a GTM that compacted its
-    /// outcome index (after every compute node stamped the transactions below some
-    /// watermark into their row versions) answers `Retired` for transactions below it.
-    /// The current GTM never compacts it, so today callers never see `Retired`.
+    /// They see it only for a transaction below the GTM's *freeze floor*: a freeze sweep
+    /// stamped (or dropped) every row version such transactions wrote, and the GTM then
+    /// forgot their outcomes (`gtm::freeze`). A reader never needs one, so a `Retired`
+    /// answer to a reader means a version escaped the sweep: an error, never a guess.
     Retired,
     /// No such transaction was begun (yet).
     Unknown,

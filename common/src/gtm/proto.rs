@@ -21,11 +21,18 @@
 //! 8   Leave         9    node u32 | epoch u32
 //! 9   Outcomes    3+8n   count u16 (n, 1 ..= MAX_OUTCOMES_PER_REQUEST) |
 //!                        n x txn u64
+//! 10  FreezeTarget  9    node u32 | epoch u32
+//! 11  Frozen       17    node u32 | epoch u32 | below u64
 //! ```
 //!
 //! `Outcomes` asks the GTM itself (not the status-table region) what became of
 //! transactions; clients send it for entries whose slot in the ring was reused
 //! ([`TxnStatus::Retired`]), see [`GtmClient::txn_status_batch`](super::GtmClient::txn_status_batch).
+//!
+//! `FreezeTarget` and `Frozen` are the freeze sweep (`gtm::freeze`): a compute node asks
+//! for the sweep and its target (the GTM grants one sweep at a time, when one is due;
+//! otherwise `Busy`), stamps every row version written by a txn below the target, makes
+//! that durable and reports `Frozen`; the GTM may then forget those txns' outcomes.
 //!
 //! ## Responses (GTM -> client)
 //!
@@ -43,6 +50,8 @@
 //! 9   Error       4+n      kind u8 | len u16 | message (n = len bytes of UTF-8)
 //! 10  Outcomes    3+9n     count u16 (n, 1 ..= MAX_OUTCOMES_PER_REQUEST) |
 //!                          n x (status u8 | ts u64), in the order of the request's txns
+//! 11  FreezeTarget    9    below u64   (sweep txns below this id; every one has ended)
+//! 12  Frozen          1    -   (the report was taken)
 //! ```
 //!
 //! `Outcomes` status bytes (`ts` must be 0 where no timestamp is listed):
@@ -54,8 +63,8 @@
 //! 3 Committed      ts = commit timestamp
 //! 4 Aborted        aborted, never committed, or issued before a GTM restart without a
 //!                  durable commit record
-//! 5 Retired        the GTM no longer knows the outcome (its outcome index was compacted
-//!                  below this txn; not produced by the current GTM, see `gtm::status_table`)
+//! 5 Retired        the GTM no longer knows the outcome: the txn is below the freeze
+//!                  floor (every version it wrote was stamped, see `gtm::freeze`)
 //! ```
 //!
 //! Error kinds: 1 Fenced (the node's epoch is not the live one or its lease ran out),
@@ -106,6 +115,18 @@ pub enum Request {
     /// What became of these transactions (1 ..= [`MAX_OUTCOMES_PER_REQUEST`] of them).
     Outcomes {
         txns: Vec<TxnId>,
+    },
+    /// May this node run the freeze sweep now, and below which txn id?
+    FreezeTarget {
+        node: NodeId,
+        epoch: Epoch,
+    },
+    /// The sweep granted to this node is done: every row version written by a txn below
+    /// `below` is stamped (or dropped) and durable.
+    Frozen {
+        node: NodeId,
+        epoch: Epoch,
+        below: TxnId,
     },
 }
 
@@ -164,6 +185,11 @@ pub enum Response {
     },
     /// One status per txn of the `Outcomes` request, in its order.
     Outcomes(Vec<TxnStatus>),
+    /// Sweep now: stamp the versions of every txn below `below` (all of them ended).
+    FreezeTarget {
+        below: TxnId,
+    },
+    Frozen,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -298,6 +324,17 @@ impl Request {
                 b.extend_from_slice(&node.0.to_le_bytes());
                 b.extend_from_slice(&epoch.0.to_le_bytes());
             }
+            Request::FreezeTarget { node, epoch } => {
+                b.push(10);
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+            }
+            Request::Frozen { node, epoch, below } => {
+                b.push(11);
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+                b.extend_from_slice(&below.0.to_le_bytes());
+            }
             Request::Outcomes { txns } => {
                 // An out-of-range count is encoded as is; the decoder rejects it.
                 b.reserve(3 + 8 * txns.len());
@@ -320,13 +357,22 @@ impl Request {
                     node: NodeId(c.u32()),
                 }
             }
-            2 | 3 | 8 => {
+            2 | 3 | 8 | 10 => {
                 let mut c = expect_len(op, buf, 9)?;
                 let (node, epoch) = (NodeId(c.u32()), Epoch(c.u32()));
                 match op {
                     2 => Request::Heartbeat { node, epoch },
                     3 => Request::Begin { node, epoch },
-                    _ => Request::Leave { node, epoch },
+                    8 => Request::Leave { node, epoch },
+                    _ => Request::FreezeTarget { node, epoch },
+                }
+            }
+            11 => {
+                let mut c = expect_len(op, buf, 17)?;
+                Request::Frozen {
+                    node: NodeId(c.u32()),
+                    epoch: Epoch(c.u32()),
+                    below: TxnId(c.u64()),
                 }
             }
             4 => {
@@ -424,6 +470,11 @@ impl Response {
                 b.extend_from_slice(&(m.len() as u16).to_le_bytes());
                 b.extend_from_slice(m);
             }
+            Response::FreezeTarget { below } => {
+                b.push(11);
+                b.extend_from_slice(&below.0.to_le_bytes());
+            }
+            Response::Frozen => b.push(12),
             Response::Outcomes(statuses) => {
                 b.reserve(3 + 9 * statuses.len());
                 b.push(10);
@@ -531,6 +582,16 @@ impl Response {
                 }
                 Response::Outcomes(out)
             }
+            11 => {
+                let mut c = expect_len(tag, buf, 9)?;
+                Response::FreezeTarget {
+                    below: TxnId(c.u64()),
+                }
+            }
+            12 => {
+                expect_len(tag, buf, 1)?;
+                Response::Frozen
+            }
             other => return Err(DecodeError::UnknownOpcode(other)),
         })
     }
@@ -559,6 +620,13 @@ mod tests {
                 node,
                 epoch,
                 txn: TxnId(t)
+            }),
+            ne.clone()
+                .prop_map(|(node, epoch)| Request::FreezeTarget { node, epoch }),
+            (ne.clone(), any::<u64>()).prop_map(|((node, epoch), t)| Request::Frozen {
+                node,
+                epoch,
+                below: TxnId(t)
             }),
             Just(Request::GcWatermark),
             ne.prop_map(|(node, epoch)| Request::Leave { node, epoch }),
@@ -589,6 +657,8 @@ mod tests {
                 }
             }),
             any::<u32>().prop_map(|lease_ms| Response::LeaseRenewed { lease_ms }),
+            any::<u64>().prop_map(|t| Response::FreezeTarget { below: TxnId(t) }),
+            Just(Response::Frozen),
             (any::<u64>(), any::<u64>()).prop_map(|(t, s)| Response::Begun {
                 txn: TxnId(t),
                 snapshot: Timestamp(s)

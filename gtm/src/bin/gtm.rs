@@ -41,6 +41,9 @@ struct Args {
     /// Overrides `metrics_listen` (host:port).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Overrides `freeze_interval_ms` (0: no freeze sweeps).
+    #[arg(long)]
+    freeze_interval_ms: Option<u64>,
     /// Print a commented example configuration and exit.
     #[arg(long)]
     print_example_config: bool,
@@ -66,6 +69,9 @@ impl Args {
         }
         if let Some(m) = &self.metrics_listen {
             cfg.metrics_listen = m.clone();
+        }
+        if let Some(f) = self.freeze_interval_ms {
+            cfg.freeze_interval_ms = f;
         }
     }
 }

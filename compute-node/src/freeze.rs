@@ -1,0 +1,223 @@
+//! The freeze sweep, compute side: stamp every old row version so the GTM can forget
+//! old outcomes (the protocol and why it is safe: `gtm::freeze`).
+//!
+//! Every compute node runs a [`FreezeThread`] that asks the GTM every
+//! `freeze_poll_ms` whether a sweep is due (`GtmClient::freeze_target`). The GTM grants
+//! one sweep at a time, with a target `T` below which every txn has ended. The node
+//! then walks every table of the catalog in key order, in batches: a lock-free scan
+//! picks the rows whose chain holds an unstamped version of a txn below `T`
+//! ([`Chain::needs_freeze`]), and each is rewritten under its leaf latch
+//! ([`Chain::freeze`]: stamp, drop aborted versions and finished locks; a chain left
+//! with nothing visible is removed) through the normal page-write path (X lock, redo).
+//! After each batch the node forces its redo. When every table is done it reports
+//! `Frozen { below: T }`.
+//!
+//! Why the scan finds every such row: every version below `T` was written before the
+//! GTM chose `T` (its writer had ended), so before the sweep began; a row's chain only
+//! moves to a key-ordered neighbour (a B-link split moves the upper half right, which
+//! the scan reaches later), and a rewrite by a newer txn stamps or keeps versions,
+//! never unstamps one. The rewrite itself re-reads the chain under the latch, so a
+//! stale scan image only costs a rewrite that finds nothing to do.
+//!
+//! Tables are what the catalog lists: a tree made with `Engine::create_tree` and never
+//! entered in the catalog is not swept, and must not hold row versions.
+
+use crate::btree::{BTree, MAX_ENTRY_LEN};
+use crate::catalog::Catalog;
+use crate::mvcc::{Chain, MvccError};
+use crate::pager::Pager;
+use crate::txn::{Engine, Table, TxnError};
+use common::ids::TxnId;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Rows rewritten per batch (one redo force each).
+const BATCH: usize = 256;
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub tables: u64,
+    pub rows_scanned: u64,
+    pub rows_rewritten: u64,
+    pub rows_removed: u64,
+}
+
+enum Rewrite {
+    Unchanged,
+    Mvcc(MvccError),
+    Tree(crate::btree::BTreeError),
+}
+
+impl From<crate::btree::BTreeError> for Rewrite {
+    fn from(e: crate::btree::BTreeError) -> Self {
+        Rewrite::Tree(e)
+    }
+}
+
+/// Stamps every version of a txn below `below` in every table of `catalog` (every
+/// such txn must have ended) and makes it durable. `stop` ends it early (an error).
+pub fn sweep(
+    engine: &Engine,
+    catalog: &Catalog,
+    below: TxnId,
+    stop: &AtomicBool,
+) -> Result<SweepStats, TxnError> {
+    let mut stats = SweepStats::default();
+    for table in catalog.tables()? {
+        sweep_table(engine, &table, below, stop, &mut stats)?;
+        stats.tables += 1;
+    }
+    Ok(stats)
+}
+
+fn sweep_table(
+    engine: &Engine,
+    table: &Table,
+    below: TxnId,
+    stop: &AtomicBool,
+    stats: &mut SweepStats,
+) -> Result<(), TxnError> {
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(TxnError::Storage("freeze sweep stopped".into()));
+        }
+        let view = Arc::new(engine.pager().view()?);
+        let tree = BTree::open(view.clone() as Arc<dyn Pager>, table.meta)?;
+        let lo = match &after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        // Scan until BATCH candidates or 16 x BATCH rows, whichever comes first.
+        let mut keys = Vec::new();
+        let mut last = None;
+        let mut scanned = 0u64;
+        tree.scan((lo, Bound::Unbounded), false, None, |k, v| {
+            scanned += 1;
+            last = Some(k.to_vec());
+            match Chain::decode(v) {
+                Ok(c) if c.needs_freeze(below) => keys.push(k.to_vec()),
+                Ok(_) => {}
+                Err(e) => return Err(TxnError::Corrupt(format!("{}: {e}", table.name))),
+            }
+            Ok::<_, TxnError>(keys.len() < BATCH && scanned < 16 * BATCH as u64)
+        })?;
+        stats.rows_scanned += scanned;
+        let watermark = engine.gc_watermark();
+        for key in &keys {
+            let mut removed = false;
+            let res = tree.upsert(key, |old| {
+                let Some(old) = old else {
+                    return Err(Rewrite::Unchanged);
+                };
+                let mut chain = Chain::decode(old).map_err(Rewrite::Mvcc)?;
+                if !chain
+                    .freeze(below, watermark, engine.oracle())
+                    .map_err(Rewrite::Mvcc)?
+                {
+                    return Err(Rewrite::Unchanged);
+                }
+                if chain.is_dead(watermark) {
+                    removed = true;
+                    return Ok(None);
+                }
+                chain
+                    .fit(MAX_ENTRY_LEN.saturating_sub(key.len()))
+                    .map_err(Rewrite::Mvcc)?;
+                Ok(Some(chain.encode()))
+            });
+            match res {
+                Ok(()) if removed => stats.rows_removed += 1,
+                Ok(()) => stats.rows_rewritten += 1,
+                Err(Rewrite::Unchanged) => {}
+                Err(Rewrite::Mvcc(e)) => {
+                    return Err(TxnError::Storage(format!(
+                        "freeze sweep of {}: {e}",
+                        table.name
+                    )))
+                }
+                Err(Rewrite::Tree(e)) => return Err(e.into()),
+            }
+        }
+        view.force_redo()?;
+        match last {
+            Some(k) if scanned > 0 => after = Some(k),
+            _ => return Ok(()),
+        }
+        // Let transactions have the cores between batches.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The node's sweeper: asks the GTM every `poll` whether to sweep, sweeps, reports.
+/// Stops when dropped.
+pub struct FreezeThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FreezeThread {
+    pub fn spawn(engine: Arc<Engine>, catalog: Arc<Catalog>, poll: Duration) -> FreezeThread {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("freeze-sweep".into())
+            .spawn(move || run(&engine, &catalog, poll, &s))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the freeze sweeper"))
+            .ok();
+        FreezeThread { stop, handle }
+    }
+}
+
+impl FreezeThread {
+    /// Asks the thread to stop (a running sweep ends after its batch).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = &self.handle {
+            h.thread().unpark();
+        }
+    }
+}
+
+impl Drop for FreezeThread {
+    /// Stops the thread without waiting for it: a batch in flight may wait on a dead
+    /// service for an RPC timeout, and a rejoin must not (the thread owns what it uses).
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(engine: &Engine, catalog: &Catalog, poll: Duration, stop: &AtomicBool) {
+    loop {
+        std::thread::park_timeout(poll);
+        if stop.load(Ordering::Acquire) || engine.gtm().connection().is_closed() {
+            return;
+        }
+        let below = match engine.gtm().freeze_target() {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "freeze target");
+                continue;
+            }
+        };
+        let started = std::time::Instant::now();
+        match sweep(engine, catalog, below, stop) {
+            Ok(st) => match engine.gtm().frozen(below) {
+                Ok(()) => {
+                    engine.count_freeze(&st);
+                    tracing::info!(%below, ?st, took_ms = started.elapsed().as_millis() as u64,
+                        "freeze sweep done");
+                }
+                Err(e) => tracing::warn!(error = %e, %below, "freeze sweep report refused"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, %below, "freeze sweep failed; the GTM grants it again later")
+            }
+        }
+    }
+}
