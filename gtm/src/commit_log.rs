@@ -32,9 +32,8 @@
 //! directory, reopen for appends under the group-commit thread) drop records of txns
 //! `< S`. Never drop a record without persisting `S`: a missing record reads as Aborted.
 
+use common::durable::{parent_dir, DurableFile, DurableFs, OpenMode, StdFs};
 use common::ids::{Timestamp, TxnId};
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const RECORD_LEN: usize = 20;
@@ -66,7 +65,7 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<(TxnId, Timestamp)>, usize) {
 }
 
 pub struct CommitLog {
-    file: File,
+    file: Box<dyn DurableFile>,
     path: PathBuf,
 }
 
@@ -74,18 +73,25 @@ impl CommitLog {
     /// Opens (or creates) the log at `path` and returns every commit record in it, in log
     /// order (duplicates possible); a torn tail is cut off.
     pub fn open(path: &Path) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
+        Self::open_in(&StdFs, path)
+    }
+
+    /// As [`CommitLog::open`], with the log on `fs`.
+    pub fn open_in(
+        fs: &dyn DurableFs,
+        path: &Path,
+    ) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
         let mut records = Vec::new();
         let mut valid = 0u64;
         let mut len = 0u64;
-        match File::open(path) {
+        match fs.open(path, OpenMode::Read) {
             Ok(f) => {
-                len = f.metadata()?.len();
+                len = f.len()?;
                 records.reserve((len / RECORD_LEN as u64) as usize);
                 // Streamed in whole records, so a large log is never held twice.
-                let mut r = BufReader::with_capacity(1 << 20, f);
-                let mut chunk = vec![0u8; RECORD_LEN * 4096];
+                let mut chunk = vec![0u8; RECORD_LEN * (1 << 16)];
                 loop {
-                    let n = read_full(&mut r, &mut chunk)?;
+                    let n = read_full(&*f, valid, &mut chunk)?;
                     let (recs, ok) = decode_records(&chunk[..n]);
                     records.extend(recs);
                     valid += ok as u64;
@@ -97,7 +103,7 @@ impl CommitLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = fs.open(path, OpenMode::Append)?;
         if valid < len {
             tracing::warn!(
                 path = %path.display(),
@@ -108,7 +114,7 @@ impl CommitLog {
             file.sync_all()?;
         } else if len == 0 {
             file.sync_all()?;
-            crate::tso::sync_dir(path)?;
+            fs.sync_dir(parent_dir(path))?;
         }
         Ok((
             CommitLog {
@@ -125,16 +131,16 @@ impl CommitLog {
 
     /// Appends a group of encoded records and makes them durable (one fdatasync).
     pub fn append_durably(&mut self, records: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(records)?;
+        self.file.append(records)?;
         self.file.sync_data()
     }
 }
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads at `offset` until `buf` is full or the file ends; returns the bytes read.
+fn read_full(f: &dyn DurableFile, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match r.read(&mut buf[n..]) {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

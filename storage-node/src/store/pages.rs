@@ -240,7 +240,7 @@ impl Store {
                 }
             }
             for p in &paths {
-                if let Err(e) = std::fs::remove_file(p) {
+                if let Err(e) = self.opts.fs.remove_file(p) {
                     tracing::warn!(path = %p.display(), error = %e, "cannot delete a truncated redo segment");
                 }
             }
