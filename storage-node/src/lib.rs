@@ -65,7 +65,7 @@ pub mod redo;
 pub mod service;
 pub mod store;
 
-use common::durable::{DurableFs, OpenMode, StdFs};
+use common::durable::{create_dir_all_durably, DurableFs, OpenMode, StdFs};
 use common::fabric::{Access, ClusterKey, Endpoint, FabricError, Server, ServerHandle};
 use common::storage::dir::DIR_ENTRY_SIZE;
 use common::storage::notice;
@@ -102,9 +102,9 @@ pub fn check_data_dir(fs: &dyn DurableFs, dir: &Path) -> Result<(), NodeError> {
         path: dir.to_path_buf(),
         message,
     };
-    fs.create_dir_all(dir)
-        .map_err(|e| fail(format!("cannot create it: {e}")))?;
-    fs.create_dir_all(&dir.join("redo"))
+    // Durably: a directory whose entry is lost to a power cut takes every file in it.
+    create_dir_all_durably(fs, dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
+    create_dir_all_durably(fs, &dir.join("redo"))
         .map_err(|e| fail(format!("cannot create redo/: {e}")))?;
     let probe = dir.join(".write-probe");
     let r = fs.open(&probe, OpenMode::Truncate).and_then(|f| {

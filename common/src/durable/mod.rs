@@ -136,6 +136,32 @@ pub fn parent_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Creates directory `path` and any missing parents, durably: the parent of every
+/// directory it creates is fsynced, and so is the parent of `path` even when `path`
+/// already existed (an earlier attempt may have created it and failed before its
+/// fsync, or the process may have died in between; the entry is in the page cache
+/// then, not necessarily on disk).
+pub fn create_dir_all_durably(fs: &dyn DurableFs, path: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = path;
+    while !fs.exists(p) {
+        missing.push(p);
+        match p.parent().filter(|q| !q.as_os_str().is_empty()) {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    fs.create_dir_all(path)?;
+    if missing.is_empty() {
+        missing.push(path);
+    }
+    // Top down: a directory's entry is durable before anything inside it relies on it.
+    for dir in missing.iter().rev() {
+        fs.sync_dir(parent_dir(dir))?;
+    }
+    Ok(())
+}
+
 /// Atomically replaces `path` with `data`, durably: write `tmp`, fsync it, rename it
 /// over `path`, fsync the directory. After a crash `path` holds the old content or the
 /// new one (a stale `tmp` may be left behind; the next replace overwrites it).

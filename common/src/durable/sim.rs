@@ -103,7 +103,8 @@ struct Sim {
     inodes: BTreeMap<u64, Inode>,
     next_id: u64,
     crash_after: Option<u64>,
-    fail_at: Option<u64>,
+    /// A fault to inject: (only calls of this kind, or any; how many more to let pass + 1).
+    fault: Option<(Option<&'static str>, u64)>,
     off: bool,
     stats: SimStats,
 }
@@ -201,7 +202,7 @@ impl Sim {
             inodes: BTreeMap::new(),
             next_id: 1,
             crash_after: None,
-            fail_at: None,
+            fault: None,
             off: false,
             stats: SimStats::default(),
         }
@@ -219,9 +220,15 @@ impl Sim {
             return Err(power_off());
         }
         self.stats.ops = n;
-        if self.fail_at == Some(n) {
-            self.stats.injected = Some((n, kind, path.to_path_buf()));
-            return Err(io::Error::from_raw_os_error(5)); // EIO
+        if let Some((only, left)) = &mut self.fault {
+            if only.is_none_or(|k| k == kind) {
+                *left -= 1;
+                if *left == 0 {
+                    self.fault = None;
+                    self.stats.injected = Some((n, kind, path.to_path_buf()));
+                    return Err(io::Error::from_raw_os_error(5)); // EIO
+                }
+            }
         }
         *self.stats.by_kind.entry(kind).or_default() += 1;
         Ok(())
@@ -415,10 +422,20 @@ impl SimFs {
         s.crash_after = Some(s.stats.ops + n);
     }
 
+    /// No crash point (one set earlier is forgotten).
+    pub fn disarm(&self) {
+        self.sim.lock().crash_after = None;
+    }
+
     /// The `k`-th numbered call from now fails once with `EIO`, changing nothing.
     pub fn fail_op(&self, k: u64) {
-        let mut s = self.sim.lock();
-        s.fail_at = Some(s.stats.ops + k.max(1));
+        self.sim.lock().fault = Some((None, k.max(1)));
+    }
+
+    /// The `k`-th numbered call of `kind` ("sync_dir", "write", ...) from now fails once
+    /// with `EIO`, changing nothing.
+    pub fn fail_op_of(&self, kind: &'static str, k: u64) {
+        self.sim.lock().fault = Some((Some(kind), k.max(1)));
     }
 
     /// Whether the power is off (a crash point was reached or the power was cut).
@@ -447,7 +464,7 @@ impl SimFs {
         let mut copy = s.clone();
         copy.rng = StdRng::seed_from_u64(0);
         copy.crash_after = None;
-        copy.fail_at = None;
+        copy.fault = None;
         SimFs {
             sim: Arc::new(Mutex::new(copy)),
         }
@@ -745,5 +762,11 @@ mod tests {
         assert_eq!(f.sync_data().unwrap_err().raw_os_error(), Some(5));
         f.sync_data().unwrap();
         assert_eq!(fs.stats().injected.map(|i| i.1), Some("sync_data"));
+        fs.fail_op_of("sync_dir", 2);
+        f.sync_data().unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        f.sync_data().unwrap();
+        assert!(fs.sync_dir(Path::new("/")).is_err());
+        fs.sync_dir(Path::new("/")).unwrap();
     }
 }
