@@ -160,7 +160,8 @@ impl Gtm {
     ) -> Result<Gtm, StartError> {
         let dir = &opts.data_dir;
         let fs = &opts.fs;
-        fs.create_dir_all(dir).map_err(io_err(dir))?;
+        // Durably: a directory whose entry is lost to a power cut takes every file in it.
+        common::durable::create_dir_all_durably(&**fs, dir).map_err(io_err(dir))?;
         let tso = Sequence::open_in(
             fs.clone(),
             &dir.join("tso.hwm"),
