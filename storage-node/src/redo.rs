@@ -33,7 +33,7 @@
 //! keeps its `durable` mark and refuses appends and jobs until a restart, whose recovery
 //! reads the valid prefix of records from the file.
 
-use common::durable::{DurableFile, DurableFs, OpenMode};
+use common::durable::{create_dir_all_durably, DurableFile, DurableFs, OpenMode};
 use common::ids::{Lsn, NodeId, PageId, PageVersion};
 use common::storage::redo::RedoRecord;
 use std::collections::{HashMap, VecDeque};
@@ -235,11 +235,9 @@ impl Stream {
         segment_bytes: u64,
     ) -> io::Result<Stream> {
         let dir = redo_dir.join(node.0.to_string());
-        let fresh = !fs.exists(&dir);
-        fs.create_dir_all(&dir)?;
-        if fresh {
-            fs.sync_dir(redo_dir)?;
-        }
+        // `redo/` is fsynced even if the stream's directory exists: an earlier open may
+        // have created it and failed at that fsync (a power cut then takes the stream).
+        create_dir_all_durably(&*fs, &dir)?;
         let path = segment_path(&dir, end);
         let active = fs.open(&path, OpenMode::Create)?;
         // An existing segment at `end` holds only bytes past the valid end (a torn tail

@@ -546,3 +546,40 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
     );
     assert_eq!(total.acked_lost, 0);
 }
+
+/// Regression: a stream whose first open failed at the fsync of `redo/` (after creating
+/// its directory) is opened again by the next append, which must not take the
+/// directory it finds for durable: a power cut would take the stream with the entry.
+#[test]
+fn a_stream_opened_again_after_a_failed_directory_fsync_survives_power_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    for seed in 0..16 {
+        let mut run = Run::new(seed, tmp.path(), 0);
+        let node = run.start().unwrap();
+        let ep = node.endpoint();
+        let admin = StorageClient::connect_admin(&ep, &quick()).unwrap();
+        let p = admin.allocate_pages(1).unwrap()[0];
+        let c = StorageClient::connect(&ep, &quick(), NodeId(1), Epoch(1)).unwrap();
+        c.lock_exclusive(p).unwrap();
+        let (next, rec) = next_version(&c.read_pages(&[p]).unwrap()[0]);
+        // The next directory fsync is the new stream's fsync of `redo/`.
+        run.sim.fail_op_of("sync_dir", 1);
+        assert!(c.append_and_force(std::slice::from_ref(&rec)).is_err());
+        c.append_and_force(&[rec])
+            .expect("the retry opens the stream");
+        run.sim.crash_after(0);
+        drop((c, admin));
+        let _ = node.shutdown();
+        run.sim = run.sim.power_cut();
+        let node = run.start().expect("recovery");
+        let admin = StorageClient::connect_admin(&node.endpoint(), &quick()).unwrap();
+        let got = admin.read_pages(&[p]).unwrap().remove(0);
+        assert_eq!(
+            got.version(),
+            next.version(),
+            "seed {seed}: an acknowledged force was lost with its stream's directory"
+        );
+        drop(admin);
+        node.shutdown().unwrap();
+    }
+}
