@@ -158,6 +158,9 @@ impl StorageNode {
             Access::READ_ONLY,
         )?;
         let page_file = PageFile::open_in(&*fs, &cfg.data_dir.join("pages"))?;
+        // The page file's name is durable before any checkpoint relies on it (a file
+        // created just now, or by a start that died before this fsync).
+        fs.sync_dir(&cfg.data_dir)?;
         let rec = recovery::recover(
             &fs,
             &cfg.data_dir,

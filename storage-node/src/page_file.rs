@@ -54,8 +54,8 @@ impl PageFile {
         Self::open_in(&StdFs, path)
     }
 
-    /// Opens (or creates) the page file at `path` on `fs`. A new file's directory entry
-    /// is made durable by the caller (the data directory's fsync after `meta`).
+    /// Opens (or creates) the page file at `path` on `fs`. The caller makes a new file's
+    /// directory entry durable (the storage node fsyncs the data directory next).
     pub fn open_in(fs: &dyn DurableFs, path: &Path) -> io::Result<PageFile> {
         let file = fs.open(path, OpenMode::Create)?;
         Ok(PageFile { file })
