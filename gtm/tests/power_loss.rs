@@ -359,7 +359,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn invariants_5_6_7_survive_power_loss_at_any_file_operation() {
-    let default_seeds = if cfg!(debug_assertions) { 8 } else { 150 };
+    let default_seeds = if cfg!(debug_assertions) { 8 } else { 300 };
     let seeds: Vec<u64> = match env_u64("POWER_LOSS_SEED") {
         Some(s) => vec![s],
         None => (1..=env_u64("POWER_LOSS_SEEDS").unwrap_or(default_seeds)).collect(),

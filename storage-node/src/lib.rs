@@ -52,6 +52,11 @@
 //!   `tests/durability.rs::invariant_7_torn_page_is_rebuilt_from_the_log`. Only the log
 //!   forcer writes and seals redo, and a failed redo write or fsync fails the stream
 //!   until a restart (`redo`). Tests (`--features failpoints`): `tests/redo_faults.rs`.
+//!
+//! Every durable file (page file, redo segments, `meta`, `fences`) is opened through a
+//! `common::durable::DurableFs`: `StdFs` in the service, a `SimFs` in
+//! `tests/power_loss.rs` ([`StorageNode::start_with_fs`]), which cuts the power at
+//! random file operations and checks invariants 3, 6 and 7 on what survives.
 
 pub mod config;
 pub mod frames;

@@ -14,6 +14,9 @@
 //! and `sync_all`; read a whole file, test for a path, create directories, list one,
 //! rename, remove a file, and fsync a directory. Paths are the callers' own (the data
 //! directory joined with a name); a `SimFs` is a namespace of its own keyed by them.
+//! Two helpers hold the sequences that make names durable: [`create_dir_all_durably`]
+//! (each new directory's parent fsynced) and [`replace_file`] (tmp, fsync, rename,
+//! directory fsync).
 //!
 //! ## What durability rests on (Linux, ext4/xfs), and what is not assumed
 //!

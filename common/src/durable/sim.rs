@@ -26,7 +26,8 @@
 //! [`SimFs::crash_after`]`(n)` the power goes off just before the `n+1`-th such call:
 //! it and every later call fail with an I/O error and change nothing, so nothing the
 //! process does afterwards can become durable. [`SimFs::fail_op`]`(k)` makes the `k`-th
-//! call fail once with `EIO` without effect (a transient fault; the process goes on).
+//! call fail once with `EIO` without effect (a transient fault; the process goes on);
+//! [`SimFs::fail_op_of`] the `k`-th call of one kind.
 //! Reads are not numbered.
 //!
 //! ## Determinism
