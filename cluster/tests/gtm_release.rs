@@ -198,7 +198,7 @@ fn invariant_6_a_lock_release_cut_short_by_a_gtm_crash_is_redone_after_the_resta
             &format!("storage node {i} to fence node 1 epoch 1"),
             Duration::from_secs(10),
             || {
-                storage_node::recovery::read_fences(&dir)
+                storage_node::recovery::read_fences(&common::durable::StdFs, &dir)
                     .unwrap()
                     .get(&NodeId(1))
                     .is_some_and(|e| *e >= Epoch(1))

@@ -13,6 +13,9 @@
 //!   the wire error kinds, client tokens and TLS; beside the storage-node and GTM
 //!   clients ([`storage::client`], [`gtm::client`]).
 //! * [`txn`] — isolation levels and outcomes, shared by the engine and its clients.
+//! * [`durable`] — the file trait every durable file of the storage node and the GTM
+//!   goes through: `StdFs` (the real filesystem) and `SimFs` (in memory, loses what was
+//!   not synced at a simulated power cut; the power-loss tests).
 //!
 //! Invariants kept here: every frame that enters a process is length-capped and decoded
 //! by a total decoder ([`fabric::wire`]) that returns an error on any malformed input;
@@ -23,6 +26,7 @@
 #[cfg(feature = "grpc")]
 pub mod compute;
 pub mod config;
+pub mod durable;
 pub mod fabric;
 pub mod gtm;
 pub mod ids;

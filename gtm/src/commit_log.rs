@@ -32,10 +32,10 @@
 //! Never drop a record without persisting `F` first: a missing record reads as
 //! Aborted below the boot floor.
 
+use common::durable::{parent_dir, DurableFile, DurableFs, OpenMode, StdFs};
 use common::ids::{Timestamp, TxnId};
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const RECORD_LEN: usize = 20;
 
@@ -66,28 +66,43 @@ pub fn decode_records(bytes: &[u8]) -> (Vec<(TxnId, Timestamp)>, usize) {
 }
 
 pub struct CommitLog {
-    file: File,
+    file: Box<dyn DurableFile>,
     path: PathBuf,
+    fs: Arc<dyn DurableFs>,
+}
+
+/// Where a compaction writes the new log before renaming it over the old one.
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension("log.tmp")
 }
 
 impl CommitLog {
     /// Opens (or creates) the log at `path` and returns every commit record in it, in log
     /// order (duplicates possible); a torn tail is cut off.
     pub fn open(path: &Path) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
+        Self::open_in(StdFs::shared(), path)
+    }
+
+    /// As [`CommitLog::open`], with the log on `fs`.
+    pub fn open_in(
+        fs: Arc<dyn DurableFs>,
+        path: &Path,
+    ) -> std::io::Result<(CommitLog, Vec<(TxnId, Timestamp)>)> {
         // A compaction that crashed before its rename left an unfinished copy.
-        let _ = std::fs::remove_file(path.with_extension("log.tmp"));
+        if fs.exists(&tmp_path(path)) {
+            fs.remove_file(&tmp_path(path))?;
+        }
         let mut records = Vec::new();
         let mut valid = 0u64;
         let mut len = 0u64;
-        match File::open(path) {
+        match fs.open(path, OpenMode::Read) {
             Ok(f) => {
-                len = f.metadata()?.len();
+                len = f.len()?;
                 records.reserve((len / RECORD_LEN as u64) as usize);
                 // Streamed in whole records, so a large log is never held twice.
-                let mut r = BufReader::with_capacity(1 << 20, f);
-                let mut chunk = vec![0u8; RECORD_LEN * 4096];
+                let mut chunk = vec![0u8; RECORD_LEN * (1 << 16)];
                 loop {
-                    let n = read_full(&mut r, &mut chunk)?;
+                    let n = read_full(&*f, valid, &mut chunk)?;
                     let (recs, ok) = decode_records(&chunk[..n]);
                     records.extend(recs);
                     valid += ok as u64;
@@ -99,7 +114,7 @@ impl CommitLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = fs.open(path, OpenMode::Append)?;
         if valid < len {
             tracing::warn!(
                 path = %path.display(),
@@ -110,12 +125,13 @@ impl CommitLog {
             file.sync_all()?;
         } else if len == 0 {
             file.sync_all()?;
-            crate::tso::sync_dir(path)?;
+            fs.sync_dir(parent_dir(path))?;
         }
         Ok((
             CommitLog {
                 file,
                 path: path.to_path_buf(),
+                fs,
             },
             records,
         ))
@@ -132,7 +148,7 @@ impl CommitLog {
     /// durable while appends would go to the new file, so the caller must stop
     /// committing (as for a failed append).
     pub fn compact_below(&mut self, floor: TxnId) -> Result<(usize, usize), CompactError> {
-        let bytes = std::fs::read(&self.path).map_err(CompactError::Before)?;
+        let bytes = self.fs.read(&self.path).map_err(CompactError::Before)?;
         let (records, valid) = decode_records(&bytes);
         if valid != bytes.len() {
             return Err(CompactError::Before(std::io::Error::other(format!(
@@ -153,28 +169,28 @@ impl CommitLog {
         if dropped == 0 {
             return Ok((n, 0));
         }
-        let tmp = self.path.with_extension("log.tmp");
+        let tmp = tmp_path(&self.path);
         let file = (|| {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&kept)?;
+            let f = self.fs.open(&tmp, OpenMode::Truncate)?;
+            f.write_all_at(&kept, 0)?;
             f.sync_all()?;
-            // Appends go to this inode once it is renamed over the log.
-            OpenOptions::new().append(true).open(&tmp)
+            // Appends go to this file once it is renamed over the log.
+            self.fs.open(&tmp, OpenMode::Append)
         })()
         .map_err(CompactError::Before)?;
-        std::fs::rename(&tmp, &self.path).map_err(CompactError::Before)?;
+        self.fs
+            .rename(&tmp, &self.path)
+            .map_err(CompactError::Before)?;
         self.file = file;
-        crate::tso::sync_dir(&self.path).map_err(CompactError::After)?;
+        self.fs
+            .sync_dir(parent_dir(&self.path))
+            .map_err(CompactError::After)?;
         Ok((n, dropped))
     }
 
     /// Appends a group of encoded records and makes them durable (one fdatasync).
     pub fn append_durably(&mut self, records: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(records)?;
+        self.file.append(records)?;
         self.file.sync_data()
     }
 }
@@ -189,11 +205,11 @@ pub enum CompactError {
     After(std::io::Error),
 }
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads at `offset` until `buf` is full or the file ends; returns the bytes read.
+fn read_full(f: &dyn DurableFile, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match r.read(&mut buf[n..]) {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -37,8 +37,10 @@
 //! A report lost to a GTM restart is harmless (the next sweep redoes it); a floor is
 //! never lowered; a grant whose node died or left is given to the next asker.
 
+use common::durable::DurableFs;
 use common::ids::{Epoch, NodeId, Timestamp, TxnId};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A sweep handed out and not yet reported.
@@ -50,8 +52,8 @@ pub struct Grant {
 }
 
 /// The GTM's side of the freeze sweep (kept under the state lock).
-#[derive(Debug)]
 pub struct Freezer {
+    fs: Arc<dyn DurableFs>,
     path: PathBuf,
     /// Durable: outcomes of txns below it are forgotten.
     floor: TxnId,
@@ -65,10 +67,15 @@ pub struct Freezer {
 }
 
 impl Freezer {
-    /// Reads the floor from `path` (none yet: 0).
-    pub fn open(path: &Path, interval: Duration) -> std::io::Result<Freezer> {
-        let floor = crate::tso::read_mark(path)?.unwrap_or(0);
+    /// Reads the floor from `path` on `fs` (none yet: 0).
+    pub fn open(
+        fs: Arc<dyn DurableFs>,
+        path: &Path,
+        interval: Duration,
+    ) -> std::io::Result<Freezer> {
+        let floor = crate::tso::read_mark(&*fs, path)?.unwrap_or(0);
         Ok(Freezer {
+            fs,
             path: path.to_path_buf(),
             floor: TxnId(floor),
             interval,
@@ -164,7 +171,7 @@ impl Freezer {
         if below <= self.floor {
             return Ok(());
         }
-        crate::tso::write_mark(&self.path, below.0)?;
+        crate::tso::write_mark(&*self.fs, &self.path, below.0)?;
         self.floor = below;
         Ok(())
     }
@@ -179,7 +186,12 @@ mod tests {
     const E1: Epoch = Epoch(1);
 
     fn freezer(dir: &Path) -> Freezer {
-        let mut f = Freezer::open(&dir.join("freeze.floor"), Duration::from_millis(1)).unwrap();
+        let mut f = Freezer::open(
+            common::durable::StdFs::shared(),
+            &dir.join("freeze.floor"),
+            Duration::from_millis(1),
+        )
+        .unwrap();
         f.last_grant -= Duration::from_secs(1);
         f
     }
@@ -204,7 +216,12 @@ mod tests {
         assert_eq!(f.ready(Timestamp(10)), Some(TxnId(50)));
         f.raise_floor(TxnId(50)).unwrap();
         assert_eq!(f.floor(), TxnId(50));
-        let again = Freezer::open(&dir.path().join("freeze.floor"), Duration::ZERO).unwrap();
+        let again = Freezer::open(
+            common::durable::StdFs::shared(),
+            &dir.path().join("freeze.floor"),
+            Duration::ZERO,
+        )
+        .unwrap();
         assert_eq!(again.floor(), TxnId(50), "the floor is durable");
         assert!(f.raise_floor(TxnId(40)).is_ok());
         assert_eq!(f.floor(), TxnId(50), "never lowered");
@@ -227,11 +244,21 @@ mod tests {
     #[test]
     fn disabled_or_not_due_or_nothing_new_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut off = Freezer::open(&dir.path().join("a"), Duration::ZERO).unwrap();
+        let mut off = Freezer::open(
+            common::durable::StdFs::shared(),
+            &dir.path().join("a"),
+            Duration::ZERO,
+        )
+        .unwrap();
         assert!(off
             .grant(N1, E1, TxnId(5), Instant::now(), |_, _| true)
             .is_err());
-        let mut f = Freezer::open(&dir.path().join("b"), Duration::from_secs(3600)).unwrap();
+        let mut f = Freezer::open(
+            common::durable::StdFs::shared(),
+            &dir.path().join("b"),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         assert!(f
             .grant(N1, E1, TxnId(5), Instant::now(), |_, _| true)
             .is_err());

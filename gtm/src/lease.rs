@@ -21,6 +21,7 @@
 //!    client measures its lease from when it *sent* the renewal, so its deadline is never
 //!    later than `expires` here, and it stops writing a margin before that deadline.
 
+use common::durable::{DurableFs, StdFs};
 use common::ids::{Epoch, NodeId};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -150,6 +151,7 @@ struct NodeEpochs {
 ///   fenced epoch's release was acknowledged, so every fenced epoch in it is taken as
 ///   still owing one (releases are idempotent on the storage nodes).
 pub struct EpochStore {
+    fs: Arc<dyn DurableFs>,
     path: PathBuf,
     last: HashMap<NodeId, NodeEpochs>,
 }
@@ -159,7 +161,12 @@ const EPOCHS_VERSION: u32 = 2;
 
 impl EpochStore {
     pub fn open(path: &Path) -> std::io::Result<EpochStore> {
-        let last = match std::fs::read(path) {
+        Self::open_in(StdFs::shared(), path)
+    }
+
+    /// As [`EpochStore::open`], with the file on `fs`.
+    pub fn open_in(fs: Arc<dyn DurableFs>, path: &Path) -> std::io::Result<EpochStore> {
+        let last = match fs.read(path) {
             Ok(b) => match Self::decode(&b) {
                 Some(Ok(last)) => last,
                 Some(Err(e)) => {
@@ -176,6 +183,7 @@ impl EpochStore {
             Err(e) => return Err(e),
         };
         Ok(EpochStore {
+            fs,
             path: path.to_path_buf(),
             last,
         })
@@ -261,7 +269,7 @@ impl EpochStore {
     }
 
     fn save(&self) -> std::io::Result<()> {
-        crate::tso::replace_file(&self.path, &self.encode())
+        crate::tso::replace_file(&*self.fs, &self.path, &self.encode())
     }
 
     /// Persists and returns the next epoch of `node` (live). A live epoch it supersedes

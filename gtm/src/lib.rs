@@ -56,7 +56,9 @@
 //! real binary, also for transactions whose slot was reused), `tests/lease_fencing.rs`
 //! (6, with a SIGSTOPped client process), `tests/release_restart.rs` (6, releases owed
 //! across restarts),
-//! `tests/engine.rs` (batching, watermark, Committing waits).
+//! `tests/engine.rs` (batching, watermark, Committing waits), `tests/power_loss.rs` (5, 6,
+//! 7 after power cuts at random file operations: the GTM over a `common::durable::SimFs`,
+//! injected through [`GtmOptions::fs`]; every durable file goes through that trait).
 
 pub mod commit_log;
 pub mod config;

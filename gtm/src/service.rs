@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::status_table::{AbortDecision, CommitDecision, StatusRegion, StatusTable};
 use crate::tso::Sequence;
 use crate::watermark;
+use common::durable::{DurableFs, StdFs};
 use common::fabric::{
     Access, ClusterKey, Endpoint, FabricError, PeerInfo, Replier, Request as RpcRequest,
     RpcService, Server, ServerHandle,
@@ -52,6 +53,8 @@ use std::time::{Duration, Instant};
 /// Engine settings (the binary builds them from `GtmConfig`).
 #[derive(Clone, Debug)]
 pub struct GtmOptions {
+    /// Where the durable files live (`StdFs`; the power-loss tests pass a `SimFs`).
+    pub fs: Arc<dyn DurableFs>,
     pub data_dir: PathBuf,
     pub lease: Duration,
     pub reaper_interval: Duration,
@@ -66,6 +69,7 @@ pub struct GtmOptions {
 impl GtmOptions {
     pub fn from_config(c: &crate::config::GtmConfig) -> GtmOptions {
         GtmOptions {
+            fs: StdFs::shared(),
             data_dir: c.data_dir.clone(),
             lease: c.lease(),
             reaper_interval: Duration::from_millis(c.reaper_interval_ms),
@@ -162,11 +166,23 @@ impl Gtm {
         releaser: Box<dyn LockReleaser>,
     ) -> Result<Gtm, StartError> {
         let dir = &opts.data_dir;
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let tso = Sequence::open(&dir.join("tso.hwm"), opts.tso_window, layout::MAX_TIMESTAMP)?;
-        let txn_ids = Sequence::open(&dir.join("txn.hwm"), opts.txn_id_window, u64::MAX / 2)?;
+        let fs = &opts.fs;
+        // Durably: a directory whose entry is lost to a power cut takes every file in it.
+        common::durable::create_dir_all_durably(&**fs, dir).map_err(io_err(dir))?;
+        let tso = Sequence::open_in(
+            fs.clone(),
+            &dir.join("tso.hwm"),
+            opts.tso_window,
+            layout::MAX_TIMESTAMP,
+        )?;
+        let txn_ids = Sequence::open_in(
+            fs.clone(),
+            &dir.join("txn.hwm"),
+            opts.txn_id_window,
+            u64::MAX / 2,
+        )?;
         let boot_floor = TxnId(txn_ids.current());
-        let epochs = EpochStore::open(&dir.join("epochs")).map_err(io_err(dir))?;
+        let epochs = EpochStore::open_in(fs.clone(), &dir.join("epochs")).map_err(io_err(dir))?;
 
         let server = Server::new(key);
         let capacity = opts.status_capacity;
@@ -175,11 +191,12 @@ impl Gtm {
         let status = StatusRegion::format(region, capacity, boot_floor);
         let mut table = StatusTable::new(status, boot_floor);
         let floor_path = dir.join("freeze.floor");
-        let freezer =
-            Freezer::open(&floor_path, opts.freeze_interval).map_err(io_err(&floor_path))?;
+        let freezer = Freezer::open(fs.clone(), &floor_path, opts.freeze_interval)
+            .map_err(io_err(&floor_path))?;
         let floor = freezer.floor();
         let log_path = dir.join("commit.log");
-        let (log, mut records) = CommitLog::open(&log_path).map_err(io_err(&log_path))?;
+        let (log, mut records) =
+            CommitLog::open_in(fs.clone(), &log_path).map_err(io_err(&log_path))?;
         let logged = records.len();
         records.retain(|&(txn, cts)| {
             let ok = txn.0 != 0 && txn < boot_floor && cts.0 < tso.current();

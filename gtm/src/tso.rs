@@ -18,8 +18,8 @@
 //! 12  4  magic "HWM1"
 //! ```
 
+use common::durable::{DurableFs, StdFs};
 use parking_lot::{Condvar, Mutex};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +51,7 @@ pub struct Sequence {
     limit: AtomicU64,
     window: u64,
     max: u64,
+    fs: Arc<dyn DurableFs>,
     path: PathBuf,
     persisted: Mutex<Persisted>,
     extend_wanted: Condvar,
@@ -61,7 +62,17 @@ impl Sequence {
     /// Opens (or creates, starting at 1) the sequence stored at `path` and makes
     /// `start + window` durable before returning. Values stay `<= max`.
     pub fn open(path: &Path, window: u64, max: u64) -> Result<Arc<Sequence>, SequenceError> {
-        let start = read_mark(path)
+        Self::open_in(StdFs::shared(), path, window, max)
+    }
+
+    /// As [`Sequence::open`], with the mark file on `fs`.
+    pub fn open_in(
+        fs: Arc<dyn DurableFs>,
+        path: &Path,
+        window: u64,
+        max: u64,
+    ) -> Result<Arc<Sequence>, SequenceError> {
+        let start = read_mark(&*fs, path)
             .map_err(|source| SequenceError::Persist {
                 path: path.to_path_buf(),
                 source,
@@ -74,6 +85,7 @@ impl Sequence {
             limit: AtomicU64::new(start),
             window,
             max,
+            fs,
             path: path.to_path_buf(),
             persisted: Mutex::new(Persisted {
                 mark: start,
@@ -121,7 +133,7 @@ impl Sequence {
         if p.mark >= mark {
             return Ok(());
         }
-        if let Err(source) = write_mark(&self.path, mark) {
+        if let Err(source) = write_mark(&*self.fs, &self.path, mark) {
             // After a failed fsync the file's state is unknown: stop granting.
             p.failed = Some(source.to_string());
             return Err(SequenceError::Persist {
@@ -165,8 +177,8 @@ impl Sequence {
 
 /// Reads a mark file; `None` if it does not exist. A corrupt file is an error: starting
 /// from scratch could reuse values.
-pub fn read_mark(path: &Path) -> std::io::Result<Option<u64>> {
-    let bytes = match std::fs::read(path) {
+pub fn read_mark(fs: &dyn DurableFs, path: &Path) -> std::io::Result<Option<u64>> {
+    let bytes = match fs.read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -189,31 +201,19 @@ pub fn read_mark(path: &Path) -> std::io::Result<Option<u64>> {
 }
 
 /// Writes `value` durably: temp file, fsync, rename, fsync of the directory.
-pub fn write_mark(path: &Path, value: u64) -> std::io::Result<()> {
+pub fn write_mark(fs: &dyn DurableFs, path: &Path, value: u64) -> std::io::Result<()> {
     let mut buf = [0u8; 16];
     buf[0..8].copy_from_slice(&value.to_le_bytes());
     let crc = crc32c::crc32c(&buf[0..8]);
     buf[8..12].copy_from_slice(&crc.to_le_bytes());
     buf[12..16].copy_from_slice(MAGIC);
-    replace_file(path, &buf)
+    replace_file(fs, path, &buf)
 }
 
-/// Atomically replaces `path` with `data` and makes the change durable.
-pub fn replace_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)
-}
-
-/// Fsyncs the directory holding `path` (makes a create or rename durable).
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+/// Atomically replaces `path` with `data` and makes the change durable (through
+/// `<path without extension>.tmp`).
+pub fn replace_file(fs: &dyn DurableFs, path: &Path, data: &[u8]) -> std::io::Result<()> {
+    common::durable::replace_file(fs, &path.with_extension("tmp"), path, data)
 }
 
 #[cfg(test)]
@@ -241,8 +241,8 @@ mod tests {
     fn a_corrupt_mark_file_is_an_error_not_a_restart_from_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tso.hwm");
-        write_mark(&path, 77).unwrap();
-        assert_eq!(read_mark(&path).unwrap(), Some(77));
+        write_mark(&StdFs, &path, 77).unwrap();
+        assert_eq!(read_mark(&StdFs, &path).unwrap(), Some(77));
         let mut b = std::fs::read(&path).unwrap();
         b[0] ^= 1;
         std::fs::write(&path, b).unwrap();
@@ -265,7 +265,12 @@ mod tests {
         }
         s.stop();
         h.join().unwrap();
-        assert!(read_mark(&dir.path().join("t.hwm")).unwrap().unwrap() > prev);
+        assert!(
+            read_mark(&StdFs, &dir.path().join("t.hwm"))
+                .unwrap()
+                .unwrap()
+                > prev
+        );
     }
 
     proptest! {
@@ -283,13 +288,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("mark");
             std::fs::write(&path, &b).unwrap();
-            let _ = read_mark(&path);
-            write_mark(&path, value).unwrap();
-            prop_assert_eq!(read_mark(&path).unwrap(), Some(value));
+            let _ = read_mark(&StdFs, &path);
+            write_mark(&StdFs, &path, value).unwrap();
+            prop_assert_eq!(read_mark(&StdFs, &path).unwrap(), Some(value));
             let mut good = std::fs::read(&path).unwrap();
             good[at] ^= x;
             std::fs::write(&path, &good).unwrap();
-            prop_assert!(read_mark(&path).is_err());
+            prop_assert!(read_mark(&StdFs, &path).is_err());
         }
     }
 }

@@ -52,6 +52,11 @@
 //!   `tests/durability.rs::invariant_7_torn_page_is_rebuilt_from_the_log`. Only the log
 //!   forcer writes and seals redo, and a failed redo write or fsync fails the stream
 //!   until a restart (`redo`). Tests (`--features failpoints`): `tests/redo_faults.rs`.
+//!
+//! Every durable file (page file, redo segments, `meta`, `fences`) is opened through a
+//! `common::durable::DurableFs`: `StdFs` in the service, a `SimFs` in
+//! `tests/power_loss.rs` ([`StorageNode::start_with_fs`]), which cuts the power at
+//! random file operations and checks invariants 3, 6 and 7 on what survives.
 
 pub mod config;
 pub mod frames;
@@ -65,6 +70,7 @@ pub mod redo;
 pub mod service;
 pub mod store;
 
+use common::durable::{create_dir_all_durably, DurableFs, OpenMode, StdFs};
 use common::fabric::{Access, ClusterKey, Endpoint, FabricError, Server, ServerHandle};
 use common::storage::dir::DIR_ENTRY_SIZE;
 use common::storage::notice;
@@ -96,17 +102,21 @@ pub enum NodeError {
 }
 
 /// Checks that `dir` exists (creating it) and that a file can be written and synced.
-pub fn check_data_dir(dir: &Path) -> Result<(), NodeError> {
+pub fn check_data_dir(fs: &dyn DurableFs, dir: &Path) -> Result<(), NodeError> {
     let fail = |message: String| NodeError::DataDir {
         path: dir.to_path_buf(),
         message,
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
-    std::fs::create_dir_all(dir.join("redo"))
+    // Durably: a directory whose entry is lost to a power cut takes every file in it.
+    create_dir_all_durably(fs, dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
+    create_dir_all_durably(fs, &dir.join("redo"))
         .map_err(|e| fail(format!("cannot create redo/: {e}")))?;
     let probe = dir.join(".write-probe");
-    let r = std::fs::write(&probe, b"probe").and_then(|_| std::fs::File::open(&probe)?.sync_all());
-    let _ = std::fs::remove_file(&probe);
+    let r = fs.open(&probe, OpenMode::Truncate).and_then(|f| {
+        f.write_all_at(b"probe", 0)?;
+        f.sync_all()
+    });
+    let _ = fs.remove_file(&probe);
     r.map_err(|e| fail(format!("not writable: {e}")))
 }
 
@@ -133,16 +143,31 @@ impl StorageNode {
         key: ClusterKey,
         endpoint: &Endpoint,
     ) -> Result<StorageNode, NodeError> {
+        Self::start_with_fs(cfg, key, endpoint, StdFs::shared())
+    }
+
+    /// As [`StorageNode::start_with_key`], with every durable file on `fs` (the
+    /// power-loss tests pass a `common::durable::SimFs`).
+    pub fn start_with_fs(
+        cfg: &StorageConfig,
+        key: ClusterKey,
+        endpoint: &Endpoint,
+        fs: Arc<dyn DurableFs>,
+    ) -> Result<StorageNode, NodeError> {
         cfg.validate_without_key()?;
-        check_data_dir(&cfg.data_dir)?;
+        check_data_dir(&*fs, &cfg.data_dir)?;
         let server = Server::new(key);
         let dir = server.register(cfg.page_count * DIR_ENTRY_SIZE as u64, Access::READ_ONLY)?;
         let frames = server.register(
             u64::from(cfg.frames()) * PAGE_SIZE as u64,
             Access::READ_ONLY,
         )?;
-        let page_file = PageFile::open(&cfg.data_dir.join("pages"))?;
+        let page_file = PageFile::open_in(&*fs, &cfg.data_dir.join("pages"))?;
+        // The page file's name is durable before any checkpoint relies on it (a file
+        // created just now, or by a start that died before this fsync).
+        fs.sync_dir(&cfg.data_dir)?;
         let rec = recovery::recover(
+            &fs,
             &cfg.data_dir,
             cfg.first_page_id(),
             cfg.page_count,
@@ -176,6 +201,7 @@ impl StorageNode {
         }
         let store = Arc::new(Store::new(
             StoreOptions {
+                fs,
                 data_dir: cfg.data_dir.clone(),
                 first_page: cfg.first_page_id(),
                 page_count: cfg.page_count,

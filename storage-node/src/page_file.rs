@@ -9,11 +9,10 @@
 //! slots, detects a torn slot by checksum and rebuilds the page from the good slot plus
 //! the redo streams.
 
+use common::durable::{DurableFile, DurableFs, OpenMode, StdFs};
 use common::ids::{PageId, PageVersion};
 use common::storage::page::{verify_image, Page, PageError, PAGE_SIZE};
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// What one slot holds.
@@ -36,7 +35,7 @@ impl Slot {
 }
 
 pub struct PageFile {
-    file: File,
+    file: Box<dyn DurableFile>,
 }
 
 fn classify(id: PageId, b: &[u8]) -> Slot {
@@ -50,13 +49,15 @@ fn classify(id: PageId, b: &[u8]) -> Slot {
 }
 
 impl PageFile {
+    /// Opens (or creates) the page file at `path` on the real filesystem.
     pub fn open(path: &Path) -> io::Result<PageFile> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(path)?;
+        Self::open_in(&StdFs, path)
+    }
+
+    /// Opens (or creates) the page file at `path` on `fs`. The caller makes a new file's
+    /// directory entry durable (the storage node fsyncs the data directory next).
+    pub fn open_in(fs: &dyn DurableFs, path: &Path) -> io::Result<PageFile> {
+        let file = fs.open(path, OpenMode::Create)?;
         Ok(PageFile { file })
     }
 

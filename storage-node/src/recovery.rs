@@ -28,25 +28,42 @@
 use crate::page_file::{target_slot, PageFile, Slot};
 use crate::page_meta::PageMeta;
 use crate::redo::{scan_streams, segment_path, Stream};
+use common::durable::{replace_file, DurableFs};
 use common::ids::{Epoch, NodeId, PageId, PageVersion};
 use common::storage::page::Page;
 use common::storage::redo::RedoRecord;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
-fn write_atomic(dir: &Path, name: &str, text: &str) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
+/// Replaces `dir/name` with `text` durably (`name.tmp`, fsync, rename, directory fsync).
+fn write_atomic(fs: &dyn DurableFs, dir: &Path, name: &str, text: &str) -> io::Result<()> {
+    replace_file(
+        fs,
+        &dir.join(format!("{name}.tmp")),
+        &dir.join(name),
+        text.as_bytes(),
+    )
 }
 
-pub fn write_meta(dir: &Path, first: PageId, allocated: u64) -> io::Result<()> {
+/// A small text file, `None` if it does not exist.
+fn read_text(fs: &dyn DurableFs, path: &Path) -> io::Result<Option<String>> {
+    match fs.read(path) {
+        Ok(b) => String::from_utf8(b).map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not UTF-8 text", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn write_meta(fs: &dyn DurableFs, dir: &Path, first: PageId, allocated: u64) -> io::Result<()> {
     write_atomic(
+        fs,
         dir,
         "meta",
         &format!("first_page {}\nallocated {}\n", first.0, allocated),
@@ -54,11 +71,9 @@ pub fn write_meta(dir: &Path, first: PageId, allocated: u64) -> io::Result<()> {
 }
 
 /// `(first page, allocated)` or `None` for a fresh directory.
-pub fn read_meta(dir: &Path) -> io::Result<Option<(PageId, u64)>> {
-    let text = match std::fs::read_to_string(dir.join("meta")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+pub fn read_meta(fs: &dyn DurableFs, dir: &Path) -> io::Result<Option<(PageId, u64)>> {
+    let Some(text) = read_text(fs, &dir.join("meta"))? else {
+        return Ok(None);
     };
     let mut first = None;
     let mut alloc = None;
@@ -79,21 +94,23 @@ pub fn read_meta(dir: &Path) -> io::Result<Option<(PageId, u64)>> {
     }
 }
 
-pub fn write_fences(dir: &Path, fenced: &HashMap<NodeId, Epoch>) -> io::Result<()> {
+pub fn write_fences(
+    fs: &dyn DurableFs,
+    dir: &Path,
+    fenced: &HashMap<NodeId, Epoch>,
+) -> io::Result<()> {
     let mut v: Vec<_> = fenced.iter().collect();
     v.sort();
     let text: String = v
         .iter()
         .map(|(n, e)| format!("{} {}\n", n.0, e.0))
         .collect();
-    write_atomic(dir, "fences", &text)
+    write_atomic(fs, dir, "fences", &text)
 }
 
-pub fn read_fences(dir: &Path) -> io::Result<HashMap<NodeId, Epoch>> {
-    let text = match std::fs::read_to_string(dir.join("fences")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(e),
+pub fn read_fences(fs: &dyn DurableFs, dir: &Path) -> io::Result<HashMap<NodeId, Epoch>> {
+    let Some(text) = read_text(fs, &dir.join("fences"))? else {
+        return Ok(HashMap::new());
     };
     let mut out = HashMap::new();
     for line in text.lines() {
@@ -127,6 +144,7 @@ pub enum RecoveryError {
 }
 
 pub fn recover(
+    fs: &Arc<dyn DurableFs>,
     data_dir: &Path,
     first: PageId,
     page_count: u64,
@@ -134,7 +152,7 @@ pub fn recover(
     segment_bytes: u64,
 ) -> Result<Recovered, RecoveryError> {
     // 1. metadata
-    let allocated = match read_meta(data_dir)? {
+    let allocated = match read_meta(&**fs, data_dir)? {
         Some((f, a)) => {
             if f != first {
                 return Err(RecoveryError::Inconsistent(format!(
@@ -151,11 +169,11 @@ pub fn recover(
             a
         }
         None => {
-            write_meta(data_dir, first, 0)?;
+            write_meta(&**fs, data_dir, first, 0)?;
             0
         }
     };
-    let fenced = read_fences(data_dir)?;
+    let fenced = read_fences(&**fs, data_dir)?;
 
     // 2. page file
     let mut pages = vec![PageMeta::default(); allocated as usize];
@@ -177,7 +195,7 @@ pub fn recover(
 
     // 3. redo streams
     let redo_dir = data_dir.join("redo");
-    let scanned = scan_streams(&redo_dir)?;
+    let scanned = scan_streams(&**fs, &redo_dir)?;
     let mut by_page: HashMap<PageId, Vec<RedoRecord>> = HashMap::new();
     let mut records_scanned = 0;
     for s in &scanned {
@@ -259,11 +277,11 @@ pub fn recover(
     // 6. fresh segments; old ones are fully checkpointed now
     let mut streams = Vec::new();
     for s in scanned {
-        let stream = Stream::open(&redo_dir, s.node, s.end, &[], segment_bytes)?;
+        let stream = Stream::open(fs.clone(), &redo_dir, s.node, s.end, &[], segment_bytes)?;
         for seg in s.segments.iter().filter(|seg| **seg != s.end) {
-            std::fs::remove_file(segment_path(&s.dir, *seg))?;
+            fs.remove_file(&segment_path(&s.dir, *seg))?;
         }
-        File::open(&s.dir)?.sync_all()?;
+        fs.sync_dir(&s.dir)?;
         streams.push(stream);
     }
     Ok(Recovered {
@@ -279,6 +297,7 @@ pub fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::durable::StdFs;
     use proptest::prelude::*;
 
     proptest! {
@@ -298,15 +317,15 @@ mod tests {
             for content in [&junk[..], text.as_bytes()] {
                 std::fs::write(dir.path().join("meta"), content).unwrap();
                 std::fs::write(dir.path().join("fences"), content).unwrap();
-                let _ = read_meta(dir.path());
-                let _ = read_fences(dir.path());
+                let _ = read_meta(&StdFs, dir.path());
+                let _ = read_fences(&StdFs, dir.path());
             }
-            write_meta(dir.path(), PageId(first), allocated).unwrap();
-            prop_assert_eq!(read_meta(dir.path()).unwrap(), Some((PageId(first), allocated)));
+            write_meta(&StdFs, dir.path(), PageId(first), allocated).unwrap();
+            prop_assert_eq!(read_meta(&StdFs, dir.path()).unwrap(), Some((PageId(first), allocated)));
             let fenced: HashMap<NodeId, Epoch> =
                 fenced.into_iter().map(|(n, e)| (NodeId(n), Epoch(e))).collect();
-            write_fences(dir.path(), &fenced).unwrap();
-            prop_assert_eq!(read_fences(dir.path()).unwrap(), fenced);
+            write_fences(&StdFs, dir.path(), &fenced).unwrap();
+            prop_assert_eq!(read_fences(&StdFs, dir.path()).unwrap(), fenced);
         }
     }
 }

@@ -33,12 +33,11 @@
 //! keeps its `durable` mark and refuses appends and jobs until a restart, whose recovery
 //! reads the valid prefix of records from the file.
 
+use common::durable::{create_dir_all_durably, DurableFile, DurableFs, OpenMode};
 use common::ids::{Lsn, NodeId, PageId, PageVersion};
 use common::storage::redo::RedoRecord;
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,10 +54,11 @@ pub struct PendingRecord {
 
 pub struct Stream {
     pub node: NodeId,
+    fs: Arc<dyn DurableFs>,
     dir: PathBuf,
     /// Start LSNs of the segments, ascending; the last one is active.
     segments: Vec<Lsn>,
-    active: Arc<File>,
+    active: Arc<dyn DurableFile>,
     /// End of the stream (LSN past the last appended record).
     appended: Lsn,
     /// Everything before this LSN was written and fsynced. Advanced only by
@@ -86,7 +86,8 @@ pub struct Stream {
 /// writes and fsyncs it (and, if the active segment is full, starts the next segment)
 /// without any lock held; [`Stream::finish_sync`] then records what became durable.
 pub struct SyncJob {
-    file: Arc<File>,
+    fs: Arc<dyn DurableFs>,
+    file: Arc<dyn DurableFile>,
     offset: u64,
     bytes: Vec<u8>,
     upto: Lsn,
@@ -99,16 +100,16 @@ pub struct SyncDone {
     upto: Lsn,
     written: io::Result<()>,
     /// The next segment (starting at `upto`), when the job sealed the active one.
-    next_segment: Option<io::Result<File>>,
+    next_segment: Option<io::Result<Box<dyn DurableFile>>>,
 }
 
 impl SyncJob {
     /// Writes and fsyncs the tail; then, if asked to seal, creates the next segment
     /// and fsyncs the directory. Does not touch the stream (no lock needed).
     pub fn run(self) -> SyncDone {
-        let written = write_and_sync(&self.file, self.offset, &self.bytes);
+        let written = write_and_sync(&*self.file, self.offset, &self.bytes);
         let next_segment = match (&written, &self.seal) {
-            (Ok(()), Some(dir)) => Some(create_segment(dir, self.upto)),
+            (Ok(()), Some(dir)) => Some(create_segment(&*self.fs, dir, self.upto)),
             _ => None,
         };
         SyncDone {
@@ -123,15 +124,11 @@ pub fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
     dir.join(format!("{:020}.seg", start.0))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Writes `bytes` at `offset` of a segment and fsyncs it (data only): the one place a
 /// redo tail reaches the disk. With the `failpoints` feature, `redo::write_error` fails
 /// the write (nothing written, as with ENOSPC) and `redo::fsync_error` fails the fsync
 /// after a successful write (EIO), both without touching the file.
-pub fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+pub fn write_and_sync(file: &dyn DurableFile, offset: u64, bytes: &[u8]) -> io::Result<()> {
     fail::fail_point!("redo::write_error", |_| Err(io::Error::from_raw_os_error(
         28 // ENOSPC
     )));
@@ -144,14 +141,9 @@ pub fn write_and_sync(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> 
 
 /// Creates the (empty) segment file of `dir` starting at `start` and makes its
 /// directory entry durable.
-fn create_segment(dir: &Path, start: Lsn) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(segment_path(dir, start))?;
-    sync_dir(dir)?;
+fn create_segment(fs: &dyn DurableFs, dir: &Path, start: Lsn) -> io::Result<Box<dyn DurableFile>> {
+    let f = fs.open(&segment_path(dir, start), OpenMode::Truncate)?;
+    fs.sync_dir(dir)?;
     Ok(f)
 }
 
@@ -166,26 +158,21 @@ pub struct ScannedStream {
 }
 
 /// Reads every stream under `redo_dir`; truncates a torn tail of a stream's last segment.
-pub fn scan_streams(redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
+pub fn scan_streams(fs: &dyn DurableFs, redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
     let mut out = Vec::new();
-    if !redo_dir.exists() {
+    if !fs.exists(redo_dir) {
         return Ok(out);
     }
-    for entry in std::fs::read_dir(redo_dir)? {
-        let entry = entry?;
-        let Some(node) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            tracing::warn!(path = %entry.path().display(), "ignoring unexpected entry in the redo directory");
+    for name in fs.list_dir(redo_dir)? {
+        let Some(node) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            tracing::warn!(path = %redo_dir.join(&name).display(), "ignoring unexpected entry in the redo directory");
             continue;
         };
-        let dir = entry.path();
-        let mut segments: Vec<Lsn> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name();
+        let dir = redo_dir.join(&name);
+        let mut segments: Vec<Lsn> = fs
+            .list_dir(&dir)?
+            .into_iter()
+            .filter_map(|name| {
                 let s = name.to_str()?;
                 s.strip_suffix(".seg")?.parse::<u64>().ok().map(Lsn)
             })
@@ -195,7 +182,7 @@ pub fn scan_streams(redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
         let mut end = segments.first().copied().unwrap_or(Lsn(0));
         for (i, start) in segments.iter().enumerate() {
             let path = segment_path(&dir, *start);
-            let bytes = std::fs::read(&path)?;
+            let bytes = fs.read(&path)?;
             let mut at = 0usize;
             while at < bytes.len() {
                 match RedoRecord::decode(&bytes[at..]) {
@@ -212,7 +199,7 @@ pub fn scan_streams(redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
                         if i + 1 == segments.len() {
                             tracing::info!(node, segment = %path.display(), offset = at, %why,
                                 "torn redo tail; truncating");
-                            let f = OpenOptions::new().write(true).open(&path)?;
+                            let f = fs.open(&path, OpenMode::ReadWrite)?;
                             f.set_len(at as u64)?;
                             f.sync_all()?;
                         } else {
@@ -240,6 +227,7 @@ impl Stream {
     /// Opens (or creates) the stream of `node` continuing at `end`, in a fresh segment
     /// that starts at `end`; older segments listed in `old` are kept until truncated.
     pub fn open(
+        fs: Arc<dyn DurableFs>,
         redo_dir: &Path,
         node: NodeId,
         end: Lsn,
@@ -247,30 +235,24 @@ impl Stream {
         segment_bytes: u64,
     ) -> io::Result<Stream> {
         let dir = redo_dir.join(node.0.to_string());
-        let fresh = !dir.exists();
-        std::fs::create_dir_all(&dir)?;
-        if fresh {
-            sync_dir(redo_dir)?;
-        }
+        // `redo/` is fsynced even if the stream's directory exists: an earlier open may
+        // have created it and failed at that fsync (a power cut then takes the stream).
+        create_dir_all_durably(&*fs, &dir)?;
         let path = segment_path(&dir, end);
-        let active = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)?;
+        let active = fs.open(&path, OpenMode::Create)?;
         // An existing segment at `end` holds only bytes past the valid end (a torn tail
         // already cut by the scan), so it is empty here.
         active.set_len(0)?;
         active.sync_all()?;
-        sync_dir(&dir)?;
+        fs.sync_dir(&dir)?;
         let mut segments: Vec<Lsn> = old.iter().copied().filter(|s| *s != end).collect();
         segments.push(end);
         Ok(Stream {
             node,
+            fs,
             dir,
             segments,
-            active: Arc::new(active),
+            active: Arc::from(active),
             appended: end,
             durable: end,
             buf: Vec::new(),
@@ -362,6 +344,7 @@ impl Stream {
             return Ok(None);
         }
         let job = SyncJob {
+            fs: self.fs.clone(),
             file: self.active.clone(),
             offset: self.written.0 - self.active_start().0,
             bytes: std::mem::take(&mut self.buf),
@@ -406,7 +389,7 @@ impl Stream {
         match done.next_segment {
             None => (newly, Ok(())),
             Some(Ok(f)) => {
-                self.active = Arc::new(f);
+                self.active = Arc::from(f);
                 self.segments.push(done.upto);
                 self.seal_asked = false;
                 (newly, Ok(()))
@@ -462,9 +445,12 @@ impl Stream {
         let f = if seg == self.active_start() {
             None
         } else {
-            Some(File::open(segment_path(&self.dir, seg))?)
+            Some(
+                self.fs
+                    .open(&segment_path(&self.dir, seg), OpenMode::Read)?,
+            )
         };
-        let file = f.as_ref().unwrap_or(&self.active);
+        let file: &dyn DurableFile = f.as_deref().unwrap_or(&*self.active);
         let mut buf = vec![0u8; rec.len as usize];
         file.read_exact_at(&mut buf, rec.start.0 - seg.0)?;
         let (r, _) = RedoRecord::decode(&buf)
@@ -526,8 +512,10 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::durable::StdFs;
     use common::storage::redo::RedoBody;
     use proptest::prelude::*;
+    use std::fs::OpenOptions;
 
     fn rec(page: u64, before: u64) -> RedoRecord {
         RedoRecord {
@@ -557,7 +545,8 @@ mod tests {
     #[test]
     fn only_written_and_fsynced_bytes_become_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
+        let mut s =
+            Stream::open(StdFs::shared(), dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
         let (end1, full) = s.append(&mut [rec(1, 0)]).unwrap();
         assert!(!full);
         let job = s.begin_sync().unwrap().expect("a tail to write");
@@ -580,7 +569,7 @@ mod tests {
         assert_eq!(sync(&mut s), 4);
         assert_eq!((s.durable(), s.segment_count()), (end, 2));
         assert!(s.begin_sync().unwrap().is_none(), "nothing left to write");
-        let scanned = scan_streams(dir.path()).unwrap();
+        let scanned = scan_streams(&StdFs, dir.path()).unwrap();
         assert_eq!(scanned[0].records.len(), 5);
         assert_eq!(scanned[0].end, end);
     }
@@ -590,7 +579,8 @@ mod tests {
     #[test]
     fn a_failed_write_fails_the_stream() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 1 << 20).unwrap();
+        let mut s =
+            Stream::open(StdFs::shared(), dir.path(), NodeId(4), Lsn(0), &[], 1 << 20).unwrap();
         s.append(&mut [rec(1, 0)]).unwrap();
         assert_eq!(sync(&mut s), 1);
         let durable = s.durable();
@@ -614,7 +604,8 @@ mod tests {
     #[test]
     fn append_scan_truncate_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Stream::open(dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
+        let mut s =
+            Stream::open(StdFs::shared(), dir.path(), NodeId(4), Lsn(0), &[], 2000).unwrap();
         let mut durable = 0;
         for v in 0..10 {
             let (end, _) = s.append(&mut [rec(1, v), rec(2, v)]).unwrap();
@@ -645,7 +636,7 @@ mod tests {
         let len = std::fs::metadata(&last).unwrap().len();
         let f = OpenOptions::new().write(true).open(&last).unwrap();
         f.set_len(len - 7).unwrap();
-        let scanned = scan_streams(dir.path()).unwrap();
+        let scanned = scan_streams(&StdFs, dir.path()).unwrap();
         assert_eq!(scanned.len(), 1);
         assert!(scanned[0].end < end);
         let recs = &scanned[0].records;
@@ -699,7 +690,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut recs: Vec<_> = (0..n).map(|v| rec(3, v)).collect();
             let valid = write_segment(dir.path(), start, &mut recs, &tail);
-            let scanned = scan_streams(dir.path()).unwrap();
+            let scanned = scan_streams(&StdFs, dir.path()).unwrap();
             prop_assert_eq!(scanned.len(), 1);
             prop_assert_eq!(&scanned[0].records, &recs);
             prop_assert_eq!(scanned[0].end, Lsn(start + valid.len() as u64));
@@ -721,7 +712,7 @@ mod tests {
             write_segment(dir.path(), start, &mut recs, &tail);
             std::fs::write(dir.path().join("1").join(stray), &tail).unwrap();
             std::fs::create_dir_all(dir.path().join("not-a-node")).unwrap();
-            let _ = scan_streams(dir.path());
+            let _ = scan_streams(&StdFs, dir.path());
         }
     }
 }

@@ -203,7 +203,7 @@ fn invariant_6_a_repeated_release_is_a_no_op() {
     drop((a7, a8, c, gtm));
     node.shutdown().unwrap();
     assert_eq!(
-        storage_node::recovery::read_fences(&cfg.data_dir).unwrap(),
+        storage_node::recovery::read_fences(&common::durable::StdFs, &cfg.data_dir).unwrap(),
         [(NodeId(1), Epoch(7))].into_iter().collect()
     );
 }

@@ -105,6 +105,7 @@ impl Store {
         if let std::collections::hash_map::Entry::Vacant(v) = core.streams.entry(who.node) {
             v.insert(
                 Stream::open(
+                    self.opts.fs.clone(),
                     &self.redo_dir(),
                     who.node,
                     Lsn(0),

@@ -59,6 +59,7 @@ use crate::metrics::Metrics;
 use crate::page_dir::Regions;
 use crate::page_file::PageFile;
 use crate::redo::Stream;
+use common::durable::DurableFs;
 use common::fabric::Replier;
 use common::ids::{Epoch, Lsn, NodeId, PageId, PageVersion};
 use common::storage::dir::{LockHolder, MAX_EPOCH};
@@ -71,6 +72,7 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use crate::page_meta::PageMeta;
@@ -162,6 +164,9 @@ struct ForceWaiter {
 }
 
 pub struct StoreOptions {
+    /// Where every durable file lives (`StdFs` in the service; `SimFs` in the
+    /// power-loss tests).
+    pub fs: Arc<dyn DurableFs>,
     pub data_dir: PathBuf,
     pub first_page: PageId,
     pub page_count: u64,

@@ -240,8 +240,11 @@ impl Store {
                     paths.extend(s.truncate());
                 }
             }
+            // No directory fsync: a removal a power cut undoes brings back a sealed
+            // segment of checkpointed records, which recovery skips (each is at or below
+            // its page's image) and then deletes.
             for p in &paths {
-                if let Err(e) = std::fs::remove_file(p) {
+                if let Err(e) = self.opts.fs.remove_file(p) {
                     tracing::warn!(path = %p.display(), error = %e, "cannot delete a truncated redo segment");
                 }
             }

@@ -78,7 +78,8 @@ impl Store {
         {
             let _meta = self.meta_lock.lock();
             let fenced = self.core.lock().fenced.clone();
-            crate::recovery::write_fences(&self.opts.data_dir, &fenced).map_err(io_err)?;
+            crate::recovery::write_fences(&*self.opts.fs, &self.opts.data_dir, &fenced)
+                .map_err(io_err)?;
         }
         // Everything the dead node appended becomes durable, then is replayed.
         if let Some(Err(e)) = self.sync_streams(&[node]).remove(&node) {

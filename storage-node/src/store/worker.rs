@@ -136,8 +136,13 @@ impl Store {
             return Err(StorageError::Exhausted);
         }
         // Durable before anyone may use the pages: a restart must not hand them out again.
-        crate::recovery::write_meta(&self.opts.data_dir, self.opts.first_page, new)
-            .map_err(io_err)?;
+        crate::recovery::write_meta(
+            &*self.opts.fs,
+            &self.opts.data_dir,
+            self.opts.first_page,
+            new,
+        )
+        .map_err(io_err)?;
         let mut core = self.core.lock();
         core.pages.resize(new as usize, PageMeta::default());
         for i in old..new {
