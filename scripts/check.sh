@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's one check: formatting, lints (also with the rdma feature), and the test
-# command from README.md. CI (.ci/run) calls this after installing system packages.
+# The project's one check: formatting, lints (also with the rdma feature), the test
+# command from README.md, and the quick soak. CI (.ci/run) calls this after installing
+# system packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,10 @@ cargo clippy -p common --features rdma --all-targets -- -D warnings
 
 step "tests (README's test command)"
 cargo test --workspace --release
+
+# A short soak: TPC-C on spawned processes with kill -9 / SIGSTOP of every service kind
+# (and a cut link when root and ip netns work), lost orders, checks and a plateau of disk
+# and RSS (see the script's header). A fixed seed, so CI's fault schedule is the same
+# every time (SEED=... to vary it).
+step "soak test, quick (scripts/soak-test.sh --quick)"
+SEED=${SEED:-1} scripts/soak-test.sh --quick --out "${SOAK_OUT:-target/soak-quick}"

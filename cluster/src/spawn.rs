@@ -41,6 +41,8 @@ pub struct SpawnOptions {
     pub client_tls: bool,
     /// GTM lease in milliseconds (heartbeats go every lease/10).
     pub lease_ms: u64,
+    /// The storage node's redo segment size in MiB (default: the storage node's, 64).
+    pub redo_segment_mb: Option<u64>,
     /// Run directory (configs, data, logs); default: a fresh one under the temp dir,
     /// removed after a clean stop.
     pub dir: Option<PathBuf>,
@@ -208,10 +210,21 @@ impl ProcessCluster {
             SpawnTransport::Tcp => "127.0.0.1:0".to_string(),
             SpawnTransport::Shm => dir.join("storage.sock").display().to_string(),
         };
+        let redo_segment = o
+            .redo_segment_mb
+            // Keep 4 segments before lazy holders are asked for write-backs (the storage
+            // node's default, 256 MiB, would outlast a short run with small segments).
+            .map(|m| {
+                format!(
+                    "redo_segment = \"{m}MiB\"\nredo_retain = \"{}MiB\"\n",
+                    4 * m
+                )
+            })
+            .unwrap_or_default();
         let storage_config = |listen: &str| {
             format!(
                 "transport = \"{transport}\"\nlisten = {listen:?}\ndata_dir = {}\nmemory = \"{}MiB\"\n\
-                 first_page = 1\npage_count = 4194304\nkey_file = {}\n",
+                 first_page = 1\npage_count = 4194304\nkey_file = {}\n{redo_segment}",
                 q(&dir.join("storage-0")),
                 o.storage_memory_mb,
                 q(&key)

@@ -155,6 +155,11 @@ pub struct Options {
     /// With `--cluster spawn`: GTM lease in milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub lease_ms: u64,
+    /// With `--cluster spawn`: the storage node's redo segment size in MiB (default: the
+    /// storage node's); redo is deleted a whole sealed segment at a time, and lock
+    /// holders are asked to write back once a stream keeps more than 4 segments.
+    #[arg(long)]
+    pub redo_segment_mb: Option<u64>,
     /// With `--cluster spawn`: keep configs, data and logs in this directory (default: a
     /// temporary one, removed after a clean run).
     #[arg(long)]
@@ -205,6 +210,10 @@ pub struct Options {
     /// window and start it again 2 s later.
     #[arg(long)]
     pub fault: Vec<String>,
+    /// Write the run as JSON lines while it goes (a line per second and per fault; see
+    /// `crate::events`), e.g. for `scripts/soak-test.sh`.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
 }
 
 /// A requested feature that does not exist yet (the binary exits 2).
@@ -378,6 +387,7 @@ pub fn run(o: &Options) -> Result<Outcome> {
                     compute_node::mvcc::WaitPolicy::NoWait => "no_wait",
                 },
                 lease_ms: o.lease_ms,
+                redo_segment_mb: o.redo_segment_mb,
                 client_tls: o.client_tls,
                 dir: o.run_dir.clone(),
             })
@@ -519,12 +529,20 @@ fn run_on(
         progress: !o.quiet,
         max_retries: o.max_retries,
         unavailable_patience: Duration::from_secs(o.unavailable_patience),
+        events: o
+            .events
+            .as_deref()
+            .map(crate::events::EventLog::create)
+            .transpose()?
+            .map(std::sync::Arc::new),
     };
     let (res, fault_reports) = match faults {
         Some((cluster, faults)) if !faults.is_empty() => {
             let window = Instant::now() + dcfg.warmup;
             std::thread::scope(|s| {
-                let injector = s.spawn(|| crate::fault::inject(cluster, faults, window));
+                let injector = s.spawn(|| {
+                    crate::fault::inject(cluster, faults, window, dcfg.events.as_deref())
+                });
                 let res = driver::run(target, &dcfg);
                 let reports = injector
                     .join()

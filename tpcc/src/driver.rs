@@ -56,6 +56,8 @@ pub struct DriverConfig {
     /// How long a terminal keeps retrying a transaction whose node is unavailable
     /// (restarting, fenced, cut off) before the run fails. Zero: fail at once.
     pub unavailable_patience: Duration,
+    /// `--events`: a line per second.
+    pub events: Option<std::sync::Arc<crate::events::EventLog>>,
 }
 
 /// What a run produced.
@@ -266,6 +268,24 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
             let per_s_no = (cur[0] - prev[0]) as f64;
             if now > measure_start {
                 timeline.push(per_s_no * 60.0);
+            }
+            if let Some(ev) = &cfg.events {
+                let (phase, since) = if now > measure_start {
+                    ("run", measure_start)
+                } else {
+                    ("warmup", start)
+                };
+                ev.write(
+                    "second",
+                    serde_json::json!({
+                        "phase": phase,
+                        "elapsed_s": now.duration_since(since).as_secs_f64(),
+                        "new_orders": cur[0] - prev[0],
+                        "txns": cur[1] - prev[1],
+                        "aborts": cur[2] - prev[2],
+                        "tpmC": per_s_no * 60.0,
+                    }),
+                );
             }
             if cfg.progress {
                 let (phase, base, secs) = match at_measure {

@@ -122,6 +122,7 @@ pub fn inject(
     cluster: &parking_lot::Mutex<ProcessCluster>,
     faults: &[Fault],
     window: Instant,
+    events: Option<&crate::events::EventLog>,
 ) -> Result<Vec<FaultReport>> {
     let mut reports = Vec::new();
     for f in faults {
@@ -132,6 +133,12 @@ pub fn inject(
         let struck = Instant::now();
         let struck_s = struck.saturating_duration_since(window).as_secs_f64();
         eprintln!("fault: {f} now");
+        if let Some(ev) = events {
+            ev.write(
+                "fault",
+                serde_json::json!({ "state": "struck", "fault": f.to_string() }),
+            );
+        }
         let restart_s = match f.action {
             Action::Kill => {
                 cluster.lock().kill(&f.service)?;
@@ -157,6 +164,24 @@ pub fn inject(
             out_s: struck.elapsed().as_secs_f64(),
         };
         eprintln!("fault: {r}");
+        if let Some(ev) = events {
+            let pid = cluster
+                .lock()
+                .services()
+                .iter()
+                .find(|s| s.name == f.service)
+                .and_then(|s| s.pid());
+            ev.write(
+                "fault",
+                serde_json::json!({
+                    "state": "back",
+                    "fault": f.to_string(),
+                    "out_s": r.out_s,
+                    "restart_s": r.restart_s,
+                    "pid": pid,
+                }),
+            );
+        }
         reports.push(r);
     }
     Ok(reports)

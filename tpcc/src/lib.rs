@@ -12,12 +12,14 @@
 //! * [`transactions`] — New-Order, Payment, Order-Status, Delivery, Stock-Level
 //!   (clauses 2.4-2.8): input generation and transaction profiles.
 //! * [`driver`] — terminals, the mix deck, retries, warm-up and measurement windows.
+//! * [`events`] — `--events`: the run as JSON lines while it goes (seconds, faults).
 //! * [`metrics`] — histograms and counters; [`report`] — table and JSON.
 //! * [`check`] — consistency conditions 1-12 (clause 3.3.2).
 //! * [`bench`] — one run end to end (what the binary calls).
 
 pub mod bench;
 pub mod driver;
+pub mod events;
 pub mod fault;
 pub mod metrics;
 pub mod pg;

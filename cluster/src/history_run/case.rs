@@ -322,6 +322,7 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                 wait_policy: "wound_wait",
                 client_tls: false,
                 lease_ms: 1500,
+                redo_segment_mb: None,
                 dir: None,
             })
             .map_err(|e| format!("{e:#}"))?;
