@@ -22,8 +22,8 @@ step "tests (README's test command)"
 cargo test --workspace --release
 
 # A short soak: TPC-C on spawned processes with kill -9 / SIGSTOP of every service kind
-# (and a cut link when root and ip netns work), lost orders, checks and a plateau of disk
-# and RSS (see the script's header). A fixed seed, so CI's fault schedule is the same
-# every time (SEED=... to vary it).
+# (the link-cut phase is left to full runs: it adds ~35 s), lost orders, checks and a
+# plateau of disk and RSS (see the script's header). A fixed seed, so CI's fault
+# schedule is the same every time (SEED=... to vary it).
 step "soak test, quick (scripts/soak-test.sh --quick)"
-SEED=${SEED:-1} scripts/soak-test.sh --quick --out "${SOAK_OUT:-target/soak-quick}"
+SEED=${SEED:-1} scripts/soak-test.sh --quick --no-netns --out "${SOAK_OUT:-target/soak-quick}"
