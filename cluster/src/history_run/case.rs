@@ -254,7 +254,7 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                 // below their floors): a version a sweep missed fails a read.
                 gtm: gtm::config::GtmConfig {
                     freeze_interval_ms: 500,
-                    status_capacity: 4096,
+                    status_capacity: 512,
                     ..gtm::config::GtmConfig::default()
                 },
                 notice_slots: case.notice_slots,
