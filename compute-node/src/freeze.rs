@@ -9,7 +9,9 @@
 //! ([`Chain::needs_freeze`]), and each is rewritten under its leaf latch
 //! ([`Chain::freeze`]: stamp, drop aborted versions and finished locks; a chain left
 //! with nothing visible is removed) through the normal page-write path (X lock, redo).
-//! After each batch the node forces its redo. When every table is done it reports
+//! After each batch the node forces its redo and records how far it got
+//! ([`Progress`], kept across rejoins); a sweep cut short by a fault resumes there when
+//! the GTM hands out the same target again. When every table is done it reports
 //! `Frozen { below: T }`.
 //!
 //! Why the scan finds every such row: every version below `T` was written before the
@@ -28,6 +30,7 @@ use crate::mvcc::{Chain, MvccError};
 use crate::pager::Pager;
 use crate::txn::{Engine, Table, TxnError};
 use common::ids::TxnId;
+use parking_lot::Mutex;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,19 +61,40 @@ impl From<crate::btree::BTreeError> for Rewrite {
     }
 }
 
+/// How far a sweep got: every row up to `after` of table `table`, and every table
+/// before it in name order, is frozen below `below` and durable. Kept by the node
+/// across rejoins, so a sweep cut short by a fault resumes (the GTM hands the same
+/// target to the next asker).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub below: TxnId,
+    pub table: String,
+    /// `None`: the table is not started.
+    pub after: Option<Vec<u8>>,
+}
+
 /// Stamps every version of a txn below `below` in every table of `catalog` (every
 /// such txn must have ended) and makes it durable. `stop` ends it early (an error).
+/// Resumes from `progress` if it is for the same target, and keeps it up to date.
 pub fn sweep(
     engine: &Engine,
     catalog: &Catalog,
     below: TxnId,
     stop: &AtomicBool,
+    progress: &Mutex<Option<Progress>>,
 ) -> Result<SweepStats, TxnError> {
     let mut stats = SweepStats::default();
+    let resume = progress.lock().clone().filter(|p| p.below == below);
     for table in catalog.tables()? {
-        sweep_table(engine, &table, below, stop, &mut stats)?;
+        let after = match &resume {
+            Some(p) if table.name < p.table => continue,
+            Some(p) if table.name == p.table => p.after.clone(),
+            _ => None,
+        };
+        sweep_table(engine, &table, below, stop, &mut stats, after, progress)?;
         stats.tables += 1;
     }
+    *progress.lock() = None;
     Ok(stats)
 }
 
@@ -80,8 +104,9 @@ fn sweep_table(
     below: TxnId,
     stop: &AtomicBool,
     stats: &mut SweepStats,
+    mut after: Option<Vec<u8>>,
+    progress: &Mutex<Option<Progress>>,
 ) -> Result<(), TxnError> {
-    let mut after: Option<Vec<u8>> = None;
     loop {
         if stop.load(Ordering::Acquire) {
             return Err(TxnError::Storage("freeze sweep stopped".into()));
@@ -145,7 +170,15 @@ fn sweep_table(
         }
         view.force_redo()?;
         match last {
-            Some(k) if scanned > 0 => after = Some(k),
+            Some(k) if scanned > 0 => {
+                // Durable up to `k`: a sweep for the same target may start after it.
+                *progress.lock() = Some(Progress {
+                    below,
+                    table: table.name.clone(),
+                    after: Some(k.clone()),
+                });
+                after = Some(k);
+            }
             _ => return Ok(()),
         }
         // Let transactions have the cores between batches.
@@ -161,12 +194,17 @@ pub struct FreezeThread {
 }
 
 impl FreezeThread {
-    pub fn spawn(engine: Arc<Engine>, catalog: Arc<Catalog>, poll: Duration) -> FreezeThread {
+    pub fn spawn(
+        engine: Arc<Engine>,
+        catalog: Arc<Catalog>,
+        poll: Duration,
+        progress: Arc<Mutex<Option<Progress>>>,
+    ) -> FreezeThread {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()
             .name("freeze-sweep".into())
-            .spawn(move || run(&engine, &catalog, poll, &s))
+            .spawn(move || run(&engine, &catalog, poll, &s, &progress))
             .map_err(|e| tracing::error!(error = %e, "cannot start the freeze sweeper"))
             .ok();
         FreezeThread { stop, handle }
@@ -191,7 +229,13 @@ impl Drop for FreezeThread {
     }
 }
 
-fn run(engine: &Engine, catalog: &Catalog, poll: Duration, stop: &AtomicBool) {
+fn run(
+    engine: &Engine,
+    catalog: &Catalog,
+    poll: Duration,
+    stop: &AtomicBool,
+    progress: &Mutex<Option<Progress>>,
+) {
     loop {
         std::thread::park_timeout(poll);
         if stop.load(Ordering::Acquire) || engine.gtm().connection().is_closed() {
@@ -206,7 +250,7 @@ fn run(engine: &Engine, catalog: &Catalog, poll: Duration, stop: &AtomicBool) {
             }
         };
         let started = std::time::Instant::now();
-        match sweep(engine, catalog, below, stop) {
+        match sweep(engine, catalog, below, stop, progress) {
             Ok(st) => match engine.gtm().frozen(below) {
                 Ok(()) => {
                     engine.count_freeze(&st);

@@ -52,7 +52,7 @@
 use crate::btree::TreeOptions;
 use crate::catalog::Catalog;
 use crate::coherence::{CoherentPager, LockMode, StorageSet, ValidationMode};
-use crate::freeze::FreezeThread;
+use crate::freeze::{FreezeThread, Progress};
 use crate::mvcc::WaitPolicy;
 use crate::txn::{Engine, EngineConfig, Isolation, Resolved, Table, Txn, TxnError};
 use common::fabric::{ClientOptions, ClusterKey, Endpoint};
@@ -194,6 +194,7 @@ impl Incarnation {
         cfg: &ComputeConfig,
         key: &ClusterKey,
         generation: u64,
+        freeze_progress: Arc<Mutex<Option<Progress>>>,
     ) -> Result<Incarnation, StartError> {
         let opts = ClientOptions::new(key.clone()).timeout(Duration::from_secs(cfg.rpc_timeout_s));
         let gtm_ep: Endpoint = cfg
@@ -245,6 +246,7 @@ impl Incarnation {
                 engine.clone(),
                 catalog.clone(),
                 Duration::from_millis(cfg.freeze_poll_ms),
+                freeze_progress,
             )
         });
         tracing::info!(node = %reg.node, epoch = %reg.epoch, generation, "compute node ready");
@@ -317,6 +319,8 @@ pub struct ComputeNode {
     key: ClusterKey,
     rejoin_lock: Mutex<()>,
     rejoins: AtomicU64,
+    /// How far this node's last freeze sweep got (outlives incarnations).
+    freeze_progress: Arc<Mutex<Option<Progress>>>,
 }
 
 impl ComputeNode {
@@ -330,13 +334,15 @@ impl ComputeNode {
     pub fn start_with_key(cfg: &ComputeConfig, key: ClusterKey) -> Result<ComputeNode, StartError> {
         cfg.validate()
             .map_err(|(key, why)| StartError::Config(format!("{key}: {why}")))?;
-        let first = Incarnation::start(cfg, &key, 0)?;
+        let freeze_progress = Arc::new(Mutex::new(None));
+        let first = Incarnation::start(cfg, &key, 0, freeze_progress.clone())?;
         Ok(ComputeNode {
             current: RwLock::new(Arc::new(first)),
             cfg: cfg.clone(),
             key,
             rejoin_lock: Mutex::new(()),
             rejoins: AtomicU64::new(0),
+            freeze_progress,
         })
     }
 
@@ -376,7 +382,8 @@ impl ComputeNode {
             "rejoining the cluster with a new epoch"
         );
         old.close();
-        let next = Incarnation::start(&self.cfg, &self.key, seen + 1)?;
+        let next =
+            Incarnation::start(&self.cfg, &self.key, seen + 1, self.freeze_progress.clone())?;
         *self.current.write() = Arc::new(next);
         self.rejoins.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -35,7 +35,9 @@
 //!    a reader that gets it found a version the sweep missed, which is an error.
 //!
 //! A report lost to a GTM restart is harmless (the next sweep redoes it); a floor is
-//! never lowered; a grant whose node died or left is given to the next asker.
+//! never lowered; a grant whose node died, left or rejoined is given, with the same
+//! target, to the next asker — a node that rejoined resumes its sweep where it stopped
+//! (`compute_node::freeze::Progress`).
 
 use common::durable::DurableFs;
 use common::ids::{Epoch, NodeId, Timestamp, TxnId};
@@ -111,7 +113,15 @@ impl Freezer {
             if live(g.node, g.epoch) {
                 return Err(format!("node {} runs the freeze sweep", g.node));
             }
-            self.granted = None;
+            // Its holder died or rejoined: the same target goes to this asker (every
+            // txn below it still has ended), so a node that rejoined resumes its sweep
+            // where it stopped instead of starting over.
+            self.granted = Some(Grant {
+                node,
+                epoch,
+                below: g.below,
+            });
+            return Ok(g.below);
         }
         if self.reported.is_some() {
             return Err("the last freeze sweep waits for old snapshots to end".into());
@@ -233,12 +243,13 @@ mod tests {
         let mut f = freezer(dir.path());
         let now = Instant::now();
         f.grant(N1, E1, TxnId(50), now, |_, _| true).unwrap();
-        f.last_grant -= Duration::from_secs(1);
         assert_eq!(
             f.grant(N2, E1, TxnId(55), now, |n, _| n != N1),
-            Ok(TxnId(55))
+            Ok(TxnId(50)),
+            "the same target, so a sweep can resume"
         );
         assert!(f.report(N1, E1, TxnId(50), Timestamp(3)).is_err());
+        f.report(N2, E1, TxnId(50), Timestamp(3)).unwrap();
     }
 
     #[test]
