@@ -282,7 +282,10 @@ impl Oracle {
     /// Records a final outcome (from the GTM, or this node's own commit or abort: its
     /// readers then need no status read for this node's versions).
     fn learn(&self, w: TxnId, s: WriterState) {
-        if self.resolved.len() > 1_000_000 {
+        // A cache, bounded: at ~50 bytes an entry, 1M entries would grow a compute
+        // node's RSS by ~50 MB before a clear; 64K recent writers cover the rows being
+        // read (older versions are stamped by then, or by the next freeze sweep).
+        if self.resolved.len() > 1 << 16 {
             self.resolved.clear();
         }
         self.resolved.insert(w, s);
