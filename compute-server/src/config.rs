@@ -129,6 +129,9 @@ wound_after_ms = 200
 heartbeat_ms = 300
 # Seconds a call to a storage node or the GTM may take (lock waits included)
 rpc_timeout_s = 30
+# Milliseconds between asks whether a freeze sweep is due (the GTM's
+# freeze_interval_ms decides how often one runs); 0: this node never sweeps
+freeze_poll_ms = 5000
 "#;
 
 impl common::config::ServiceConfig for ServiceConfig {
