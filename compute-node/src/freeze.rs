@@ -26,9 +26,9 @@
 
 use crate::btree::{BTree, MAX_ENTRY_LEN};
 use crate::catalog::Catalog;
-use crate::mvcc::{Chain, MvccError};
+use crate::mvcc::Chain;
 use crate::pager::Pager;
-use crate::txn::{Engine, Table, TxnError};
+use crate::txn::{Engine, Table, TxnError, UpsertFail};
 use common::ids::TxnId;
 use parking_lot::Mutex;
 use std::ops::Bound;
@@ -47,18 +47,6 @@ pub struct SweepStats {
     pub rows_scanned: u64,
     pub rows_rewritten: u64,
     pub rows_removed: u64,
-}
-
-enum Rewrite {
-    Unchanged,
-    Mvcc(MvccError),
-    Tree(crate::btree::BTreeError),
-}
-
-impl From<crate::btree::BTreeError> for Rewrite {
-    fn from(e: crate::btree::BTreeError) -> Self {
-        Rewrite::Tree(e)
-    }
 }
 
 /// How far a sweep got: every row up to `after` of table `table`, and every table
@@ -137,14 +125,14 @@ fn sweep_table(
             let mut removed = false;
             let res = tree.upsert(key, |old| {
                 let Some(old) = old else {
-                    return Err(Rewrite::Unchanged);
+                    return Err(UpsertFail::Unchanged);
                 };
-                let mut chain = Chain::decode(old).map_err(Rewrite::Mvcc)?;
+                let mut chain = Chain::decode(old).map_err(UpsertFail::Mvcc)?;
                 if !chain
                     .freeze(below, watermark, engine.oracle())
-                    .map_err(Rewrite::Mvcc)?
+                    .map_err(UpsertFail::Mvcc)?
                 {
-                    return Err(Rewrite::Unchanged);
+                    return Err(UpsertFail::Unchanged);
                 }
                 if chain.is_dead(watermark) {
                     removed = true;
@@ -152,20 +140,21 @@ fn sweep_table(
                 }
                 chain
                     .fit(MAX_ENTRY_LEN.saturating_sub(key.len()))
-                    .map_err(Rewrite::Mvcc)?;
+                    .map_err(UpsertFail::Mvcc)?;
                 Ok(Some(chain.encode()))
             });
             match res {
                 Ok(()) if removed => stats.rows_removed += 1,
                 Ok(()) => stats.rows_rewritten += 1,
-                Err(Rewrite::Unchanged) => {}
-                Err(Rewrite::Mvcc(e)) => {
+                Err(UpsertFail::Unchanged) => {}
+                Err(UpsertFail::Mvcc(e)) => {
                     return Err(TxnError::Storage(format!(
                         "freeze sweep of {}: {e}",
                         table.name
                     )))
                 }
-                Err(Rewrite::Tree(e)) => return Err(e.into()),
+                Err(UpsertFail::Tree(e)) => return Err(e.into()),
+                Err(UpsertFail::Caller(e)) => return Err(e),
             }
         }
         view.force_redo()?;

@@ -1144,7 +1144,7 @@ fn mvcc_err(e: MvccError) -> TxnError {
 /// How an upsert failed: the row logic refused, or the tree did, or an update's
 /// function — or nothing needs writing (`Unchanged`: a lock the transaction held
 /// already).
-enum UpsertFail {
+pub(crate) enum UpsertFail {
     Mvcc(MvccError),
     Tree(BTreeError),
     Caller(TxnError),
