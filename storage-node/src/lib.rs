@@ -19,6 +19,7 @@
 //! * [`locks`] — X page locks, FIFO wait queues, revocations.
 //! * [`redo`] — per-node redo streams: segments, durability, truncation.
 //! * [`page_file`] — two slots per page, so a torn write never loses the last image.
+//! * [`slot_map`] — the versions each slot holds, so start-up does not read the pages.
 //! * [`recovery`] — restart recovery and metadata files.
 //! * `page_meta` — `PageMeta`, per-page state: built by `recovery`, kept by `store`
 //!   (re-exported as [`store::PageMeta`]), so that `recovery` does not import `store`.
@@ -68,6 +69,7 @@ mod page_meta;
 pub mod recovery;
 pub mod redo;
 pub mod service;
+pub mod slot_map;
 pub mod store;
 
 use common::durable::{create_dir_all_durably, DurableFs, OpenMode, StdFs};
@@ -78,6 +80,7 @@ use common::storage::page::PAGE_SIZE;
 use config::StorageConfig;
 use page_dir::Regions;
 use page_file::PageFile;
+use slot_map::SlotMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -163,8 +166,10 @@ impl StorageNode {
             Access::READ_ONLY,
         )?;
         let page_file = PageFile::open_in(&*fs, &cfg.data_dir.join("pages"))?;
-        // The page file's name is durable before any checkpoint relies on it (a file
-        // created just now, or by a start that died before this fsync).
+        let slot_map = SlotMap::open_in(&*fs, &cfg.data_dir.join("slots"))?;
+        // The names of the page file and the slot map are durable before any checkpoint
+        // relies on them (files created just now, or by a start that died before this
+        // fsync).
         fs.sync_dir(&cfg.data_dir)?;
         let rec = recovery::recover(
             &fs,
@@ -172,6 +177,7 @@ impl StorageNode {
             cfg.first_page_id(),
             cfg.page_count,
             &page_file,
+            &slot_map,
             cfg.redo_segment.0,
         )?;
         tracing::info!(
@@ -180,6 +186,7 @@ impl StorageNode {
             records = rec.records_scanned,
             redone = rec.pages_redone,
             torn = rec.torn_pages,
+            pages_read = rec.pages_read,
             "recovery done"
         );
         let notices = server.register(notice::region_len(cfg.notice_slots), Access::READ_ONLY)?;
@@ -194,6 +201,7 @@ impl StorageNode {
         for (i, m) in rec.pages.iter().enumerate() {
             regions.set_version(i as u64, m.version);
         }
+        let pages_read = rec.pages_read as u64;
         let mut core = Core::new(rec.pages, cfg.frames());
         core.fenced = rec.fenced;
         for s in rec.streams {
@@ -211,8 +219,13 @@ impl StorageNode {
             },
             regions,
             page_file,
+            slot_map,
             core,
         ));
+        store
+            .metrics
+            .recovery_pages_read
+            .store(pages_read, std::sync::atomic::Ordering::Relaxed);
         let mut threads = Vec::new();
         let s = store.clone();
         threads.push(

@@ -50,6 +50,7 @@ metrics! {
     truncation_write_backs: "write-backs asked of lock holders whose pages held redo truncation back",
     fenced: "release_locks_of calls (dead node epochs fenced)",
     pages_rebuilt: "pages rebuilt from redo for a dead holder",
+    recovery_pages_read: "pages whose slots start-up read from the page file (pages with redo, or without a slot-map entry)",
 }
 
 impl Metrics {

@@ -6,21 +6,28 @@
 //! <data>/meta       "first_page <n>\nallocated <n>\n"  (written atomically: tmp + rename)
 //! <data>/fences     one "<node> <epoch>" line per fenced node (same)
 //! <data>/pages      the page file, two slots per page (`page_file`)
+//! <data>/slots      the versions each page's slots hold, 32 bytes per page (`slot_map`)
 //! <data>/redo/<node>/<start lsn>.seg   redo streams (`redo`)
 //! ```
 //!
 //! ## Recovery, step by step
 //!
 //! 1. Read `meta` (allocation high-water mark) and `fences`.
-//! 2. Scan the page file for every allocated page: the newest slot that verifies is the
-//!    page's base image; a slot that fails its checksum is a torn write (reported).
+//! 2. Read the slot map (`slot_map`): the versions in each page's two slots, 32 bytes
+//!    per page, so start-up does not read the page file.
 //! 3. Scan every redo stream; a stream's torn tail is cut at the first record that fails
 //!    to decode.
-//! 4. Per page, merge the records of all streams in version order and apply the chain
+//! 4. Read the real slots of every page that has redo beyond its slot-map entry, or no
+//!    valid entry (one
+//!    sequential scan of the page file if most entries are unknown): the newest slot
+//!    that verifies is the page's base image; a slot that fails its checksum is a torn
+//!    write (reported).
+//! 5. Per page, merge the records of all streams in version order and apply the chain
 //!    that starts at the base version (a record applies iff its `before` equals the
 //!    page's current version; older records are skipped).
-//! 5. Write each changed page into its other slot, fsync the page file.
-//! 6. Start every stream in a fresh segment at its old end LSN; delete the old
+//! 6. Write each changed page into its other slot, fsync the page file; write the
+//!    slot-map entries of every page read in step 4, fsync the slot map.
+//! 7. Start every stream in a fresh segment at its old end LSN; delete the old
 //!    segments (all their records are now in the page file: log truncation).
 //!
 //! Each step is idempotent, so a crash during recovery is followed by the same recovery.
@@ -28,6 +35,7 @@
 use crate::page_file::{target_slot, PageFile, Slot};
 use crate::page_meta::PageMeta;
 use crate::redo::{scan_streams, segment_path, Stream};
+use crate::slot_map::SlotMap;
 use common::durable::{replace_file, DurableFs};
 use common::ids::{Epoch, NodeId, PageId, PageVersion};
 use common::storage::page::Page;
@@ -133,6 +141,8 @@ pub struct Recovered {
     pub torn_pages: usize,
     pub pages_redone: usize,
     pub records_scanned: usize,
+    /// Pages whose slots were read from the page file (step 4).
+    pub pages_read: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +159,7 @@ pub fn recover(
     first: PageId,
     page_count: u64,
     page_file: &PageFile,
+    slot_map: &SlotMap,
     segment_bytes: u64,
 ) -> Result<Recovered, RecoveryError> {
     // 1. metadata
@@ -175,24 +186,16 @@ pub fn recover(
     };
     let fenced = read_fences(&**fs, data_dir)?;
 
-    // 2. page file
+    // 2. slot map: the versions in each page's two slots, without reading the pages
     let mut pages = vec![PageMeta::default(); allocated as usize];
-    let mut torn = vec![false; allocated as usize];
-    page_file.scan(first, allocated, |i, slots| {
-        let m = &mut pages[i as usize];
-        for (k, s) in slots.iter().enumerate() {
-            match s {
-                Slot::Valid(p) => m.disk[k] = p.version(),
-                Slot::Torn(why) => {
-                    tracing::warn!(page = %PageId(first.0 + i), slot = k, %why, "torn page-file slot");
-                    torn[i as usize] = true;
-                }
-                Slot::Empty => {}
-            }
+    let known = slot_map.read_all(allocated)?;
+    let mut exact = vec![false; allocated as usize];
+    for (m, k) in pages.iter_mut().zip(&known) {
+        if let Some(disk) = k {
+            m.disk = *disk;
+            m.version = disk[0].max(disk[1]);
         }
-        m.version = m.disk[0].max(m.disk[1]);
-    })?;
-
+    }
     // 3. redo streams
     let redo_dir = data_dir.join("redo");
     let scanned = scan_streams(&**fs, &redo_dir)?;
@@ -205,7 +208,54 @@ pub fn recover(
         }
     }
 
-    // 4 + 5. replay per page in version order
+    // 4. The real slots of every page with redo beyond its entry (the entry may lag the
+    // page file: see `slot_map`) or without a valid entry. Most or all unknown (a data directory from before the slot
+    // map, or a lost one): one sequential scan instead.
+    let mut torn = vec![false; allocated as usize];
+    let mut read_real = |i: u64, slots: [Slot; 2], pages: &mut [PageMeta], exact: &mut [bool]| {
+        let m = &mut pages[i as usize];
+        m.disk = [PageVersion(0); 2];
+        for (k, s) in slots.iter().enumerate() {
+            match s {
+                Slot::Valid(p) => m.disk[k] = p.version(),
+                Slot::Torn(why) => {
+                    tracing::warn!(page = %PageId(first.0 + i), slot = k, %why, "torn page-file slot");
+                    torn[i as usize] = true;
+                }
+                Slot::Empty => {}
+            }
+        }
+        m.version = m.disk[0].max(m.disk[1]);
+        exact[i as usize] = true;
+    };
+    let unknown = known.iter().filter(|k| k.is_none()).count() as u64;
+    if unknown > 0 && unknown >= allocated / 4 {
+        tracing::info!(
+            pages = allocated,
+            unknown,
+            "slot map missing or stale: scanning the page file"
+        );
+        page_file.scan(first, allocated, |i, slots| {
+            read_real(i, slots, &mut pages, &mut exact)
+        })?;
+    } else {
+        let mut want: Vec<u64> = (0..allocated)
+            .filter(|i| known[*i as usize].is_none())
+            .chain(by_page.iter().filter_map(|(id, recs)| {
+                let i = id.0.checked_sub(first.0).filter(|i| *i < allocated)?;
+                let newest = recs.iter().map(|r| r.after).max()?;
+                (newest > pages[i as usize].version).then_some(i)
+            }))
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        for i in want {
+            let slots = page_file.read_slots(i, PageId(first.0 + i))?;
+            read_real(i, slots, &mut pages, &mut exact);
+        }
+    }
+
+    // 5 + 6. replay per page in version order
     let mut redone = 0;
     let mut ids: Vec<PageId> = by_page.keys().copied().collect();
     ids.sort();
@@ -269,12 +319,24 @@ pub fn recover(
         }
     }
     page_file.sync()?;
+    // Every entry read from the page file goes back to the slot map, durably, before a
+    // segment is deleted (after that, those pages have no redo to be read for).
+    let mut entries: Vec<(u64, [PageVersion; 2])> = exact
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| **e && known[*i] != Some(pages[*i].disk))
+        .map(|(i, _)| (i as u64, pages[i].disk))
+        .collect();
+    if !entries.is_empty() {
+        slot_map.write(&mut entries)?;
+        slot_map.sync()?;
+    }
     for m in pages.iter_mut() {
         m.durable = m.version;
         m.logged = m.version;
     }
 
-    // 6. fresh segments; old ones are fully checkpointed now
+    // 7. fresh segments; old ones are fully checkpointed now
     let mut streams = Vec::new();
     for s in scanned {
         let stream = Stream::open(fs.clone(), &redo_dir, s.node, s.end, &[], segment_bytes)?;
@@ -291,6 +353,7 @@ pub fn recover(
         torn_pages,
         pages_redone: redone,
         records_scanned,
+        pages_read: exact.iter().filter(|e| **e).count(),
     })
 }
 

@@ -75,6 +75,10 @@ struct Figures {
     premature_accepted: u64,
     checkpoints: u64,
     fences: u64,
+    /// Crash points by the file they cut off: "pages", "slots", "redo", ...
+    crash_files: BTreeMap<String, u64>,
+    /// Slot-map entries of pages without redo beyond them found equal to their slots after a cut.
+    slot_entries_checked: u64,
 }
 
 struct Run {
@@ -157,6 +161,14 @@ impl Run {
         let st = self.sim.stats();
         let kind = st.crashed_at.as_ref().map_or("end of the life", |c| c.1);
         *self.fig.crash_kinds.entry(kind).or_default() += 1;
+        if let Some((_, _, path)) = &st.crashed_at {
+            let rel = path.strip_prefix(&self.cfg.data_dir).unwrap_or(path);
+            let file = rel
+                .components()
+                .next()
+                .map_or("?".into(), |c| c.as_os_str().to_string_lossy().into_owned());
+            *self.fig.crash_files.entry(file).or_default() += 1;
+        }
         if let Some(i) = &st.injected {
             *self.fig.injected.entry(i.1).or_default() += 1;
         }
@@ -181,6 +193,9 @@ impl Run {
             return;
         }
         let pf = storage_node::page_file::PageFile::open_in(&disk, &dir.join("pages")).unwrap();
+        let entries = storage_node::slot_map::SlotMap::open_in(&disk, &dir.join("slots"))
+            .and_then(|sm| sm.read_all(allocated))
+            .expect("the slot map reads");
         for m in &mut self.pages {
             if let Some(v) = in_redo.get(&m.id) {
                 m.known_durable = m.known_durable.max(*v);
@@ -189,7 +204,21 @@ impl Run {
             if idx >= allocated {
                 continue;
             }
-            for s in pf.read_slots(idx, m.id).unwrap() {
+            let slots = pf.read_slots(idx, m.id).unwrap();
+            // The slot map may lag the page file only while redo of the page beyond
+            // the entry remains.
+            let redo_beyond =
+                |e: [PageVersion; 2]| in_redo.get(&m.id).is_some_and(|v| *v > e[0].max(e[1]));
+            if let Some(entry) = entries[idx as usize].filter(|e| !redo_beyond(*e)) {
+                let real = [slots[0].version(), slots[1].version()];
+                assert_eq!(
+                    entry, real,
+                    "slot map: page {} without redo beyond it has entry {entry:?}, but its slots hold {real:?}",
+                    m.id
+                );
+                self.fig.slot_entries_checked += 1;
+            }
+            for s in slots {
                 assert!(
                     s.version() <= m.known_durable,
                     "invariant 3: page {} has an image at {} on disk, above its durable redo ({})",
@@ -519,6 +548,10 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
         total.premature_accepted += f.premature_accepted;
         total.checkpoints += f.checkpoints;
         total.fences += f.fences;
+        total.slot_entries_checked += f.slot_entries_checked;
+        for (k, n) in f.crash_files {
+            *total.crash_files.entry(k).or_default() += n;
+        }
         for (k, n) in f.crash_kinds {
             *total.crash_kinds.entry(k).or_default() += n;
         }
@@ -528,15 +561,17 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
     }
     println!(
         "storage-node power loss: {} seeds, {} power cuts ({} during recovery) in {:.1?}; \
-         {} file ops per life; crash points by the op cut off: {:?}; injected faults: {:?}; \
-         {} forces acknowledged, {} lost; write-backs before the force: {} refused, {} \
-         accepted (redo already durable); {} checkpoints, {} fences",
+         {} file ops per life; crash points by the op cut off: {:?}, by file: {:?}; \
+         injected faults: {:?}; {} forces acknowledged, {} lost; write-backs before the \
+         force: {} refused, {} accepted (redo already durable); {} checkpoints, {} fences; \
+         {} slot-map entries of pages without redo beyond them checked exact after the cuts",
         total.seeds,
         total.cuts,
         total.recovery_crashes,
         started.elapsed(),
         ops,
         total.crash_kinds,
+        total.crash_files,
         total.injected,
         total.acked_forces,
         total.acked_lost,
@@ -544,6 +579,7 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
         total.premature_accepted,
         total.checkpoints,
         total.fences,
+        total.slot_entries_checked,
     );
     assert_eq!(total.acked_lost, 0);
 }

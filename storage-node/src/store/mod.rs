@@ -59,6 +59,7 @@ use crate::metrics::Metrics;
 use crate::page_dir::Regions;
 use crate::page_file::PageFile;
 use crate::redo::Stream;
+use crate::slot_map::SlotMap;
 use common::durable::DurableFs;
 use common::fabric::Replier;
 use common::ids::{Epoch, Lsn, NodeId, PageId, PageVersion};
@@ -181,6 +182,9 @@ pub struct Store {
     pub opts: StoreOptions,
     pub regions: Regions,
     pub page_file: PageFile,
+    /// Which version each page-file slot holds (written after the page file's fsync,
+    /// before the redo is truncated; `slot_map`).
+    pub slot_map: SlotMap,
     pub core: Mutex<Core>,
     forces: Mutex<Vec<ForceWaiter>>,
     force_cv: Condvar,
@@ -190,6 +194,9 @@ pub struct Store {
     stopping: AtomicBool,
     /// Serialises metadata writes (allocation high-water mark, fences).
     meta_lock: Mutex<()>,
+    /// Serialises checkpoints (the worker's and the shutdown's): each picks target
+    /// slots from `PageMeta::disk` and updates it after its fsyncs.
+    checkpoint_lock: Mutex<()>,
     /// Serialises redo tail writes, fsyncs, segment seals and durable marks (taken
     /// before `core`).
     sync_lock: Mutex<()>,
@@ -204,11 +211,18 @@ fn io_err(e: std::io::Error) -> StorageError {
 }
 
 impl Store {
-    pub fn new(opts: StoreOptions, regions: Regions, page_file: PageFile, core: Core) -> Store {
+    pub fn new(
+        opts: StoreOptions,
+        regions: Regions,
+        page_file: PageFile,
+        slot_map: SlotMap,
+        core: Core,
+    ) -> Store {
         Store {
             opts,
             regions,
             page_file,
+            slot_map,
             core: Mutex::new(core),
             forces: Mutex::new(Vec::new()),
             force_cv: Condvar::new(),
@@ -217,6 +231,7 @@ impl Store {
             metrics: Metrics::default(),
             stopping: AtomicBool::new(false),
             meta_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
             sync_lock: Mutex::new(()),
         }
     }

@@ -189,6 +189,7 @@ impl Store {
     /// then truncates the redo streams. Returns the number of pages written.
     pub fn checkpoint(&self) -> Result<usize, StorageError> {
         const CHUNK: usize = 256;
+        let _serial = self.checkpoint_lock.lock();
         let dirty = self.core.lock().frames.dirty_frames();
         let mut written = 0;
         for chunk in dirty.chunks(CHUNK) {
@@ -221,6 +222,21 @@ impl Store {
                     .map_err(io_err)?;
             }
             self.page_file.sync().map_err(io_err)?;
+            // The slot map follows the page file and precedes truncation (see
+            // `slot_map`: an entry may lag the page file only while redo remains).
+            let mut entries: Vec<(u64, [PageVersion; 2])> = {
+                let core = self.core.lock();
+                batch
+                    .iter()
+                    .map(|(_, idx, v, slot, _)| {
+                        let mut disk = core.pages[*idx as usize].disk;
+                        disk[*slot] = *v;
+                        (*idx, disk)
+                    })
+                    .collect()
+            };
+            self.slot_map.write(&mut entries).map_err(io_err)?;
+            self.slot_map.sync().map_err(io_err)?;
             let mut paths = Vec::new();
             {
                 let mut core = self.core.lock();
