@@ -304,8 +304,9 @@ impl EmbeddedCluster {
     }
 
     /// Stops storage node `i` (cleanly: it checkpoints) and starts it again on the same
-    /// endpoint, recovering from its data directory. Its lock table starts empty, so
-    /// every compute node connected to it must rejoin (their connections ended).
+    /// endpoint, recovering from its data directory. Its lock table starts empty: the
+    /// compute nodes connected to it reclaim their locks within its grace period and
+    /// keep their pools (`storage_node::store::reclaim`).
     pub fn restart_storage_node(&mut self, i: usize) -> Result<(), ClusterError> {
         let old = self.storages.remove(i);
         let ep = self.storage_endpoints[i].clone();
@@ -313,6 +314,23 @@ impl EmbeddedCluster {
             index: i,
             message: e.to_string(),
         })?;
+        let node = start_storage_node(&self.options, &self.dir, i, &self.key, &ep)?;
+        self.storages.insert(i, node);
+        Ok(())
+    }
+
+    /// Crashes storage node `i` (no flush, no checkpoint: as kill -9) and starts it
+    /// again on the same endpoint, recovering from its data directory.
+    pub fn crash_storage_node(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.crash_storage_node_for(i, Duration::ZERO)
+    }
+
+    /// As [`EmbeddedCluster::crash_storage_node`], down for `down` before the restart.
+    pub fn crash_storage_node_for(&mut self, i: usize, down: Duration) -> Result<(), ClusterError> {
+        let old = self.storages.remove(i);
+        let ep = self.storage_endpoints[i].clone();
+        old.crash();
+        std::thread::sleep(down);
         let node = start_storage_node(&self.options, &self.dir, i, &self.key, &ep)?;
         self.storages.insert(i, node);
         Ok(())

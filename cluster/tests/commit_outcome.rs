@@ -260,7 +260,7 @@ fn a_failed_redo_force_aborts_the_transaction_at_the_gtm() {
     tx.put(&t, b"k", b"v").unwrap();
     let id = tx.id();
     // The redo cannot be forced: the storage connection is gone.
-    a.engine().pager().storage().node(0).connection().close();
+    a.engine().pager().storage().node(0).close();
     let e = tx.commit().unwrap_err();
     assert!(matches!(e, TxnError::Storage(_)), "{e}");
     assert!(!e.is_unknown(), "the commit was never sent: {e}");

@@ -115,6 +115,25 @@ fn invariant_10_nodes_leaving_mid_run() {
     must_pass(&c);
 }
 
+/// Storage nodes crash (no flush, no checkpoint) and restart mid-run; the compute nodes
+/// reclaim their X locks and go on with their pools (invariant 9 across a restart).
+#[test]
+fn invariant_9_and_10_storage_nodes_crashing_with_locks_reclaimed() {
+    for (workload, seed) in [(Workload::ListAppend, 1), (Workload::Bank, 2)] {
+        let mut c = case(workload, 3, 2);
+        c.faults = Faults::StorageCrash;
+        c.seconds = 4.0;
+        c.seed = seed;
+        let r = must_pass(&c);
+        eprintln!("{}", r.faults_log.join("\n"));
+        assert!(
+            r.faults_log.iter().any(|l| l.contains("crash, down")),
+            "the storage nodes crashed: {:?}",
+            r.faults_log
+        );
+    }
+}
+
 /// The services as processes, clients over gRPC, compute nodes killed and restarted.
 #[test]
 fn invariant_7_and_10_processes_with_compute_nodes_killed() {

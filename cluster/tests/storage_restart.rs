@@ -119,3 +119,169 @@ fn a_node_that_has_not_rejoined_does_not_trust_its_old_locks_shm() {
 fn a_node_that_has_not_rejoined_does_not_trust_its_old_locks_tcp() {
     stale_lock_is_not_trusted(Transport::Tcp);
 }
+
+// ---- Reclaim: a restart keeps the compute nodes' pools ----
+
+fn get(node: &ComputeNode, t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
+    let mut tx = node.begin()?;
+    let v = tx.get(t, key)?;
+    tx.commit()?;
+    Ok(v)
+}
+
+/// Runs `f` until it succeeds (the storage node is coming back), at most 20 s.
+fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, TxnError>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, what, "not yet");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k{i:04}").into_bytes()
+}
+
+fn pool_kept(transport: Transport, crash: bool) {
+    let mut c = cluster(transport);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let t = a.create_table("t").unwrap();
+    // Node 1 writes 300 rows (several leaves, all X-held lazily by it, dirty); node 2
+    // reads the first 100 (it caches their pages; the leaves it asked for are
+    // released by node 1), then node 1 changes every row again.
+    for i in 0..300 {
+        put(a, &t, &key(i), b"v1").unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(get(b, &t, &key(i)).unwrap().as_deref(), Some(&b"v1"[..]));
+    }
+    for i in 0..300 {
+        put(a, &t, &key(i), b"v2").unwrap();
+    }
+    let held = a.engine().pager().held_locks();
+    let cached = [a, b].map(|n| n.engine().pager().pool().snapshot_versions().len());
+    assert!(held > 0);
+
+    if crash {
+        c.crash_storage_node(0).unwrap();
+    } else {
+        c.restart_storage_node(0).unwrap();
+    }
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    // Both nodes read every row; node 2 writes one node 1 holds (a revocation after
+    // the reclaim), node 1 reads it back.
+    for i in (0..300).step_by(7) {
+        let v = retry("read after the restart", || get(a, &t, &key(i)));
+        assert_eq!(v.as_deref(), Some(&b"v2"[..]), "row {i} on node 1");
+        let v = retry("read after the restart", || get(b, &t, &key(i)));
+        assert_eq!(v.as_deref(), Some(&b"v2"[..]), "row {i} on node 2");
+    }
+    retry("write after the restart", || put(b, &t, &key(250), b"v3"));
+    assert_eq!(
+        retry("read node 2's write", || get(a, &t, &key(250))).as_deref(),
+        Some(&b"v3"[..])
+    );
+    retry("write after the restart", || put(a, &t, &key(5), b"v4"));
+    assert_eq!(
+        retry("read node 1's write", || get(b, &t, &key(5))).as_deref(),
+        Some(&b"v4"[..])
+    );
+
+    // Nobody rejoined; node 1 took its locks back; the pools are still there.
+    for (n, node) in [a, b].iter().enumerate() {
+        assert_eq!(node.rejoins(), 0, "node {} rejoined", n + 1);
+        assert!(node.broken().is_none());
+        let after = node.engine().pager().pool().snapshot_versions().len();
+        assert!(
+            after * 10 >= cached[n] * 9,
+            "node {}: {} pages cached before the restart, {after} after",
+            n + 1,
+            cached[n]
+        );
+    }
+    let engine = a.engine();
+    let reclaimed = engine
+        .pager()
+        .stats
+        .locks_reclaimed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        reclaimed as usize >= held - 1,
+        "node 1 held {held} locks, reclaimed {reclaimed}"
+    );
+    let m = &c.storage(0).store.metrics;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&m.reclaims), 2, "both compute nodes reclaimed");
+    assert_eq!(load(&m.reclaims_refused), 0);
+    assert_eq!(load(&m.locks_reclaimed), reclaimed);
+    println!("pool kept: node 1 held {held} locks, reclaimed {reclaimed}; pages cached before {cached:?}");
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn a_clean_storage_restart_keeps_the_pools_shm() {
+    pool_kept(Transport::Shm, false);
+}
+
+#[test]
+fn a_storage_crash_keeps_the_pools_shm() {
+    pool_kept(Transport::Shm, true);
+}
+
+#[test]
+fn a_storage_crash_keeps_the_pools_tcp() {
+    pool_kept(Transport::Tcp, true);
+}
+
+/// With no grace period the restarted node refuses every reclaim: the compute nodes
+/// report themselves broken and rejoin with empty pools (the behaviour before reclaim).
+#[test]
+fn without_a_grace_period_the_nodes_rejoin() {
+    common::service::init_tracing("warn");
+    let mut storage = storage_node::config::StorageConfig {
+        reclaim_grace_ms: 0,
+        ..Default::default()
+    };
+    storage.checkpoint_interval_ms = 500;
+    let mut c = EmbeddedCluster::start(ClusterOptions {
+        compute_nodes: 1,
+        storage_nodes: 1,
+        transport: Transport::Shm,
+        storage_memory: 64 << 20,
+        pages_per_storage_node: 1 << 14,
+        buffer_frames: 1024,
+        storage,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster starts");
+    let t = c.nodes[0].create_table("t").unwrap();
+    put(&c.nodes[0], &t, b"k", b"v").unwrap();
+    c.crash_storage_node(0).unwrap();
+    let node = &c.nodes[0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.broken().is_none() {
+        assert!(Instant::now() < deadline, "the node never noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        node.broken().unwrap().contains("did not give"),
+        "{:?}",
+        node.broken()
+    );
+    retry("rejoin", || {
+        node.rejoin("test")
+            .map_err(|e| TxnError::Storage(e.to_string()))
+    });
+    assert_eq!(
+        retry("read", || get(node, &t, b"k")).as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(node.rejoins(), 1);
+    c.shutdown().unwrap();
+}

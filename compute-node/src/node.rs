@@ -230,6 +230,7 @@ impl Incarnation {
             cfg.lock_mode,
         );
         pager.install_revocation_handlers()?;
+        pager.spawn_storage_watch();
         let engine = Engine::new(
             pager.clone(),
             gtm,
@@ -260,22 +261,18 @@ impl Incarnation {
     }
 
     /// Why this incarnation can no longer serve, if it cannot: its lease is lost
-    /// (fenced: the GTM aborted its transactions and freed its locks), or a connection
-    /// to the GTM or a storage node ended (the service restarted: its lock table and
-    /// this node's view of it are gone).
+    /// (fenced: the GTM aborted its transactions and freed its locks), the connection
+    /// to the GTM ended (the GTM restarted), or a restarted storage node refused this
+    /// node's locks back.
     fn broken(&self) -> Option<String> {
         let gtm = self.engine.gtm();
         if gtm.connection().is_closed() {
             return Some("the GTM connection ended".into());
         }
-        let storage = self.engine.pager().storage();
-        for i in 0..storage.len() {
-            if storage.node(i).connection().is_closed() {
-                return Some(format!(
-                    "the connection to storage node {} ended",
-                    storage.node(i).layout().first_page
-                ));
-            }
+        // A storage connection that ended is made again by the pager, which takes its
+        // locks back from a restarted storage node; only a refusal breaks it.
+        if let Some(why) = self.engine.pager().broken() {
+            return Some(why);
         }
         match gtm.check_lease() {
             Err(e @ (GtmError::Fenced(_) | GtmError::NotRegistered)) => Some(e.to_string()),
@@ -290,10 +287,7 @@ impl Incarnation {
             f.stop();
         }
         self.engine.gtm().connection().close();
-        let storage = self.engine.pager().storage();
-        for i in 0..storage.len() {
-            storage.node(i).connection().close();
-        }
+        self.engine.pager().close();
     }
 }
 
@@ -303,9 +297,12 @@ impl Incarnation {
 ///
 /// A node that lost its lease (it was paused or cut off past it: the GTM aborted its
 /// transactions and had the storage nodes free its locks and rebuild its pages from its
-/// redo), or whose connection to the GTM or a storage node ended (the service was
-/// restarted), cannot go on with what it holds: its page locks and cached pages
-/// describe a state the cluster no longer has. [`ComputeNode::rejoin`] drops the whole
+/// redo), whose connection to the GTM ended (the GTM was restarted), or whose locks a
+/// restarted storage node refused to give back (its grace period was over: see
+/// `storage_node::store::reclaim`), cannot go on with what it holds: its page locks and
+/// cached pages describe a state the cluster no longer has. (A storage connection that
+/// ends is made again by the pager, which takes the node's locks back from a
+/// restarted storage node; the pool stays.) [`ComputeNode::rejoin`] drops the whole
 /// incarnation — buffer pool, held locks, connections — and starts a new one with a
 /// fresh registration and epoch, exactly as a restarted process would; registering
 /// again supersedes the old epoch at the GTM, which aborts whatever it still had open.

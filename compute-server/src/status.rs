@@ -70,6 +70,8 @@ pub(crate) fn snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
             lock_acquires: load(&c.lock_acquires),
             write_backs: load(&c.write_backs),
             revocations: load(&c.revocations),
+            storage_reconnects: load(&c.storage_reconnects),
+            locks_reclaimed: load(&c.locks_reclaimed),
         }),
         engine: Some(pb::EngineStats {
             begun: load(&e.begun),
@@ -99,7 +101,7 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
     let e = st.engine.unwrap_or_default();
     let s = st.sessions.unwrap_or_default();
     #[rustfmt::skip]
-    let metrics: [(&str, &str, i128, &str); 27] = [
+    let metrics: [(&str, &str, i128, &str); 29] = [
         ("node_id", G, st.node_id.into(), "This node's id."),
         ("epoch", G, st.epoch.into(), "This incarnation's epoch."),
         ("lease_remaining_ms", G, st.lease_remaining_ms.into(), "Milliseconds until writes must stop."),
@@ -115,6 +117,8 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
         ("lock_acquires_total", C, c.lock_acquires.into(), "Global X page locks acquired."),
         ("write_backs_total", C, c.write_backs.into(), "Pages written back."),
         ("revocations_total", C, c.revocations.into(), "Page-lock revocations handled."),
+        ("storage_reconnects_total", C, c.storage_reconnects.into(), "Storage connections made again (a storage node restarted or a link broke)."),
+        ("locks_reclaimed_total", C, c.locks_reclaimed.into(), "X page locks taken back from restarted storage nodes."),
         ("txns_begun_total", C, e.begun.into(), "Transactions begun."),
         ("txns_committed_total", C, e.committed.into(), "Transactions committed."),
         ("txns_aborted_total", C, e.aborted.into(), "Transactions aborted."),

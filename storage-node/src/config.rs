@@ -124,6 +124,11 @@ pub struct StorageConfig {
     /// validate their caches; a node that falls more grants behind checks its whole
     /// cache once. 16 ..= 2^24.
     pub notice_slots: u32,
+    /// After a restart, milliseconds the node waits for the compute nodes that held
+    /// its locks to reclaim them (no lock is granted meanwhile; the wait ends early
+    /// once every compute node recorded in `members` has reclaimed). 0: no reclaim,
+    /// every compute node rejoins with an empty pool.
+    pub reclaim_grace_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -141,6 +146,7 @@ impl Default for StorageConfig {
             redo_retain: ByteSize(256 << 20),
             metrics_listen: String::new(),
             notice_slots: common::storage::notice::NOTICE_CAPACITY,
+            reclaim_grace_ms: 5000,
         }
     }
 }
@@ -159,6 +165,7 @@ pub const KEYS: &[&str] = &[
     "redo_retain",
     "metrics_listen",
     "notice_slots",
+    "reclaim_grace_ms",
 ];
 
 impl common::config::ServiceConfig for StorageConfig {
@@ -200,7 +207,9 @@ impl StorageConfig {
              # host:port of the Prometheus metrics endpoint; empty: none\n\
              metrics_listen = \"{}\"\n\
              # slots of the change-notice ring compute nodes validate their caches with\n\
-             notice_slots = {}\n",
+             notice_slots = {}\n\
+             # after a restart, ms to wait for compute nodes to reclaim their locks; 0: none\n\
+             reclaim_grace_ms = {}\n",
             d.transport,
             d.listen,
             d.data_dir.display(),
@@ -212,6 +221,7 @@ impl StorageConfig {
             d.redo_retain,
             d.metrics_listen,
             d.notice_slots,
+            d.reclaim_grace_ms,
         )
     }
 
@@ -266,6 +276,12 @@ impl StorageConfig {
         }
         if self.checkpoint_interval_ms == 0 {
             return bad("checkpoint_interval_ms must be positive".into());
+        }
+        if self.reclaim_grace_ms > 600_000 {
+            return bad(format!(
+                "reclaim_grace_ms = {}: at most 600000 (ten minutes)",
+                self.reclaim_grace_ms
+            ));
         }
         if !(16..=1 << 24).contains(&self.notice_slots) {
             return bad(format!(

@@ -204,6 +204,8 @@ impl StorageNode {
         let pages_read = rec.pages_read as u64;
         let mut core = Core::new(rec.pages, cfg.frames());
         core.fenced = rec.fenced;
+        core.members = rec.members;
+        core.start_grace(Duration::from_millis(cfg.reclaim_grace_ms));
         for s in rec.streams {
             core.streams.insert(s.node, s);
         }
@@ -216,6 +218,7 @@ impl StorageNode {
                 checkpoint_interval: Duration::from_millis(cfg.checkpoint_interval_ms),
                 redo_segment: cfg.redo_segment.0,
                 redo_retain: cfg.redo_retain.0,
+                incarnation: rand::random::<u64>() | 1,
             },
             regions,
             page_file,
@@ -278,6 +281,20 @@ impl StorageNode {
             let _ = t.join();
         }
         r
+    }
+}
+
+impl StorageNode {
+    /// Stops at once, as a kill -9 would: no flush, no checkpoint; what is durable (and,
+    /// as after a process crash, what reached the OS) is what the next start recovers.
+    pub fn crash(mut self) {
+        self.store.stop();
+        if let Some(mut h) = self.handle.take() {
+            h.shutdown();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 

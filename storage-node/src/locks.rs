@@ -82,6 +82,21 @@ impl LockTable {
         }
     }
 
+    /// Gives `page` to `who` if nobody holds it or waits for it (a reclaim after a
+    /// restart); whether `who` holds it now.
+    pub fn take_free(&mut self, page: PageId, who: LockHolder) -> bool {
+        let l = self.locks.entry(page).or_default();
+        match l.holder {
+            Some(h) => h == who,
+            None if l.waiters.is_empty() => {
+                l.holder = Some(who);
+                self.held.entry(who).or_default().insert(page);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Ends `who`'s hold on `page` and hands the lock to the next waiter. `Err` if `who`
     /// does not hold it. Also returns the page's flush waiters to answer.
     pub fn release(

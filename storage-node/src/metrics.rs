@@ -50,6 +50,10 @@ metrics! {
     truncation_write_backs: "write-backs asked of lock holders whose pages held redo truncation back",
     fenced: "release_locks_of calls (dead node epochs fenced)",
     pages_rebuilt: "pages rebuilt from redo for a dead holder",
+    locks_reclaimed: "X locks compute nodes took again after a restart of this node",
+    reclaims: "compute nodes that reclaimed their locks after a restart of this node",
+    reclaims_refused: "reclaim requests refused (grace period over, page held or changed): those nodes rejoin",
+    lock_requests_parked: "lock requests that waited for the end of the reclaim grace period",
     recovery_pages_read: "pages whose slots start-up read from the page file (pages with redo, or without a slot-map entry)",
 }
 

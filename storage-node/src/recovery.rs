@@ -5,6 +5,7 @@
 //! ```text
 //! <data>/meta       "first_page <n>\nallocated <n>\n"  (written atomically: tmp + rename)
 //! <data>/fences     one "<node> <epoch>" line per fenced node (same)
+//! <data>/members    one "<node> <epoch>" line per compute node that connected (same)
 //! <data>/pages      the page file, two slots per page (`page_file`)
 //! <data>/slots      the versions each page's slots hold, 32 bytes per page (`slot_map`)
 //! <data>/redo/<node>/<start lsn>.seg   redo streams (`redo`)
@@ -120,6 +121,33 @@ pub fn read_fences(fs: &dyn DurableFs, dir: &Path) -> io::Result<HashMap<NodeId,
     let Some(text) = read_text(fs, &dir.join("fences"))? else {
         return Ok(HashMap::new());
     };
+    Ok(parse_node_epochs(&text))
+}
+
+/// Every compute-node identity that connected, the newest epoch per node: who may
+/// hold locks when the node restarts (`store::reclaim`). Same format as `fences`.
+pub fn write_members(
+    fs: &dyn DurableFs,
+    dir: &Path,
+    members: &HashMap<NodeId, Epoch>,
+) -> io::Result<()> {
+    let mut v: Vec<_> = members.iter().collect();
+    v.sort();
+    let text: String = v
+        .iter()
+        .map(|(n, e)| format!("{} {}\n", n.0, e.0))
+        .collect();
+    write_atomic(fs, dir, "members", &text)
+}
+
+pub fn read_members(fs: &dyn DurableFs, dir: &Path) -> io::Result<HashMap<NodeId, Epoch>> {
+    let Some(text) = read_text(fs, &dir.join("members"))? else {
+        return Ok(HashMap::new());
+    };
+    Ok(parse_node_epochs(&text))
+}
+
+fn parse_node_epochs(text: &str) -> HashMap<NodeId, Epoch> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let mut it = line.split_whitespace();
@@ -130,7 +158,7 @@ pub fn read_fences(fs: &dyn DurableFs, dir: &Path) -> io::Result<HashMap<NodeId,
             out.insert(NodeId(n), Epoch(e));
         }
     }
-    Ok(out)
+    out
 }
 
 /// What recovery hands the engine.
@@ -138,6 +166,7 @@ pub struct Recovered {
     pub pages: Vec<PageMeta>,
     pub streams: Vec<Stream>,
     pub fenced: HashMap<NodeId, Epoch>,
+    pub members: HashMap<NodeId, Epoch>,
     pub torn_pages: usize,
     pub pages_redone: usize,
     pub records_scanned: usize,
@@ -185,6 +214,7 @@ pub fn recover(
         }
     };
     let fenced = read_fences(&**fs, data_dir)?;
+    let members = read_members(&**fs, data_dir)?;
 
     // 2. slot map: the versions in each page's two slots, without reading the pages
     let mut pages = vec![PageMeta::default(); allocated as usize];
@@ -350,6 +380,7 @@ pub fn recover(
         pages,
         streams,
         fenced,
+        members,
         torn_pages,
         pages_redone: redone,
         records_scanned,
@@ -380,15 +411,19 @@ mod tests {
             for content in [&junk[..], text.as_bytes()] {
                 std::fs::write(dir.path().join("meta"), content).unwrap();
                 std::fs::write(dir.path().join("fences"), content).unwrap();
+                std::fs::write(dir.path().join("members"), content).unwrap();
                 let _ = read_meta(&StdFs, dir.path());
                 let _ = read_fences(&StdFs, dir.path());
+                let _ = read_members(&StdFs, dir.path());
             }
             write_meta(&StdFs, dir.path(), PageId(first), allocated).unwrap();
             prop_assert_eq!(read_meta(&StdFs, dir.path()).unwrap(), Some((PageId(first), allocated)));
             let fenced: HashMap<NodeId, Epoch> =
                 fenced.into_iter().map(|(n, e)| (NodeId(n), Epoch(e))).collect();
             write_fences(&StdFs, dir.path(), &fenced).unwrap();
-            prop_assert_eq!(read_fences(&StdFs, dir.path()).unwrap(), fenced);
+            prop_assert_eq!(read_fences(&StdFs, dir.path()).unwrap(), fenced.clone());
+            write_members(&StdFs, dir.path(), &fenced).unwrap();
+            prop_assert_eq!(read_members(&StdFs, dir.path()).unwrap(), fenced);
         }
     }
 }

@@ -117,6 +117,7 @@ fn sim_config(sock: &Path) -> StorageConfig {
         redo_retain: ByteSize(128 << 10),
         metrics_listen: String::new(),
         notice_slots: 64,
+        reclaim_grace_ms: 0,
     }
 }
 

@@ -38,7 +38,7 @@ struct Args {
     /// shm or tcp
     #[arg(long, default_value = "shm")]
     transport: String,
-    /// none, crash, leave (embedded); kill-compute, pause-compute, kill-storage,
+    /// none, crash, leave, storage-crash (embedded); kill-compute, pause-compute, kill-storage,
     /// kill-gtm, all-process (processes)
     #[arg(long, default_value = "none")]
     faults: String,
@@ -147,6 +147,9 @@ fn matrix(kind: &str, seconds: f64) -> Vec<Case> {
         (3, 2, Lazy, Shm, Leave, Light),
         (2, 1, Eager, Tcp, Crash, Light),
         (4, 2, Lazy, Shm, Crash, Heavy),
+        (3, 1, Lazy, Shm, StorageCrash, Light),
+        (3, 2, Lazy, Tcp, StorageCrash, Heavy),
+        (2, 1, Eager, Shm, StorageCrash, Light),
     ];
     let mut cases = Vec::new();
     for (n, s, l, t, f, i) in shapes {

@@ -5,7 +5,9 @@
 
 use super::client::{Client, EmbeddedClient, RemoteClient};
 use super::inject::{self, Intensity};
-use super::nemesis::{ComputeFault, ComputeFaults, Nemesis, ProcessFault, ProcessFaults};
+use super::nemesis::{
+    ComputeFault, ComputeFaults, Nemesis, ProcessFault, ProcessFaults, StorageFaults,
+};
 use super::{run, RunOptions, Workload};
 use crate::spawn::{ProcessCluster, SpawnOptions, SpawnTransport};
 use crate::{ClusterOptions, EmbeddedCluster};
@@ -41,6 +43,9 @@ pub enum Faults {
     Crash,
     /// Embedded: compute nodes leave (lease given up) and rejoin.
     Leave,
+    /// Embedded: a storage node crashes (no flush, no checkpoint) and restarts; the
+    /// compute nodes reclaim their locks and keep their pools.
+    StorageCrash,
     /// Processes: kill -9 and restart of a compute node.
     KillCompute,
     /// Processes: SIGSTOP of a compute node past its lease.
@@ -59,6 +64,7 @@ impl Faults {
             Faults::None => "none",
             Faults::Crash => "crash",
             Faults::Leave => "leave",
+            Faults::StorageCrash => "storage-crash",
             Faults::KillCompute => "kill-compute",
             Faults::PauseCompute => "pause-compute",
             Faults::KillStorage => "kill-storage",
@@ -72,6 +78,7 @@ impl Faults {
             Faults::None,
             Faults::Crash,
             Faults::Leave,
+            Faults::StorageCrash,
             Faults::KillCompute,
             Faults::PauseCompute,
             Faults::KillStorage,
@@ -83,7 +90,10 @@ impl Faults {
     }
 
     fn needs_processes(self) -> bool {
-        !matches!(self, Faults::None | Faults::Crash | Faults::Leave)
+        !matches!(
+            self,
+            Faults::None | Faults::Crash | Faults::Leave | Faults::StorageCrash
+        )
     }
 }
 
@@ -274,6 +284,9 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                     .collect(),
             );
             let client = EmbeddedClient::new(nodes.to_vec(), "history")?;
+            let every = Duration::from_secs_f64((case.seconds / 4.0).max(0.3));
+            let mut storage_faults = (case.faults == Faults::StorageCrash)
+                .then(|| StorageFaults::new(&mut cluster, nodes.clone(), every, case.seed));
             let mut nemesis = match case.faults {
                 Faults::Crash => Some(ComputeFaults::new(
                     nodes.clone(),
@@ -289,12 +302,17 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                 )),
                 _ => None,
             };
-            let run = run(
-                &client as &dyn Client,
-                &opts,
-                nemesis.as_mut().map(|n| n as &mut dyn Nemesis),
-            )?;
-            let log = nemesis.map(|n| n.log().to_vec()).unwrap_or_default();
+            let chosen: Option<&mut dyn Nemesis> = match (&mut nemesis, &mut storage_faults) {
+                (Some(n), _) => Some(n),
+                (None, Some(s)) => Some(s),
+                (None, None) => None,
+            };
+            let run = run(&client as &dyn Client, &opts, chosen)?;
+            let log = match (nemesis, storage_faults) {
+                (Some(n), _) => n.log().to_vec(),
+                (None, Some(s)) => s.log().to_vec(),
+                (None, None) => Vec::new(),
+            };
             drop(client);
             for n in nodes.iter() {
                 let _ = n.shutdown();

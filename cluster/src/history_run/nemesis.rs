@@ -7,12 +7,16 @@
 //!   epoch, as a restarted process would: the GTM aborts its transactions, the storage
 //!   nodes rebuild its pages from its durable redo), or *leaves* (the lease-expiry
 //!   path: `leave`, then it joins again).
+//! * [`StorageFaults`] (an [`EmbeddedCluster`]): a storage node crashes (no flush, no
+//!   checkpoint) and starts again from its data directory; the compute nodes reclaim
+//!   their locks within its grace period and keep their pools.
 //! * [`ProcessFaults`] (a [`ProcessCluster`]): `kill -9` and restart of a compute
 //!   node, of the storage node or of the GTM, and SIGSTOP of a compute node past its
 //!   lease, then SIGCONT.
 
 use super::Nodes;
 use crate::spawn::ProcessCluster;
+use crate::EmbeddedCluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +115,86 @@ impl Nemesis for ComputeFaults {
                 }
             }
         }
+    }
+
+    fn log(&self) -> &[String] {
+        &self.log
+    }
+}
+
+/// Crashes and restarts the storage nodes of an [`EmbeddedCluster`] at random moments.
+pub struct StorageFaults<'a> {
+    cluster: &'a mut EmbeddedCluster,
+    nodes: Nodes,
+    rng: StdRng,
+    every: Duration,
+    log: Vec<String>,
+}
+
+impl<'a> StorageFaults<'a> {
+    pub fn new(cluster: &'a mut EmbeddedCluster, nodes: Nodes, every: Duration, seed: u64) -> Self {
+        StorageFaults {
+            cluster,
+            nodes,
+            rng: StdRng::seed_from_u64(seed ^ 0x5354_4f52_4147_4521),
+            every,
+            log: Vec::new(),
+        }
+    }
+}
+
+impl Nemesis for StorageFaults<'_> {
+    fn run(&mut self, deadline: Instant, stop: &AtomicBool) {
+        let t0 = Instant::now();
+        let storages = self.cluster.storage_endpoints().len();
+        loop {
+            let wait = self.every.mul_f64(self.rng.gen_range(0.5..1.5));
+            let at = Instant::now() + wait;
+            if at >= deadline || !sleep_until(at, stop) {
+                break;
+            }
+            let i = self.rng.gen_range(0..storages);
+            let down = Duration::from_millis(self.rng.gen_range(0..200));
+            let r = self.cluster.crash_storage_node_for(i, down);
+            self.log.push(format!(
+                "{:>7.3}s storage-{i}: crash, down {} ms, restart {}",
+                t0.elapsed().as_secs_f64(),
+                down.as_millis(),
+                match r {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ));
+        }
+        // Heal: a node whose reclaim was refused (it came back too late) rejoins.
+        for (i, node) in self.nodes.iter().enumerate() {
+            for _ in 0..100 {
+                match node.broken() {
+                    None => break,
+                    Some(why) => {
+                        if let Err(e) = node.rejoin(&why) {
+                            tracing::warn!(node = i + 1, error = %e, "rejoin after the run");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            }
+        }
+        let rejoins: u64 = self.nodes.iter().map(|n| n.rejoins()).sum();
+        let reclaimed: u64 = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.engine()
+                    .pager()
+                    .stats
+                    .locks_reclaimed
+                    .load(Ordering::Relaxed)
+            })
+            .sum();
+        self.log.push(format!(
+            "compute-node rejoins: {rejoins}; X locks reclaimed: {reclaimed}"
+        ));
     }
 
     fn log(&self) -> &[String] {

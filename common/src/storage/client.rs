@@ -23,7 +23,7 @@ use super::redo::RedoRecord;
 use super::StorageError;
 use crate::fabric::{ClientOptions, Connection, Endpoint, FabricError, Op, OpOutput};
 use crate::ids::{Epoch, Lsn, NodeId, PageId};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -41,6 +41,8 @@ pub struct NoticePoll {
     /// The pages of the notices after the caller's position, in order (a page may
     /// appear more than once); `None` if the ring no longer holds them all.
     pub pages: Option<Vec<PageId>>,
+    /// The incarnation of the storage node process that answered.
+    pub incarnation: u64,
 }
 
 /// Pages per one-sided batch (about 1 MiB of frames).
@@ -52,13 +54,23 @@ const POLL_WAIT_MS: u32 = 500;
 
 /// Client of one storage node for one `(node, epoch)`.
 pub struct StorageClient {
-    conn: Connection,
+    /// The connection, replaced by [`StorageClient::reconnect`] (the storage node
+    /// restarted).
+    link: RwLock<Arc<Link>>,
+    endpoint: Endpoint,
+    opts: ClientOptions,
     node: NodeId,
     epoch: Epoch,
     layout: Layout,
     /// Frame word each page was last seen in (the one-sided read's guess).
     hints: Mutex<HashMap<PageId, u64>>,
     stop: Arc<AtomicBool>,
+}
+
+/// One connection and the incarnation of the storage node process it reached.
+struct Link {
+    conn: Arc<Connection>,
+    incarnation: u64,
 }
 
 /// Handler of revocations, installed by the compute node.
@@ -102,7 +114,12 @@ impl StorageClient {
     ) -> Result<StorageClient, StorageError> {
         let conn = Connection::connect(endpoint, opts)?;
         let mut c = StorageClient {
-            conn,
+            link: RwLock::new(Arc::new(Link {
+                conn: Arc::new(conn),
+                incarnation: 0,
+            })),
+            endpoint: endpoint.clone(),
+            opts: opts.clone(),
             node,
             epoch,
             layout: Layout {
@@ -113,15 +130,101 @@ impl StorageClient {
                 frames: 0,
                 notice_region: crate::ids::RegionId(0),
                 notice_capacity: 0,
+                incarnation: 0,
             },
             hints: Mutex::new(HashMap::new()),
             stop: Arc::new(AtomicBool::new(false)),
         };
         match c.call(Request::Describe)? {
-            Response::Layout(l) => c.layout = l,
+            Response::Layout(l) => {
+                c.layout = l;
+                let conn = c.conn();
+                *c.link.get_mut() = Arc::new(Link {
+                    conn,
+                    incarnation: l.incarnation,
+                });
+            }
             other => return Err(unexpected(&other)),
         }
         Ok(c)
+    }
+
+    /// Connects to the storage node again, as the same `(node, epoch)`, and makes the
+    /// new connection the one every later call uses (calls in flight on the old one
+    /// fail). Returns the incarnation of the storage node process reached: a new one
+    /// means it restarted (its locks and notices are new; see `Request::Reclaim`).
+    /// Refuses a node whose geometry changed, and a closed client.
+    pub fn reconnect(&self) -> Result<u64, StorageError> {
+        if self.stop.load(Ordering::Acquire) {
+            return Err(StorageError::Fabric(FabricError::Disconnected));
+        }
+        let conn = Arc::new(Connection::connect(&self.endpoint, &self.opts)?);
+        let env = Envelope {
+            node: self.node,
+            epoch: self.epoch,
+            request: Request::Describe,
+        };
+        let l = match decode_response(&conn.call(&env.encode())?)?? {
+            Response::Layout(l) => l,
+            other => return Err(unexpected(&other)),
+        };
+        let same = |a: Layout| Layout {
+            frames: 0,
+            incarnation: 0,
+            ..a
+        };
+        if same(l) != same(self.layout) {
+            return Err(StorageError::Protocol(format!(
+                "the storage node came back with another layout ({l:?}, was {:?})",
+                self.layout
+            )));
+        }
+        self.hints.lock().clear();
+        let old = std::mem::replace(
+            &mut *self.link.write(),
+            Arc::new(Link {
+                conn,
+                incarnation: l.incarnation,
+            }),
+        );
+        old.conn.close();
+        Ok(l.incarnation)
+    }
+
+    /// The incarnation of the storage node process the current connection reached.
+    pub fn incarnation(&self) -> u64 {
+        self.link.read().incarnation
+    }
+
+    /// Ends this client: the connection closes and no reconnect is made.
+    pub fn close(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.conn().close();
+    }
+
+    /// Takes the X locks of `pages` again after a restart of the storage node (each
+    /// with the version of the caller's cached image), in batches; `done` after the
+    /// last.
+    pub fn reclaim(&self, pages: &[(PageId, crate::ids::PageVersion)]) -> Result<(), StorageError> {
+        const BATCH: usize = 4096;
+        let mut chunks = pages.chunks(BATCH).peekable();
+        if chunks.peek().is_none() {
+            return self.call_done(Request::Reclaim {
+                pages: Vec::new(),
+                done: true,
+            });
+        }
+        while let Some(c) = chunks.next() {
+            self.call_done(Request::Reclaim {
+                pages: c.to_vec(),
+                done: chunks.peek().is_none(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn conn(&self) -> Arc<Connection> {
+        self.link.read().conn.clone()
     }
 
     pub fn node(&self) -> NodeId {
@@ -133,9 +236,9 @@ impl StorageClient {
     pub fn layout(&self) -> Layout {
         self.layout
     }
-    /// The underlying fabric connection (for its counters).
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    /// The current fabric connection (for its counters and state).
+    pub fn connection(&self) -> Arc<Connection> {
+        self.conn()
     }
 
     fn call(&self, request: Request) -> Result<Response, StorageError> {
@@ -144,7 +247,7 @@ impl StorageClient {
             epoch: self.epoch,
             request,
         };
-        let bytes = self.conn.call(&env.encode())?;
+        let bytes = self.conn().call(&env.encode())?;
         decode_response(&bytes)?
     }
 
@@ -336,7 +439,7 @@ impl StorageClient {
                 ops.push(self.dir_read(entry));
             }
         }
-        let mut results = self.conn.post(&ops)?.into_iter();
+        let mut results = self.conn().post(&ops)?.into_iter();
         let mut next = || -> Result<Vec<u8>, StorageError> {
             match results.next() {
                 Some(Ok(OpOutput::Read(b))) => Ok(b),
@@ -410,8 +513,9 @@ impl StorageClient {
     /// [`Connection::confirm_peer_alive`]): a round that trusts this node's X locks and
     /// the images it read uses that (invariant 9 across a restart of this node).
     pub fn poll_notices(&self, consumed: u64) -> Result<NoticePoll, StorageError> {
-        let poll = self.read_notices(consumed)?;
-        self.conn.confirm_peer_alive()?;
+        let link = self.link.read().clone();
+        let poll = self.read_notices(&link, consumed)?;
+        link.conn.confirm_peer_alive()?;
         Ok(poll)
     }
 
@@ -423,7 +527,8 @@ impl StorageClient {
             offset: notice::HEAD_OFFSET,
             len: 8,
         };
-        match self.conn.post(&[op])?.pop() {
+        let conn = self.conn();
+        match conn.post(&[op])?.pop() {
             Some(Ok(OpOutput::Read(_))) => {}
             other => {
                 return Err(StorageError::Protocol(format!(
@@ -431,11 +536,12 @@ impl StorageClient {
                 )))
             }
         }
-        self.conn.confirm_peer_alive()?;
+        conn.confirm_peer_alive()?;
         Ok(())
     }
 
-    fn read_notices(&self, consumed: u64) -> Result<NoticePoll, StorageError> {
+    fn read_notices(&self, link: &Link, consumed: u64) -> Result<NoticePoll, StorageError> {
+        let incarnation = link.incarnation;
         let cap = self.layout.notice_capacity;
         let region = self.layout.notice_region;
         if cap == 0 {
@@ -462,7 +568,7 @@ impl StorageClient {
             ops
         };
         let read_bytes = |ops: &[Op]| -> Result<Vec<Vec<u8>>, StorageError> {
-            self.conn
+            link.conn
                 .post(ops)?
                 .into_iter()
                 .map(|r| match r {
@@ -490,17 +596,26 @@ impl StorageClient {
         if head < consumed {
             // The ring started over (a restarted storage node): nothing it says relates
             // to what the caller consumed.
-            return Ok(NoticePoll { head, pages: None });
+            return Ok(NoticePoll {
+                head,
+                pages: None,
+                incarnation,
+            });
         }
         let n = head - consumed;
         if n == 0 {
             return Ok(NoticePoll {
                 head,
                 pages: Some(Vec::new()),
+                incarnation,
             });
         }
         if n > u64::from(cap) {
-            return Ok(NoticePoll { head, pages: None });
+            return Ok(NoticePoll {
+                head,
+                pages: None,
+                incarnation,
+            });
         }
         let mut bytes: Vec<u8> = got.flatten().collect();
         if n > ahead {
@@ -512,6 +627,7 @@ impl StorageClient {
         Ok(NoticePoll {
             head,
             pages: notice::decode_slots(first, &bytes),
+            incarnation,
         })
     }
 
@@ -543,7 +659,7 @@ impl StorageClient {
             })
             .collect();
         let mut out = Vec::with_capacity(count as usize);
-        for r in self.conn.post(&ops)? {
+        for r in self.conn().post(&ops)? {
             match r {
                 Ok(OpOutput::Read(b)) => {
                     for e in b.chunks(DIR_ENTRY_SIZE) {
@@ -575,7 +691,7 @@ impl StorageClient {
             let mut next = Vec::new();
             for chunk in pending.chunks(8192) {
                 let ops: Vec<Op> = chunk.iter().map(|i| self.dir_read(offsets[*i])).collect();
-                for (i, r) in chunk.iter().zip(self.conn.post(&ops)?) {
+                for (i, r) in chunk.iter().zip(self.conn().post(&ops)?) {
                     let b = match r {
                         Ok(OpOutput::Read(b)) => b,
                         other => {
@@ -623,8 +739,13 @@ impl StorageClient {
                     Ok(other) => {
                         tracing::warn!(response = ?other, "unexpected revocation answer");
                     }
-                    Err(StorageError::Fenced { .. })
-                    | Err(StorageError::Fabric(FabricError::Disconnected)) => return,
+                    Err(StorageError::Fenced { .. }) => return,
+                    // The storage node went away: the compute node reconnects
+                    // (`reconnect`) or closes this client; poll the new connection.
+                    Err(StorageError::Fabric(FabricError::Disconnected)) => {
+                        drop(client);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "revocation poll failed; retrying");
                         drop(client);

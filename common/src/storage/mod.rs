@@ -90,6 +90,11 @@ pub enum StorageError {
     Busy(String),
     #[error("the storage node is shutting down")]
     ShuttingDown,
+    /// After a restart of the storage node, the caller's locks could not be taken
+    /// again (the grace period was over, or another node holds one): the caller must
+    /// rejoin with a new epoch.
+    #[error("lock reclaim refused: {0}")]
+    ReclaimRefused(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error(transparent)]

@@ -25,6 +25,8 @@
 //!  11 RequestWriteBack  u64 page                        (reader: holder writes back, keeps)
 //!  12 Metrics           -
 //!  13 AppendForce       as AppendRedo; answered once the records are durable (commit)
+//!  14 Reclaim           u8 done, u32 count, count x (u64 page, u64 version)
+//!                       (after a restart of this node: the caller's X locks again)
 //! ```
 //!
 //! ## Response
@@ -34,7 +36,7 @@
 //! ok:  1    1  kind, then:
 //!   1 Layout       u64 first page, u64 page count, u32 directory region,
 //!                  u32 frame region, u32 frames, u32 notice region,
-//!                  u32 notice slots (see `notice`)
+//!                  u32 notice slots (see `notice`), u64 incarnation
 //!   2 Allocated    u64 first page, u32 count   (pages first..first+count)
 //!   3 Done         -
 //!   4 Lsn          u64 lsn
@@ -55,6 +57,7 @@
 //!  10 Io            string
 //!  11 Busy          string
 //!  12 ShuttingDown  -
+//!  13 ReclaimRefused string
 //! ```
 
 use super::page::{Page, PAGE_SIZE};
@@ -76,6 +79,9 @@ pub struct Layout {
     /// The change-notice ring ([`super::notice`]) and its number of slots.
     pub notice_region: RegionId,
     pub notice_capacity: u32,
+    /// Drawn at random when the storage node process starts: a new value tells a
+    /// compute node that the node restarted (its lock table and notice ring are new).
+    pub incarnation: u64,
 }
 
 impl Layout {
@@ -143,6 +149,14 @@ pub enum Request {
         page: PageId,
     },
     Metrics,
+    /// After a restart of the storage node: the caller held these pages' X locks in
+    /// the node's previous incarnation and asks for them again, each with the version
+    /// of its cached image (`docs/protocols.md`, "Storage-node restart: reclaim").
+    /// `done` on the caller's last batch.
+    Reclaim {
+        pages: Vec<(PageId, PageVersion)>,
+        done: bool,
+    },
 }
 
 /// A request with the caller's identity.
@@ -249,6 +263,7 @@ impl Envelope {
             Request::RequestWriteBack { .. } => 11,
             Request::Metrics => 12,
             Request::AppendForce { .. } => 13,
+            Request::Reclaim { .. } => 14,
         };
         out.push(op);
         out.extend_from_slice(&self.node.0.to_le_bytes());
@@ -279,6 +294,14 @@ impl Envelope {
             }
             Request::NextRevocations { max_wait_ms } => {
                 out.extend_from_slice(&max_wait_ms.to_le_bytes())
+            }
+            Request::Reclaim { pages, done } => {
+                out.push(u8::from(*done));
+                out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+                for (p, v) in pages {
+                    out.extend_from_slice(&p.0.to_le_bytes());
+                    out.extend_from_slice(&v.0.to_le_bytes());
+                }
             }
         }
         out
@@ -334,6 +357,19 @@ impl Envelope {
                 page: PageId(c.u64()?),
             },
             12 => Request::Metrics,
+            14 => {
+                let done = match c.u8()? {
+                    0 => false,
+                    1 => true,
+                    d => return Err(proto(format!("reclaim: done flag {d}"))),
+                };
+                let n = c.count(16)?;
+                let mut pages = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pages.push((PageId(c.u64()?), PageVersion(c.u64()?)));
+                }
+                Request::Reclaim { pages, done }
+            }
             other => return Err(proto(format!("unknown opcode {other}"))),
         };
         c.end()?;
@@ -361,6 +397,7 @@ pub fn encode_response(r: &Result<Response, StorageError>) -> Vec<u8> {
                     out.extend_from_slice(&l.frames.to_le_bytes());
                     out.extend_from_slice(&l.notice_region.0.to_le_bytes());
                     out.extend_from_slice(&l.notice_capacity.to_le_bytes());
+                    out.extend_from_slice(&l.incarnation.to_le_bytes());
                 }
                 Response::Allocated { first, count } => {
                     out.push(2);
@@ -452,6 +489,10 @@ pub fn encode_response(r: &Result<Response, StorageError>) -> Vec<u8> {
                     put_str(&mut out, s);
                 }
                 StorageError::ShuttingDown => out.push(12),
+                StorageError::ReclaimRefused(s) => {
+                    out.push(13);
+                    put_str(&mut out, s);
+                }
                 StorageError::Fabric(f) => {
                     out.push(10);
                     put_str(&mut out, &f.to_string());
@@ -476,6 +517,7 @@ pub fn decode_response(b: &[u8]) -> Result<Result<Response, StorageError>, Stora
                 frames: c.u32()?,
                 notice_region: RegionId(c.u32()?),
                 notice_capacity: c.u32()?,
+                incarnation: c.u64()?,
             }),
             2 => Response::Allocated {
                 first: PageId(c.u64()?),
@@ -539,6 +581,7 @@ pub fn decode_response(b: &[u8]) -> Result<Result<Response, StorageError>, Stora
             10 => StorageError::Io(c.string()?),
             11 => StorageError::Busy(c.string()?),
             12 => StorageError::ShuttingDown,
+            13 => StorageError::ReclaimRefused(c.string()?),
             k => return Err(proto(format!("unknown error code {k}"))),
         })
     };
@@ -596,6 +639,10 @@ mod tests {
             Request::AppendForce {
                 records: vec![RedoRecord::image(&page, PageVersion(3))],
             },
+            Request::Reclaim {
+                pages: vec![(PageId(3), PageVersion(9)), (PageId(4), PageVersion(0))],
+                done: true,
+            },
         ]
     }
 
@@ -624,6 +671,7 @@ mod tests {
                 frames: 64,
                 notice_region: RegionId(2),
                 notice_capacity: 1024,
+                incarnation: 0xdead_beef_0123,
             })),
             Ok(Response::Allocated {
                 first: PageId(3),
@@ -663,6 +711,7 @@ mod tests {
             Err(StorageError::Io("z".into())),
             Err(StorageError::Busy("w".into())),
             Err(StorageError::ShuttingDown),
+            Err(StorageError::ReclaimRefused("grace over".into())),
         ]
     }
 

@@ -32,6 +32,13 @@
 //! grant this node never learned of (its wait timed out, the storage node granted it
 //! later) is still answered: a revocation always ends in an unlock.
 //!
+//! A storage node that restarts forgets its locks. Each round first checks that every
+//! storage node answers from the incarnation (process) whose locks this node holds; one
+//! that restarted gets them back first (`CoherentPager::recover_storage`: within its
+//! grace period it grants nothing else, and gives a page back only if it is free and
+//! not changed past the claimed image), so a LOCKED image stays the newest and the pool
+//! is kept. If it refuses, the pager is broken and the node rejoins.
+//!
 //! ## Validation rounds follow the changes, not the cache (change notices)
 //!
 //! Every storage node publishes a *change notice* (the page id) in a ring region each
@@ -141,6 +148,10 @@ pub struct CoherenceStats {
     pub notices: AtomicU64,
     /// Rounds that checked every cached page (the first, or after being lapped).
     pub full_rounds: AtomicU64,
+    /// Connections to a storage node made again (it restarted, or the link broke).
+    pub storage_reconnects: AtomicU64,
+    /// X locks taken back from a restarted storage node (`recover_storage`).
+    pub locks_reclaimed: AtomicU64,
 }
 
 /// The storage nodes, each owning a range of page ids.
@@ -196,6 +207,9 @@ struct Round {
     /// Per storage node, the last change notice consumed (`None`: no round yet, so the
     /// next one is a full round).
     consumed: Vec<Option<u64>>,
+    /// Per storage node, the incarnation (process) whose X locks this node holds; a
+    /// round trusts the LOCKED frames only after hearing from that incarnation.
+    incarnations: Vec<u64>,
 }
 
 /// This node's coherent view of the shared pages (see module doc).
@@ -219,6 +233,10 @@ pub struct CoherentPager {
     pub validation: ValidationMode,
     pub lock_mode: LockMode,
     pub stats: CoherenceStats,
+    /// Why this pager cannot go on (a restarted storage node refused its locks back):
+    /// the node must rejoin.
+    broken: Mutex<Option<String>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl CoherentPager {
@@ -230,13 +248,19 @@ impl CoherentPager {
         lock_mode: LockMode,
     ) -> Arc<CoherentPager> {
         let redo_queues = storage.len();
+        let incarnations = (0..storage.len())
+            .map(|i| storage.node(i).incarnation())
+            .collect();
         Arc::new(CoherentPager {
             node,
             pool: BufferPool::new(frames),
             storage,
             clock: AtomicU64::new(1),
             latches: Arc::default(),
-            rounds: Mutex::new(Round::default()),
+            rounds: Mutex::new(Round {
+                incarnations,
+                ..Round::default()
+            }),
             round_tick: AtomicU64::new(0),
             redo: (0..redo_queues)
                 .map(|_| RedoQueue {
@@ -249,7 +273,129 @@ impl CoherentPager {
             validation,
             lock_mode,
             stats: CoherenceStats::default(),
+            broken: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Why this pager cannot serve until its node rejoins, if it cannot.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().clone()
+    }
+
+    /// Ends this pager's storage connections (its node rejoins or shuts down): no
+    /// reconnect is made after this.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for i in 0..self.storage.len() {
+            self.storage.node(i).close();
+        }
+    }
+
+    /// Starts the thread that notices a lost storage connection while no transaction
+    /// starts, so that a restarted storage node gets this node's locks back within its
+    /// grace period (`recover_storage`). Wakes every 100 ms; costs an atomic load per
+    /// storage node then.
+    pub fn spawn_storage_watch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name(format!("storage-watch-{}", self.node))
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let Some(p) = weak.upgrade() else { return };
+                if p.closed.load(Ordering::Acquire) || p.broken().is_some() {
+                    return;
+                }
+                let lost = (0..p.storage.len()).any(|i| p.storage.node(i).connection().is_closed());
+                if lost {
+                    if let Err(e) = p.validate_all() {
+                        tracing::debug!(error = %e, "storage node not back yet");
+                    }
+                }
+            });
+    }
+
+    /// Makes sure every storage node's connection is up and reaches the incarnation
+    /// whose locks this node holds; reconnects and reclaims where not (the caller holds
+    /// the rounds lock: no round runs meanwhile).
+    fn ensure_storage(&self, r: &mut Round) -> Result<(), PagerError> {
+        for i in 0..self.storage.len() {
+            let c = self.storage.node(i);
+            if c.connection().is_closed() || c.incarnation() != r.incarnations[i] {
+                self.recover_storage(i, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Storage node `i`'s connection ended: connect again. If the same process answers
+    /// (the link broke), its locks and notices stand. If it restarted, it remembers no
+    /// lock: take back, within its grace period, the X lock of every page this node
+    /// holds there with a LOCKED frame (its image is the newest: nobody else could lock
+    /// the page meanwhile; see `storage_node::store::reclaim`), forget the others, and
+    /// check every cached page of it in the next round (its notice ring is new). A
+    /// refusal breaks the pager: the node must rejoin with a new epoch.
+    fn recover_storage(&self, i: usize, r: &mut Round) -> Result<(), PagerError> {
+        if let Some(why) = self.broken() {
+            return Err(PagerError::Storage(why));
+        }
+        let client = self.storage.node(i);
+        let incarnation = client.reconnect().map_err(storage_err)?;
+        self.stats
+            .storage_reconnects
+            .fetch_add(1, Ordering::Relaxed);
+        if incarnation == r.incarnations[i] {
+            tracing::info!(storage = i, "storage connection made again; same process");
+            return Ok(());
+        }
+        let mut claims = Vec::new();
+        let mut forgotten = 0;
+        let held: Vec<PageId> = self.held.iter().map(|e| *e.key()).collect();
+        for p in held {
+            if self.storage.index_of(p).ok() != Some(i) {
+                continue;
+            }
+            match self.pool.get_quiet(p) {
+                Some(c) if c.flags & FrameFlags::LOCKED != 0 => claims.push((p, c.image.version())),
+                _ => {
+                    self.held.remove(&p);
+                    forgotten += 1;
+                }
+            }
+        }
+        fail_point!("coherence::before_reclaim");
+        match client.reclaim(&claims) {
+            Ok(()) => {}
+            // Lost on the way (the node went down again): the next round tries again.
+            Err(e)
+                if !matches!(
+                    e,
+                    StorageError::ReclaimRefused(_) | StorageError::Fenced { .. }
+                ) =>
+            {
+                return Err(storage_err(e));
+            }
+            Err(e) => {
+                let why = format!(
+                    "storage node {i} restarted and did not give this node's locks back: {e}"
+                );
+                tracing::warn!(storage = i, error = %e, "lock reclaim refused; the node must rejoin");
+                *self.broken.lock() = Some(why.clone());
+                return Err(PagerError::Storage(why));
+            }
+        }
+        self.stats
+            .locks_reclaimed
+            .fetch_add(claims.len() as u64, Ordering::Relaxed);
+        tracing::info!(
+            storage = i,
+            reclaimed = claims.len(),
+            forgotten,
+            "storage node restarted; locks reclaimed, pool kept"
+        );
+        r.incarnations[i] = incarnation;
+        r.consumed[i] = None;
+        Ok(())
     }
 
     /// Starts the revocation handlers on every storage connection.
@@ -292,12 +438,15 @@ impl CoherentPager {
     ///
     /// Fails if some storage node cannot be proven alive after the tick (a validation
     /// round reads every storage node and checks it is alive; without rounds, each is
-    /// asked): a LOCKED frame is trusted only while the node that granted its lock is the
-    /// one still running, and a restarted storage node has forgotten every lock it gave
-    /// (invariant 9). Such a node must rejoin before it runs transactions again.
+    /// asked): a LOCKED frame is trusted only while the incarnation that holds its lock
+    /// for this node is the one running (invariant 9). A restarted storage node has
+    /// forgotten every lock it gave; the round first takes them back
+    /// (`recover_storage`), or fails until it can, and breaks the pager (the node must
+    /// rejoin) if the storage node refuses.
     pub fn view(self: &Arc<Self>) -> Result<TxnView, PagerError> {
         let t = self.tick();
         if self.validation == ValidationMode::EachAccess {
+            self.ensure_storage(&mut self.rounds.lock())?;
             for i in 0..self.storage.len() {
                 self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
                 self.storage.node(i).confirm_alive().map_err(storage_err)?;
@@ -345,6 +494,7 @@ impl CoherentPager {
         if r.consumed.len() != n {
             r.consumed = vec![None; n];
         }
+        self.ensure_storage(r)?;
         let mut heads = Vec::with_capacity(n);
         let mut noticed: Vec<(usize, Vec<PageId>)> = Vec::new();
         let mut full = false;
@@ -355,6 +505,11 @@ impl CoherentPager {
                 .node(i)
                 .poll_notices(r.consumed[i].unwrap_or(0))
                 .map_err(storage_err)?;
+            if poll.incarnation != r.incarnations[i] {
+                return Err(PagerError::Storage(format!(
+                    "storage node {i} restarted during the round"
+                )));
+            }
             heads.push(poll.head);
             match (r.consumed[i], poll.pages) {
                 (Some(_), Some(pages)) if self.validation != ValidationMode::FullRounds => {

@@ -144,6 +144,7 @@ fn main() -> Result<()> {
             redo_retain: ByteSize(256 << 20),
             metrics_listen: String::new(),
             notice_slots: 1024,
+            reclaim_grace_ms: 5000,
         };
         let mut secs = Vec::new();
         for slot_map in [false, true] {

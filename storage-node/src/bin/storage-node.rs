@@ -70,6 +70,10 @@ struct Args {
     /// [key: notice_slots] slots of the change-notice ring (default 65536, 16 ..= 2^24).
     #[arg(long, value_name = "N")]
     notice_slots: Option<u32>,
+    /// [key: reclaim_grace_ms] after a restart, milliseconds to wait for compute nodes
+    /// to reclaim their locks (default 5000; 0 = no reclaim).
+    #[arg(long, value_name = "MS")]
+    reclaim_grace_ms: Option<u64>,
 }
 
 impl Args {
@@ -97,6 +101,9 @@ impl Args {
         }
         if let Some(v) = self.checkpoint_interval_ms {
             c.checkpoint_interval_ms = v;
+        }
+        if let Some(v) = self.reclaim_grace_ms {
+            c.reclaim_grace_ms = v;
         }
         if let Some(v) = self.redo_segment {
             c.redo_segment = v;

@@ -5,6 +5,7 @@
 //! holder per page, and every grant or release is published in the page's directory
 //! entry (`Regions::set_lock`) before the new holder is answered.
 
+use super::reclaim::Parked;
 use super::{reply, Core, Store};
 use crate::locks::{Acquire, Grant};
 use crate::metrics::Metrics;
@@ -24,10 +25,9 @@ impl Store {
         page: PageId,
         replier: Replier,
     ) {
-        let idx = match self.index(core, page) {
-            Ok(i) => i,
-            Err(e) => return reply(replier, Err(e)),
-        };
+        if let Err(e) = self.index(core, page) {
+            return reply(replier, Err(e));
+        }
         if who.node == ADMIN_NODE {
             return reply(
                 replier,
@@ -36,6 +36,29 @@ impl Store {
                 )),
             );
         }
+        let parked = Parked {
+            who,
+            conn,
+            page,
+            replier,
+        };
+        if let Some(p) = self.park_lock(core, parked) {
+            self.grant_or_queue(core, p.who, p.conn, p.page, p.replier);
+        }
+    }
+
+    /// Grants the lock or queues the request behind the holder (asked to release).
+    pub(super) fn grant_or_queue(
+        &self,
+        core: &mut Core,
+        who: LockHolder,
+        conn: u64,
+        page: PageId,
+        replier: Replier,
+    ) {
+        let Ok(idx) = self.index(core, page) else {
+            return reply(replier, Err(StorageError::NotAllocated(page)));
+        };
         match core.locks.acquire(page, who, conn, replier) {
             Acquire::Granted(r) => {
                 self.regions.set_lock(idx, Some(who));

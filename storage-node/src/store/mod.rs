@@ -51,6 +51,7 @@ mod force;
 mod locks;
 mod pages;
 mod rebuild;
+mod reclaim;
 mod worker;
 
 use crate::frames::FrameTable;
@@ -70,7 +71,7 @@ use common::storage::msg::{
 use common::storage::page::Page;
 use common::storage::StorageError;
 use parking_lot::{Condvar, Mutex};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -99,6 +100,10 @@ pub struct Core {
     /// Pages whose holders were asked to write back for log truncation: the version
     /// asked for, and when.
     truncation_asks: HashMap<PageId, (PageVersion, Instant)>,
+    /// Per compute node, the newest epoch that connected (durable in `members`).
+    pub members: HashMap<NodeId, Epoch>,
+    /// The reclaim grace period after a restart (`reclaim`).
+    grace: Option<reclaim::Grace>,
 }
 
 impl Core {
@@ -112,7 +117,39 @@ impl Core {
             revocations: HashMap::new(),
             pollers: HashMap::new(),
             truncation_asks: HashMap::new(),
+            members: HashMap::new(),
+            grace: None,
         }
+    }
+
+    /// Starts the reclaim grace period after a restart: every recorded member that is
+    /// not fenced may hold locks from the previous incarnation. None: nothing to wait
+    /// for.
+    pub fn start_grace(&mut self, grace: Duration) {
+        let pending: HashSet<LockHolder> = self
+            .members
+            .iter()
+            .map(|(n, e)| LockHolder {
+                node: *n,
+                epoch: *e,
+            })
+            .filter(|h| self.admit(*h).is_ok())
+            .collect();
+        if grace.is_zero() || pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        tracing::info!(
+            members = pending.len(),
+            grace_ms = grace.as_millis() as u64,
+            "waiting for compute nodes to reclaim their locks"
+        );
+        self.grace = Some(reclaim::Grace {
+            until: now + grace,
+            pending,
+            parked: Vec::new(),
+            started: now,
+        });
     }
 
     fn admit(&self, who: LockHolder) -> Result<(), StorageError> {
@@ -155,6 +192,11 @@ enum Job {
         epoch: Epoch,
         replier: Replier,
     },
+    /// A compute node's first request: record it in `members`, then describe.
+    Join {
+        who: LockHolder,
+        replier: Replier,
+    },
 }
 
 struct ForceWaiter {
@@ -176,6 +218,8 @@ pub struct StoreOptions {
     /// Redo a stream keeps before holders of the pages that hold it back are asked to
     /// write them back (`pages::ask_holders_to_unpin_log`).
     pub redo_retain: u64,
+    /// Drawn at random at start-up (`Layout::incarnation`).
+    pub incarnation: u64,
 }
 
 pub struct Store {
@@ -245,6 +289,7 @@ impl Store {
             frames: self.core.lock().frames.len() as u32,
             notice_region: self.regions.notices.id(),
             notice_capacity: self.regions.notice_capacity,
+            incarnation: self.opts.incarnation,
         }
     }
 
@@ -289,7 +334,11 @@ impl Store {
         match env.request {
             Request::Describe => {
                 let frames = core.frames.len() as u32;
+                let known = core.members.get(&who.node).is_some_and(|e| *e >= who.epoch);
                 drop(core);
+                if who.node != ADMIN_NODE && !known {
+                    return self.push_job(Job::Join { who, replier });
+                }
                 let mut l = self.layout_without_lock();
                 l.frames = frames;
                 reply(replier, Ok(Response::Layout(l)))
@@ -306,6 +355,11 @@ impl Store {
                 self.push_job(Job::Allocate { count, replier })
             }
             Request::Lock { page } => self.lock_page(&mut core, who, conn, page, replier),
+            Request::Reclaim { pages, done } => {
+                let r = self.reclaim(&mut core, who, &pages, done);
+                drop(core);
+                reply(replier, r)
+            }
             Request::Unlock { page } => {
                 let r = self.unlock_page(&mut core, who, page);
                 drop(core);
@@ -420,6 +474,7 @@ impl Store {
             frames: 0,
             notice_region: self.regions.notices.id(),
             notice_capacity: self.regions.notice_capacity,
+            incarnation: self.opts.incarnation,
         }
     }
 

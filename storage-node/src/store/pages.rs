@@ -66,6 +66,17 @@ impl Store {
             return Err(StorageError::NotHolder(h.id));
         }
         let meta = core.pages[idx as usize];
+        if h.version == meta.version && h.version > PageVersion(0) {
+            // The holder sends the version stored here already: its earlier write-back
+            // whose answer was lost, or, after a restart of this node, an image that
+            // recovery rebuilt from the holder's redo (it reclaimed the lock, its frame
+            // still dirty). Only the holder changed the page since, so the images are
+            // the same: nothing to install.
+            for r in core.locks.take_flush_waiters(h.id) {
+                reply(r, Ok(Response::Done));
+            }
+            return Ok(true);
+        }
         if h.version <= meta.version {
             return Err(StorageError::Stale {
                 page: h.id,

@@ -32,6 +32,7 @@ impl Store {
             if *e < epoch {
                 *e = epoch;
             }
+            self.forget_member(&mut core, dead);
             let holders: Vec<LockHolder> = core
                 .pollers
                 .keys()

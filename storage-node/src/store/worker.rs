@@ -36,6 +36,7 @@ impl Store {
                 None => {}
             }
             self.expire_polls();
+            self.check_grace();
             let (dirty, frames, log_over) = {
                 let c = self.core.lock();
                 let over = c
@@ -114,6 +115,7 @@ impl Store {
                 }
                 reply(replier, res)
             }
+            Job::Join { who, replier } => reply(replier, self.join(who)),
             Job::ReleaseLocksOf {
                 node,
                 epoch,
@@ -123,6 +125,30 @@ impl Store {
                 self.release_locks_of(node, epoch).map(|_| Response::Done),
             ),
         }
+    }
+
+    /// Records a compute node's identity in `members` (durably: after a restart it is
+    /// waited for to reclaim its locks) before its first answer, which describes the
+    /// node.
+    fn join(&self, who: LockHolder) -> Result<Response, StorageError> {
+        let _meta = self.meta_lock.lock();
+        let members = {
+            let mut core = self.core.lock();
+            core.admit(who)?;
+            let e = core.members.entry(who.node).or_insert(who.epoch);
+            if *e < who.epoch {
+                *e = who.epoch;
+            }
+            // A newer epoch of a node supersedes the older ones (the GTM fences them):
+            // they will not reclaim.
+            self.forget_member(&mut core, |h| h.node == who.node && h.epoch < who.epoch);
+            core.members.clone()
+        };
+        crate::recovery::write_members(&*self.opts.fs, &self.opts.data_dir, &members)
+            .map_err(io_err)?;
+        let mut l = self.layout();
+        l.frames = self.core.lock().frames.len() as u32;
+        Ok(Response::Layout(l))
     }
 
     fn allocate(&self, count: u32) -> Result<Response, StorageError> {

@@ -37,6 +37,7 @@ pub fn config(dir: &Path, frames: u32) -> StorageConfig {
         redo_retain: ByteSize(4 << 20),
         metrics_listen: String::new(),
         notice_slots: 64,
+        reclaim_grace_ms: 0,
     }
 }
 
