@@ -60,6 +60,9 @@ struct ClientModel {
     epoch: Epoch,
     /// The highest epoch of this identity whose fence was acknowledged.
     fenced: Option<Epoch>,
+    /// The highest epoch of this identity the node answered a `Describe` for: it
+    /// must be in `members` (a restart waits for it to reclaim its locks).
+    described: std::cell::Cell<Option<Epoch>>,
 }
 
 #[derive(Default)]
@@ -77,6 +80,8 @@ struct Figures {
     fences: u64,
     /// Crash points by the file they cut off: "pages", "slots", "redo", ...
     crash_files: BTreeMap<String, u64>,
+    /// Identities found in `members` after a cut (each was answered a `Describe`).
+    members_checked: u64,
     /// Slot-map entries of pages without redo beyond them found equal to their slots after a cut.
     slot_entries_checked: u64,
 }
@@ -135,6 +140,7 @@ impl Run {
                     node: NodeId(i as u32 + 1),
                     epoch: Epoch(1),
                     fenced: None,
+                    described: Default::default(),
                 })
                 .collect(),
             allocated_max: None,
@@ -192,6 +198,18 @@ impl Run {
             .map_or(0, |m| m.1);
         if !disk.exists(&dir.join("pages")) {
             return;
+        }
+        let members = storage_node::recovery::read_members(&disk, dir).expect("members reads");
+        for c in &self.clients {
+            if let Some(e) = c.described.get() {
+                assert!(
+                    members.get(&c.node).is_some_and(|m| *m >= e),
+                    "node {} epoch {e} was answered a Describe, but members holds {:?}",
+                    c.node,
+                    members.get(&c.node)
+                );
+                self.fig.members_checked += 1;
+            }
         }
         let pf = storage_node::page_file::PageFile::open_in(&disk, &dir.join("pages")).unwrap();
         let entries = storage_node::slot_map::SlotMap::open_in(&disk, &dir.join("slots"))
@@ -278,6 +296,7 @@ impl Run {
     fn connect(&self, ep: &Endpoint, c: usize) -> Option<StorageClient> {
         let m = &self.clients[c];
         let client = StorageClient::connect(ep, &quick(), m.node, m.epoch).ok()?;
+        m.described.set(m.described.get().max(Some(m.epoch)));
         for p in self.pages.iter().filter(|p| p.owner == c) {
             client.lock_exclusive(p.id).ok()?;
         }
@@ -550,6 +569,7 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
         total.checkpoints += f.checkpoints;
         total.fences += f.fences;
         total.slot_entries_checked += f.slot_entries_checked;
+        total.members_checked += f.members_checked;
         for (k, n) in f.crash_files {
             *total.crash_files.entry(k).or_default() += n;
         }
@@ -565,7 +585,8 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
          {} file ops per life; crash points by the op cut off: {:?}, by file: {:?}; \
          injected faults: {:?}; {} forces acknowledged, {} lost; write-backs before the \
          force: {} refused, {} accepted (redo already durable); {} checkpoints, {} fences; \
-         {} slot-map entries of pages without redo beyond them checked exact after the cuts",
+         {} slot-map entries of pages without redo beyond them checked exact after the \
+         cuts; {} connected identities found in members",
         total.seeds,
         total.cuts,
         total.recovery_crashes,
@@ -581,6 +602,7 @@ fn invariants_3_6_7_survive_power_loss_at_any_file_operation() {
         total.checkpoints,
         total.fences,
         total.slot_entries_checked,
+        total.members_checked,
     );
     assert_eq!(total.acked_lost, 0);
 }
