@@ -32,4 +32,6 @@ step "soak test, quick (scripts/soak-test.sh --quick)"
 for b in tpcc storage-node gtm compute-node; do
   [ -x "target/release/$b" ] || { echo "target/release/$b missing after the tests" >&2; exit 1; }
 done
-SKIP_BUILD=1 SEED=${SEED:-1} scripts/soak-test.sh --quick --no-netns --out "${SOAK_OUT:-target/soak-quick}"
+soak_out=${SOAK_OUT:-target/soak-quick}
+rm -rf "$soak_out"
+SKIP_BUILD=1 SEED=${SEED:-1} scripts/soak-test.sh --quick --no-netns --out "$soak_out"

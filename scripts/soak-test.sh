@@ -113,6 +113,12 @@ else
   if [ "$MINUTES" -ge 10 ]; then TABLE_EVERY=60; else TABLE_EVERY=5; fi
 fi
 OUT=${OUT:-$(mktemp -d /tmp/soak-test.XXXXXX)}
+# The phases load a fresh database into $OUT/cluster: a directory left by an earlier
+# run would be loaded on top of (and fail the checks after load).
+if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then
+  echo "soak: output directory $OUT is not empty (an earlier run?); remove it or pick another --out" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RUN="$OUT/cluster"
