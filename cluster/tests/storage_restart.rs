@@ -144,6 +144,11 @@ fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, TxnError>) -> T {
     }
 }
 
+/// Rows of 400 bytes: 300 of them fill a few dozen leaves.
+fn val(tag: u8) -> Vec<u8> {
+    vec![b'a' + tag; 400]
+}
+
 fn key(i: usize) -> Vec<u8> {
     format!("k{i:04}").into_bytes()
 }
@@ -156,13 +161,13 @@ fn pool_kept(transport: Transport, crash: bool) {
     // reads the first 100 (it caches their pages; the leaves it asked for are
     // released by node 1), then node 1 changes every row again.
     for i in 0..300 {
-        put(a, &t, &key(i), b"v1").unwrap();
+        put(a, &t, &key(i), &val(1)).unwrap();
     }
     for i in 0..100 {
-        assert_eq!(get(b, &t, &key(i)).unwrap().as_deref(), Some(&b"v1"[..]));
+        assert_eq!(get(b, &t, &key(i)).unwrap().as_deref(), Some(&val(1)[..]));
     }
     for i in 0..300 {
-        put(a, &t, &key(i), b"v2").unwrap();
+        put(a, &t, &key(i), &val(2)).unwrap();
     }
     let held = a.engine().pager().held_locks();
     let cached = [a, b].map(|n| n.engine().pager().pool().snapshot_versions().len());
@@ -178,19 +183,19 @@ fn pool_kept(transport: Transport, crash: bool) {
     // the reclaim), node 1 reads it back.
     for i in (0..300).step_by(7) {
         let v = retry("read after the restart", || get(a, &t, &key(i)));
-        assert_eq!(v.as_deref(), Some(&b"v2"[..]), "row {i} on node 1");
+        assert_eq!(v.as_deref(), Some(&val(2)[..]), "row {i} on node 1");
         let v = retry("read after the restart", || get(b, &t, &key(i)));
-        assert_eq!(v.as_deref(), Some(&b"v2"[..]), "row {i} on node 2");
+        assert_eq!(v.as_deref(), Some(&val(2)[..]), "row {i} on node 2");
     }
-    retry("write after the restart", || put(b, &t, &key(250), b"v3"));
+    retry("write after the restart", || put(b, &t, &key(250), &val(3)));
     assert_eq!(
         retry("read node 2's write", || get(a, &t, &key(250))).as_deref(),
-        Some(&b"v3"[..])
+        Some(&val(3)[..])
     );
-    retry("write after the restart", || put(a, &t, &key(5), b"v4"));
+    retry("write after the restart", || put(a, &t, &key(5), &val(4)));
     assert_eq!(
         retry("read node 1's write", || get(b, &t, &key(5))).as_deref(),
-        Some(&b"v4"[..])
+        Some(&val(4)[..])
     );
 
     // Nobody rejoined; node 1 took its locks back; the pools are still there.
