@@ -35,7 +35,7 @@
 
 use crate::page_file::{target_slot, PageFile, Slot};
 use crate::page_meta::PageMeta;
-use crate::redo::{scan_streams, segment_path, Stream};
+use crate::redo::{scan_streams_keeping, segment_path, Stream};
 use crate::slot_map::SlotMap;
 use common::durable::{replace_file, DurableFs};
 use common::ids::{Epoch, NodeId, PageId, PageVersion};
@@ -227,14 +227,21 @@ pub fn recover(
         }
     }
     // 3. redo streams
+    // Only records past the page's slot-map entry are kept: the page file holds the
+    // rest (an entry is never ahead of it), and replay would skip them.
     let redo_dir = data_dir.join("redo");
-    let scanned = scan_streams(&**fs, &redo_dir)?;
+    let mut scanned = scan_streams_keeping(&**fs, &redo_dir, &mut |r| {
+        match r.page.0.checked_sub(first.0).filter(|i| *i < allocated) {
+            Some(i) => r.after > pages[i as usize].version,
+            None => true, // reported below
+        }
+    })?;
     let mut by_page: HashMap<PageId, Vec<RedoRecord>> = HashMap::new();
     let mut records_scanned = 0;
-    for s in &scanned {
-        records_scanned += s.records.len();
-        for r in &s.records {
-            by_page.entry(r.page).or_default().push(r.clone());
+    for s in &mut scanned {
+        records_scanned += s.scanned;
+        for r in std::mem::take(&mut s.records) {
+            by_page.entry(r.page).or_default().push(r);
         }
     }
 

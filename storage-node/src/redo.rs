@@ -154,11 +154,25 @@ pub struct ScannedStream {
     pub segments: Vec<Lsn>,
     /// End of the valid records.
     pub end: Lsn,
+    /// The valid records the caller's filter kept.
     pub records: Vec<RedoRecord>,
+    /// Valid records read, kept or not.
+    pub scanned: usize,
 }
 
 /// Reads every stream under `redo_dir`; truncates a torn tail of a stream's last segment.
 pub fn scan_streams(fs: &dyn DurableFs, redo_dir: &Path) -> io::Result<Vec<ScannedStream>> {
+    scan_streams_keeping(fs, redo_dir, &mut |_| true)
+}
+
+/// As [`scan_streams`], keeping in memory only the records `keep` wants (recovery drops
+/// the ones its pages' images already hold, so its memory follows what it replays,
+/// not the redo retained on disk).
+pub fn scan_streams_keeping(
+    fs: &dyn DurableFs,
+    redo_dir: &Path,
+    keep: &mut dyn FnMut(&RedoRecord) -> bool,
+) -> io::Result<Vec<ScannedStream>> {
     let mut out = Vec::new();
     if !fs.exists(redo_dir) {
         return Ok(out);
@@ -179,6 +193,7 @@ pub fn scan_streams(fs: &dyn DurableFs, redo_dir: &Path) -> io::Result<Vec<Scann
             .collect();
         segments.sort();
         let mut records = Vec::new();
+        let mut scanned = 0;
         let mut end = segments.first().copied().unwrap_or(Lsn(0));
         for (i, start) in segments.iter().enumerate() {
             let path = segment_path(&dir, *start);
@@ -189,7 +204,10 @@ pub fn scan_streams(fs: &dyn DurableFs, redo_dir: &Path) -> io::Result<Vec<Scann
                     // Checked: a segment named near u64::MAX must not overflow.
                     Ok((rec, n)) if start.0.checked_add((at + n) as u64) == Some(rec.lsn.0) => {
                         at += n;
-                        records.push(rec);
+                        scanned += 1;
+                        if keep(&rec) {
+                            records.push(rec);
+                        }
                     }
                     other => {
                         let why = match other {
@@ -218,6 +236,7 @@ pub fn scan_streams(fs: &dyn DurableFs, redo_dir: &Path) -> io::Result<Vec<Scann
             segments,
             end,
             records,
+            scanned,
         });
     }
     Ok(out)
