@@ -65,7 +65,9 @@ impl CoherentPager {
                 return Ok(c.image);
             }
         }
-        let client = self.storage.for_page(page)?;
+        let i = self.storage.index_of(page)?;
+        let client = self.storage.node(i);
+        let recoveries = self.recoveries[i].load(Ordering::SeqCst);
         self.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
         self.stats.round_trips.fetch_add(2, Ordering::Relaxed);
         client.lock_exclusive(page).map_err(storage_err)?;
@@ -86,6 +88,19 @@ impl CoherentPager {
             }
         };
         self.pool.set_flags(&pin, FrameFlags::LOCKED);
+        // Invariant 9 across a storage-node restart: if a recovery of this storage node
+        // began since the request, it may have listed the held pages before this grant
+        // set LOCKED, so the restarted node may not hold the lock for us. Undo; a
+        // revocation of a grant we do not believe in is still answered with an unlock.
+        if self.recoveries[i].load(Ordering::SeqCst) != recoveries {
+            self.pool.clear_flags(&pin, FrameFlags::LOCKED);
+            self.pool.mark_stale(&pin);
+            drop(pin);
+            self.held.remove(&page);
+            return Err(PagerError::Storage(format!(
+                "page {page}: the storage node restarted while its lock was taken"
+            )));
+        }
         Ok(img)
     }
 

@@ -237,6 +237,10 @@ pub struct CoherentPager {
     /// the node must rejoin.
     broken: Mutex<Option<String>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Per storage node, how many times `recover_storage` began: a lock grant may set
+    /// LOCKED only if no recovery began since its request (`lock_for_write`), else the
+    /// recovery may have missed it and the restarted node may not count it as ours.
+    recoveries: Vec<AtomicU64>,
 }
 
 impl CoherentPager {
@@ -275,6 +279,7 @@ impl CoherentPager {
             stats: CoherenceStats::default(),
             broken: Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
+            recoveries: (0..redo_queues).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
@@ -348,6 +353,9 @@ impl CoherentPager {
             tracing::info!(storage = i, "storage connection made again; same process");
             return Ok(());
         }
+        // Before the held pages are listed: a grant in flight either set LOCKED before
+        // this (it is listed) or sees this and undoes itself (`lock_for_write`).
+        self.recoveries[i].fetch_add(1, Ordering::SeqCst);
         let mut claims = Vec::new();
         let mut forgotten = 0;
         let held: Vec<PageId> = self.held.iter().map(|e| *e.key()).collect();
