@@ -103,25 +103,42 @@ pub fn read_meta(fs: &dyn DurableFs, dir: &Path) -> io::Result<Option<(PageId, u
     }
 }
 
-pub fn write_fences(
+/// A `"<node> <epoch>"` line per entry, written atomically (`fences`, `members`).
+fn write_node_epochs(
     fs: &dyn DurableFs,
     dir: &Path,
-    fenced: &HashMap<NodeId, Epoch>,
+    name: &str,
+    map: &HashMap<NodeId, Epoch>,
 ) -> io::Result<()> {
-    let mut v: Vec<_> = fenced.iter().collect();
+    let mut v: Vec<_> = map.iter().collect();
     v.sort();
     let text: String = v
         .iter()
         .map(|(n, e)| format!("{} {}\n", n.0, e.0))
         .collect();
-    write_atomic(fs, dir, "fences", &text)
+    write_atomic(fs, dir, name, &text)
+}
+
+fn read_node_epochs(
+    fs: &dyn DurableFs,
+    dir: &Path,
+    name: &str,
+) -> io::Result<HashMap<NodeId, Epoch>> {
+    Ok(read_text(fs, &dir.join(name))?
+        .map(|t| parse_node_epochs(&t))
+        .unwrap_or_default())
+}
+
+pub fn write_fences(
+    fs: &dyn DurableFs,
+    dir: &Path,
+    fenced: &HashMap<NodeId, Epoch>,
+) -> io::Result<()> {
+    write_node_epochs(fs, dir, "fences", fenced)
 }
 
 pub fn read_fences(fs: &dyn DurableFs, dir: &Path) -> io::Result<HashMap<NodeId, Epoch>> {
-    let Some(text) = read_text(fs, &dir.join("fences"))? else {
-        return Ok(HashMap::new());
-    };
-    Ok(parse_node_epochs(&text))
+    read_node_epochs(fs, dir, "fences")
 }
 
 /// Every compute-node identity that connected, the newest epoch per node: who may
@@ -131,20 +148,11 @@ pub fn write_members(
     dir: &Path,
     members: &HashMap<NodeId, Epoch>,
 ) -> io::Result<()> {
-    let mut v: Vec<_> = members.iter().collect();
-    v.sort();
-    let text: String = v
-        .iter()
-        .map(|(n, e)| format!("{} {}\n", n.0, e.0))
-        .collect();
-    write_atomic(fs, dir, "members", &text)
+    write_node_epochs(fs, dir, "members", members)
 }
 
 pub fn read_members(fs: &dyn DurableFs, dir: &Path) -> io::Result<HashMap<NodeId, Epoch>> {
-    let Some(text) = read_text(fs, &dir.join("members"))? else {
-        return Ok(HashMap::new());
-    };
-    Ok(parse_node_epochs(&text))
+    read_node_epochs(fs, dir, "members")
 }
 
 fn parse_node_epochs(text: &str) -> HashMap<NodeId, Epoch> {

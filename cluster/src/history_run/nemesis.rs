@@ -41,6 +41,23 @@ fn sleep_until(t: Instant, stop: &AtomicBool) -> bool {
     true
 }
 
+/// Rejoins every node that says it is broken (after a run: every node serving again).
+fn heal(nodes: &Nodes) {
+    for (i, node) in nodes.iter().enumerate() {
+        for _ in 0..100 {
+            match node.broken() {
+                None => break,
+                Some(why) => {
+                    if let Err(e) = node.rejoin(&why) {
+                        tracing::warn!(node = i + 1, error = %e, "rejoin after the run");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Kinds of compute-node faults in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ComputeFault {
@@ -102,19 +119,7 @@ impl Nemesis for ComputeFaults {
             ));
         }
         // Heal: every node serving again.
-        for (i, node) in self.nodes.iter().enumerate() {
-            for _ in 0..100 {
-                match node.broken() {
-                    None => break,
-                    Some(why) => {
-                        if let Err(e) = node.rejoin(&why) {
-                            tracing::warn!(node = i + 1, error = %e, "rejoin after the run");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            }
-        }
+        heal(&self.nodes);
     }
 
     fn log(&self) -> &[String] {
@@ -167,19 +172,7 @@ impl Nemesis for StorageFaults<'_> {
             ));
         }
         // Heal: a node whose reclaim was refused (it came back too late) rejoins.
-        for (i, node) in self.nodes.iter().enumerate() {
-            for _ in 0..100 {
-                match node.broken() {
-                    None => break,
-                    Some(why) => {
-                        if let Err(e) = node.rejoin(&why) {
-                            tracing::warn!(node = i + 1, error = %e, "rejoin after the run");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            }
-        }
+        heal(&self.nodes);
         let rejoins: u64 = self.nodes.iter().map(|n| n.rejoins()).sum();
         let reclaimed: u64 = self
             .nodes

@@ -146,9 +146,7 @@ impl Store {
         };
         crate::recovery::write_members(&*self.opts.fs, &self.opts.data_dir, &members)
             .map_err(io_err)?;
-        let mut l = self.layout();
-        l.frames = self.core.lock().frames.len() as u32;
-        Ok(Response::Layout(l))
+        Ok(Response::Layout(self.layout()))
     }
 
     fn allocate(&self, count: u32) -> Result<Response, StorageError> {
