@@ -15,6 +15,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 fn cluster() -> EmbeddedCluster {
+    cluster_with(50)
+}
+
+/// `poll_ms` 0: no node sweeps by itself (the test drives the sweeps).
+fn cluster_with(poll_ms: u64) -> EmbeddedCluster {
     common::service::init_tracing("warn");
     EmbeddedCluster::start(ClusterOptions {
         compute_nodes: 2,
@@ -23,7 +28,7 @@ fn cluster() -> EmbeddedCluster {
         pages_per_storage_node: 1 << 15,
         buffer_frames: 2048,
         compute: ComputeConfig {
-            freeze_poll_ms: 50,
+            freeze_poll_ms: poll_ms,
             ..ComputeConfig::default()
         },
         gtm: gtm::config::GtmConfig {
@@ -186,5 +191,122 @@ fn freeze_sweeps_bound_the_outcome_index_and_the_commit_log() {
         n.rejoin("the GTM restarted").unwrap();
     }
     check(&c, 4);
+    c.shutdown().unwrap();
+}
+
+/// A sweep cut short keeps its place: node 0 sweeps part of a table and reports points;
+/// the GTM restarts (keeping the grant and the point in `sweep.grant`); node 1 gets the
+/// same target and point, sweeps a little further and rejoins (its grant goes void);
+/// node 0 gets the newer point and finishes, scanning only what was left. Nothing is
+/// missed: once the floor is raised, a cold node reads every row (an unstamped version
+/// below the floor would fail its read: its writer's outcome is forgotten).
+#[test]
+fn a_sweep_cut_short_resumes_at_its_point_on_another_node_and_after_a_gtm_restart() {
+    use common::gtm::SweepPoint;
+    use compute_node::freeze::sweep;
+    use compute_node::txn::TxnError;
+    use std::sync::atomic::AtomicBool;
+
+    let mut c = cluster_with(0);
+    let t = c.nodes[0].create_table("t").unwrap();
+    let mut model = BTreeMap::new();
+    const ROWS: u32 = 3000;
+    for chunk in 0..ROWS / 100 {
+        let n = &c.nodes[(chunk % 2) as usize];
+        let mut tx = n.begin().unwrap();
+        for k in chunk * 100..(chunk + 1) * 100 {
+            let v = format!("row {k} {}", "x".repeat(60)).into_bytes();
+            tx.put(&t, &key(k), &v).unwrap();
+            model.insert(k, v);
+        }
+        tx.commit().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(250)); // freeze_interval_ms
+
+    // Runs a sweep on `node` from `resume`, stopping after `reports` points (0: to
+    // the end); returns the points the GTM acknowledged and the rows scanned.
+    let run = |c: &EmbeddedCluster, node: usize, below, resume: &SweepPoint, reports: usize| {
+        let n = &c.nodes[node];
+        let engine = n.engine();
+        let stop = AtomicBool::new(false);
+        let mut points = Vec::new();
+        let mut report = |p: &SweepPoint| -> Result<(), TxnError> {
+            engine
+                .gtm()
+                .freeze_progress(below, p)
+                .map_err(|e| TxnError::Storage(e.to_string()))?;
+            points.push(p.clone());
+            if points.len() == reports {
+                stop.store(true, Ordering::Release);
+            }
+            Ok(())
+        };
+        let r = sweep(
+            &engine,
+            &n.catalog(),
+            below,
+            resume,
+            &stop,
+            Duration::ZERO,
+            &mut report,
+        );
+        (r, points)
+    };
+
+    let (below, resume) = c.nodes[0].engine().gtm().freeze_target().unwrap().unwrap();
+    assert_eq!(resume, SweepPoint::Start);
+    let (r, points0) = run(&c, 0, below, &resume, 3);
+    assert!(r.is_err(), "stopped after three points: {r:?}");
+    assert_eq!(points0.len(), 3);
+
+    c.restart_gtm().unwrap();
+    for n in &c.nodes {
+        n.rejoin("the GTM restarted").unwrap();
+    }
+    let (b1, resume1) = c.nodes[1].engine().gtm().freeze_target().unwrap().unwrap();
+    assert_eq!(
+        (b1, &resume1),
+        (below, &points0[2]),
+        "kept across the restart"
+    );
+    let (r, points1) = run(&c, 1, below, &resume1, 2);
+    assert!(r.is_err());
+    assert_eq!(points1.len(), 2);
+    assert_ne!(points1[1], points0[2], "node 1 went further");
+
+    c.nodes[1].rejoin("a test cut its sweep short").unwrap();
+    let (b2, resume2) = c.nodes[0].engine().gtm().freeze_target().unwrap().unwrap();
+    assert_eq!(
+        (b2, &resume2),
+        (below, &points1[1]),
+        "handed over with the point"
+    );
+    let (r, _) = run(&c, 0, below, &resume2, 0);
+    let st = r.unwrap();
+    assert!(
+        st.rows_scanned > 0 && st.rows_scanned < u64::from(ROWS),
+        "the last sweep resumed: it scanned {} of {ROWS} rows",
+        st.rows_scanned
+    );
+    c.nodes[0].engine().gtm().frozen(below).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gtm_metric(&c, |m| m.freeze_floor.load(Ordering::Relaxed)) < below.0 {
+        assert!(Instant::now() < deadline, "the floor was not raised");
+        // A snapshot after the report's timestamp moves the GC watermark past it.
+        c.nodes[1].begin().unwrap().commit().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n = c.start_compute_node(3).unwrap();
+    let mut tx = n.begin().unwrap();
+    for (k, v) in &model {
+        assert_eq!(
+            tx.get(&t, &key(*k)).unwrap().as_deref(),
+            Some(&v[..]),
+            "key {k}"
+        );
+    }
+    tx.commit().unwrap();
+    n.shutdown().unwrap();
     c.shutdown().unwrap();
 }

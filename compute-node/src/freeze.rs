@@ -9,10 +9,12 @@
 //! ([`Chain::needs_freeze`]), and each is rewritten under its leaf latch
 //! ([`Chain::freeze`]: stamp, drop aborted versions and finished locks; a chain left
 //! with nothing visible is removed) through the normal page-write path (X lock, redo).
-//! After each batch the node forces its redo and records how far it got
-//! ([`Progress`], kept across rejoins); a sweep cut short by a fault resumes there when
-//! the GTM hands out the same target again. When every table is done it reports
-//! `Frozen { below: T }`.
+//! After each batch the node forces its redo; at most once a second it then reports
+//! how far it got to the GTM (`GtmClient::freeze_progress`, a [`SweepPoint`]), which
+//! keeps the point durably with the grant. A sweep cut short by a fault (of this node,
+//! a storage node or the GTM) resumes at the last point the GTM acknowledged, on
+//! whichever node the GTM hands the grant to next (`gtm::freeze`, "Resuming a sweep").
+//! When every table is done it reports `Frozen { below: T }`.
 //!
 //! Why the scan finds every such row: every version below `T` was written before the
 //! GTM chose `T` (its writer had ended), so before the sweep began; a row's chain only
@@ -29,16 +31,20 @@ use crate::catalog::Catalog;
 use crate::mvcc::Chain;
 use crate::pager::Pager;
 use crate::txn::{Engine, Table, TxnError, UpsertFail};
+use common::gtm::SweepPoint;
 use common::ids::TxnId;
-use parking_lot::Mutex;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Rows rewritten per batch (one redo force each).
 const BATCH: usize = 256;
+/// Least time between two progress reports to the GTM (each costs it an fsync).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Wait before asking again after a sweep failed (a storage node restarting, say).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,41 +55,70 @@ pub struct SweepStats {
     pub rows_removed: u64,
 }
 
-/// How far a sweep got: every row up to `after` of table `table`, and every table
-/// before it in name order, is frozen below `below` and durable. Kept by the node
-/// across rejoins, so a sweep cut short by a fault resumes (the GTM hands the same
-/// target to the next asker).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub below: TxnId,
-    pub table: String,
-    /// `None`: the table is not started.
-    pub after: Option<Vec<u8>>,
-}
+/// Where a sweep's durable progress goes: called after a batch's redo is forced, with
+/// the point everything before is swept to. An error ends the sweep (the grant is
+/// not this node's any more, or the GTM cannot be reached).
+pub type Report<'a> = dyn FnMut(&SweepPoint) -> Result<(), TxnError> + 'a;
 
 /// Stamps every version of a txn below `below` in every table of `catalog` (every
-/// such txn must have ended) and makes it durable. `stop` ends it early (an error).
-/// Resumes from `progress` if it is for the same target, and keeps it up to date.
+/// such txn must have ended) and makes it durable, going on after `resume`. `stop`
+/// ends it early (an error). `report` hears of the progress, at most once per
+/// `report_every` (the sweeper's: [`REPORT_EVERY`]).
 pub fn sweep(
     engine: &Engine,
     catalog: &Catalog,
     below: TxnId,
+    resume: &SweepPoint,
     stop: &AtomicBool,
-    progress: &Mutex<Option<Progress>>,
+    report_every: Duration,
+    report: &mut Report<'_>,
 ) -> Result<SweepStats, TxnError> {
     let mut stats = SweepStats::default();
-    let resume = progress.lock().clone().filter(|p| p.below == below);
+    if *resume == SweepPoint::Done {
+        return Ok(stats);
+    }
+    let mut reporter = Throttled {
+        report,
+        every: report_every,
+        last: Instant::now(),
+    };
     for table in catalog.tables()? {
-        let after = match &resume {
-            Some(p) if table.name < p.table => continue,
-            Some(p) if table.name == p.table => p.after.clone(),
+        let after = match resume {
+            SweepPoint::In { table: t, .. } if table.name < *t => continue,
+            SweepPoint::In { table: t, after } if table.name == *t => after.clone(),
             _ => None,
         };
-        sweep_table(engine, &table, below, stop, &mut stats, after, progress)?;
+        sweep_table(
+            engine,
+            &table,
+            below,
+            stop,
+            &mut stats,
+            after,
+            &mut reporter,
+        )?;
         stats.tables += 1;
     }
-    *progress.lock() = None;
     Ok(stats)
+}
+
+struct Throttled<'r, 'a> {
+    report: &'r mut Report<'a>,
+    every: Duration,
+    last: Instant,
+}
+
+impl Throttled<'_, '_> {
+    fn progress(&mut self, table: &str, after: &[u8]) -> Result<(), TxnError> {
+        if self.last.elapsed() < self.every {
+            return Ok(());
+        }
+        self.last = Instant::now();
+        (self.report)(&SweepPoint::In {
+            table: table.to_string(),
+            after: Some(after.to_vec()),
+        })
+    }
 }
 
 fn sweep_table(
@@ -93,7 +128,7 @@ fn sweep_table(
     stop: &AtomicBool,
     stats: &mut SweepStats,
     mut after: Option<Vec<u8>>,
-    progress: &Mutex<Option<Progress>>,
+    reporter: &mut Throttled<'_, '_>,
 ) -> Result<(), TxnError> {
     loop {
         if stop.load(Ordering::Acquire) {
@@ -161,11 +196,7 @@ fn sweep_table(
         match last {
             Some(k) if scanned > 0 => {
                 // Durable up to `k`: a sweep for the same target may start after it.
-                *progress.lock() = Some(Progress {
-                    below,
-                    table: table.name.clone(),
-                    after: Some(k.clone()),
-                });
+                reporter.progress(&table.name, &k)?;
                 after = Some(k);
             }
             _ => return Ok(()),
@@ -183,17 +214,12 @@ pub struct FreezeThread {
 }
 
 impl FreezeThread {
-    pub fn spawn(
-        engine: Arc<Engine>,
-        catalog: Arc<Catalog>,
-        poll: Duration,
-        progress: Arc<Mutex<Option<Progress>>>,
-    ) -> FreezeThread {
+    pub fn spawn(engine: Arc<Engine>, catalog: Arc<Catalog>, poll: Duration) -> FreezeThread {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()
             .name("freeze-sweep".into())
-            .spawn(move || run(&engine, &catalog, poll, &s, &progress))
+            .spawn(move || run(&engine, &catalog, poll, &s))
             .map_err(|e| tracing::error!(error = %e, "cannot start the freeze sweeper"))
             .ok();
         FreezeThread { stop, handle }
@@ -218,38 +244,51 @@ impl Drop for FreezeThread {
     }
 }
 
-fn run(
-    engine: &Engine,
-    catalog: &Catalog,
-    poll: Duration,
-    stop: &AtomicBool,
-    progress: &Mutex<Option<Progress>>,
-) {
+fn run(engine: &Engine, catalog: &Catalog, poll: Duration, stop: &AtomicBool) {
+    let mut wait = poll;
     loop {
-        std::thread::park_timeout(poll);
+        std::thread::park_timeout(wait);
+        wait = poll;
         if stop.load(Ordering::Acquire) || engine.gtm().connection().is_closed() {
             return;
         }
-        let below = match engine.gtm().freeze_target() {
-            Ok(Some(b)) => b,
+        let (below, resume) = match engine.gtm().freeze_target() {
+            Ok(Some(t)) => t,
             Ok(None) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "freeze target");
                 continue;
             }
         };
-        let started = std::time::Instant::now();
-        match sweep(engine, catalog, below, stop, progress) {
+        let started = Instant::now();
+        let mut report = |point: &SweepPoint| {
+            engine
+                .gtm()
+                .freeze_progress(below, point)
+                .map_err(|e| TxnError::Storage(format!("freeze sweep progress: {e}")))
+        };
+        match sweep(
+            engine,
+            catalog,
+            below,
+            &resume,
+            stop,
+            REPORT_EVERY,
+            &mut report,
+        ) {
             Ok(st) => match engine.gtm().frozen(below) {
                 Ok(()) => {
                     engine.count_freeze(&st);
-                    tracing::info!(%below, ?st, took_ms = started.elapsed().as_millis() as u64,
-                        "freeze sweep done");
+                    tracing::info!(%below, ?resume, ?st,
+                        took_ms = started.elapsed().as_millis() as u64, "freeze sweep done");
                 }
                 Err(e) => tracing::warn!(error = %e, %below, "freeze sweep report refused"),
             },
             Err(e) => {
-                tracing::warn!(error = %e, %below, "freeze sweep failed; the GTM grants it again later")
+                // The grant stays this node's for its lease: ask again soon and resume
+                // at the last point the GTM kept.
+                wait = RETRY_AFTER.min(poll);
+                tracing::warn!(error = %e, %below, "freeze sweep failed; it resumes where it stopped")
             }
         }
     }

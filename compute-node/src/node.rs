@@ -52,7 +52,7 @@
 use crate::btree::TreeOptions;
 use crate::catalog::Catalog;
 use crate::coherence::{CoherentPager, LockMode, StorageSet, ValidationMode};
-use crate::freeze::{FreezeThread, Progress};
+use crate::freeze::FreezeThread;
 use crate::mvcc::WaitPolicy;
 use crate::txn::{Engine, EngineConfig, Isolation, Resolved, Table, Txn, TxnError};
 use common::fabric::{ClientOptions, ClusterKey, Endpoint};
@@ -194,7 +194,6 @@ impl Incarnation {
         cfg: &ComputeConfig,
         key: &ClusterKey,
         generation: u64,
-        freeze_progress: Arc<Mutex<Option<Progress>>>,
     ) -> Result<Incarnation, StartError> {
         let opts = ClientOptions::new(key.clone()).timeout(Duration::from_secs(cfg.rpc_timeout_s));
         let gtm_ep: Endpoint = cfg
@@ -247,7 +246,6 @@ impl Incarnation {
                 engine.clone(),
                 catalog.clone(),
                 Duration::from_millis(cfg.freeze_poll_ms),
-                freeze_progress,
             )
         });
         tracing::info!(node = %reg.node, epoch = %reg.epoch, generation, "compute node ready");
@@ -316,8 +314,6 @@ pub struct ComputeNode {
     key: ClusterKey,
     rejoin_lock: Mutex<()>,
     rejoins: AtomicU64,
-    /// How far this node's last freeze sweep got (outlives incarnations).
-    freeze_progress: Arc<Mutex<Option<Progress>>>,
 }
 
 impl ComputeNode {
@@ -331,15 +327,13 @@ impl ComputeNode {
     pub fn start_with_key(cfg: &ComputeConfig, key: ClusterKey) -> Result<ComputeNode, StartError> {
         cfg.validate()
             .map_err(|(key, why)| StartError::Config(format!("{key}: {why}")))?;
-        let freeze_progress = Arc::new(Mutex::new(None));
-        let first = Incarnation::start(cfg, &key, 0, freeze_progress.clone())?;
+        let first = Incarnation::start(cfg, &key, 0)?;
         Ok(ComputeNode {
             current: RwLock::new(Arc::new(first)),
             cfg: cfg.clone(),
             key,
             rejoin_lock: Mutex::new(()),
             rejoins: AtomicU64::new(0),
-            freeze_progress,
         })
     }
 
@@ -379,8 +373,7 @@ impl ComputeNode {
             "rejoining the cluster with a new epoch"
         );
         old.close();
-        let next =
-            Incarnation::start(&self.cfg, &self.key, seen + 1, self.freeze_progress.clone())?;
+        let next = Incarnation::start(&self.cfg, &self.key, seen + 1)?;
         *self.current.write() = Arc::new(next);
         self.rejoins.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -401,6 +394,11 @@ impl ComputeNode {
     /// [`broken`](ComputeNode::broken)) it answers `Unknown` until the node rejoined.
     pub fn resolve_outcome(&self, txn: TxnId) -> Result<Resolved, TxnError> {
         self.current().engine.resolve_outcome(txn)
+    }
+
+    /// The current incarnation's catalog (a rejoin replaces it).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.current().catalog.clone()
     }
 
     pub fn create_table(&self, name: &str) -> Result<Table, TxnError> {

@@ -28,7 +28,7 @@
 //! under `state`.
 
 use crate::commit_log::{self, CommitLog};
-use crate::freeze::Freezer;
+use crate::freeze::{Freezer, GrantFile};
 use crate::lease::{EpochStore, LockReleaser, Members};
 use crate::metrics::Metrics;
 use crate::status_table::{AbortDecision, CommitDecision, StatusRegion, StatusTable};
@@ -128,6 +128,8 @@ struct Inner {
     commit_wake: Condvar,
     /// A freeze floor the group-commit thread is to compact the commit log to (0: none).
     compact_to: AtomicU64,
+    /// `sweep.grant`: the freeze sweep's grant and point, written outside the state lock.
+    grants: GrantFile,
     /// Lock releases still to do (retried until they succeed).
     release_queue: Mutex<Vec<(NodeId, Epoch)>>,
     housekeeper_wake: Condvar,
@@ -191,7 +193,8 @@ impl Gtm {
         let status = StatusRegion::format(region, capacity, boot_floor);
         let mut table = StatusTable::new(status, boot_floor);
         let floor_path = dir.join("freeze.floor");
-        let freezer = Freezer::open(fs.clone(), &floor_path, opts.freeze_interval)
+        let grants = GrantFile::new(fs.clone(), &dir.join("sweep.grant"));
+        let freezer = Freezer::open(fs.clone(), &floor_path, &grants, opts.freeze_interval)
             .map_err(io_err(&floor_path))?;
         let floor = freezer.floor();
         let log_path = dir.join("commit.log");
@@ -247,6 +250,7 @@ impl Gtm {
             commit_queue: Mutex::new(Vec::new()),
             commit_wake: Condvar::new(),
             compact_to: AtomicU64::new(0),
+            grants,
             release_queue: Mutex::new(owed),
             housekeeper_wake: Condvar::new(),
             releaser,
@@ -384,6 +388,9 @@ impl Inner {
             return;
         }
         let mut replies: Vec<(Replier, Response)> = Vec::with_capacity(reqs.len());
+        // Answered once `sweep.grant` is written (the freeze sweep's progress and
+        // reports; a report stands even if the write fails: keeping it is a saving).
+        let mut after_grant_write: Vec<(Replier, Response)> = Vec::new();
         let mut commits: Vec<PendingCommit> = Vec::new();
         let mut released: Vec<(NodeId, Epoch)> = Vec::new();
         let now = Instant::now();
@@ -551,10 +558,10 @@ impl Inner {
                             match st.freezer.grant(node, epoch, TxnId(target), now, |n, e| {
                                 members.is_live(n, e, now)
                             }) {
-                                Ok(below) => {
+                                Ok((below, resume)) => {
                                     m.freeze_grants.fetch_add(1, Ordering::Relaxed);
-                                    tracing::info!(%node, %below, "freeze sweep granted");
-                                    Response::FreezeTarget { below }
+                                    tracing::info!(%node, %below, ?resume, "freeze sweep granted");
+                                    Response::FreezeTarget { below, resume }
                                 }
                                 Err(why) => Response::error(ErrorKind::Busy, why),
                             }
@@ -570,7 +577,27 @@ impl Inner {
                             match st.freezer.report(node, epoch, below, at) {
                                 Ok(()) => {
                                     tracing::info!(%node, %below, "freeze sweep reported");
-                                    Response::Frozen
+                                    after_grant_write.push((replier, Response::Frozen));
+                                    continue;
+                                }
+                                Err(why) => Response::error(ErrorKind::BadRequest, why),
+                            }
+                        }
+                    }
+                    Request::FreezeProgress {
+                        node,
+                        epoch,
+                        below,
+                        point,
+                    } => {
+                        if !st.members.is_live(node, epoch, now) {
+                            m.fenced_requests.fetch_add(1, Ordering::Relaxed);
+                            fenced(node, epoch)
+                        } else {
+                            match st.freezer.progress(node, epoch, below, point) {
+                                Ok(()) => {
+                                    after_grant_write.push((replier, Response::ProgressNoted));
+                                    continue;
                                 }
                                 Err(why) => Response::error(ErrorKind::BadRequest, why),
                             }
@@ -598,6 +625,27 @@ impl Inner {
         }
         for (replier, r) in replies {
             answer(replier, r);
+        }
+        if !after_grant_write.is_empty() {
+            // The newest grant state, written outside the state lock (after the other
+            // answers of the batch went out): a sweep point is acknowledged only once
+            // it is durable, so a GTM restart resumes from it.
+            let written = self
+                .grants
+                .write(|| self.state.lock().freezer.durable_grant());
+            for (replier, r) in after_grant_write {
+                answer(
+                    replier,
+                    match &written {
+                        Ok(()) => r,
+                        Err(_) if r == Response::Frozen => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot keep the freeze sweep's point");
+                            Response::error(ErrorKind::Internal, format!("sweep.grant: {e}"))
+                        }
+                    },
+                );
+            }
         }
         if !commits.is_empty() {
             self.commit_queue.lock().append(&mut commits);

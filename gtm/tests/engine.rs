@@ -71,6 +71,8 @@ fn invariant_5_a_combined_timestamp_is_above_every_commit_that_returned_before_i
     let (_gtm, ep) = start(dir.path(), 4096);
     let client = Arc::new(GtmClient::connect(&ep, &opts()).unwrap());
     client.register(NodeId(1)).unwrap();
+    // 300 commits behind eight busy threads can outlast a lease on a loaded machine.
+    let _beats = client.spawn_heartbeats(Duration::from_millis(200));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let busy: Vec<_> = (0..8)
         .map(|_| {

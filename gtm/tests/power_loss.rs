@@ -338,8 +338,19 @@ impl Run {
             self.registered(c, node);
         } else if r < 0.12 {
             // A freeze sweep with nothing to stamp (no rows here): the GTM compacts its
-            // commit log below the target once older snapshots end.
-            if let Ok(Some(below)) = c.freeze_target() {
+            // commit log below the target once older snapshots end. Half report a
+            // point on the way (`sweep.grant`, kept across the crashes: a sweep granted
+            // before one may be handed out again after it).
+            if let Ok(Some((below, _resume))) = c.freeze_target() {
+                if self.rng.gen_bool(0.5) {
+                    let point = common::gtm::SweepPoint::In {
+                        table: "t".into(),
+                        after: Some(self.rng.gen::<u32>().to_be_bytes().to_vec()),
+                    };
+                    if c.freeze_progress(below, &point).is_err() {
+                        return;
+                    }
+                }
                 if c.frozen(below).is_ok() {
                     self.max_frozen = self.max_frozen.max(below);
                     self.fig.freezes_reported += 1;

@@ -9,7 +9,7 @@
 use super::combiner::{Combiner, CombinerStats};
 use super::layout::{self, EntryState};
 use super::proto::{
-    ErrorKind, Request, Response, MAX_OUTCOMES_PER_REQUEST, MAX_TIMESTAMPS_PER_REQUEST,
+    ErrorKind, Request, Response, SweepPoint, MAX_OUTCOMES_PER_REQUEST, MAX_TIMESTAMPS_PER_REQUEST,
 };
 use super::{GtmError, TxnStatus, STATUS_REGION};
 use crate::fabric::{ClientOptions, Connection, Endpoint, Op};
@@ -396,17 +396,18 @@ impl GtmClient {
         }
     }
 
-    /// Asks for the freeze sweep: `Some(below)` if this node may sweep now (stamp every
-    /// row version of the txns below `below`, all of which have ended), `None` if no
-    /// sweep is due or another node runs one (`gtm::freeze`).
-    pub fn freeze_target(&self) -> Result<Option<TxnId>, GtmError> {
+    /// Asks for the freeze sweep: `Some((below, resume))` if this node may sweep now
+    /// (stamp every row version of the txns below `below`, all of which have ended,
+    /// going on after `resume`: what was made durable under this grant before), `None`
+    /// if no sweep is due or another node runs one (`gtm::freeze`).
+    pub fn freeze_target(&self) -> Result<Option<(TxnId, SweepPoint)>, GtmError> {
         let reg = self.check_lease()?;
         let r = self.rpc(&Request::FreezeTarget {
             node: reg.node,
             epoch: reg.epoch,
         });
         match self.fenced(r) {
-            Ok(Response::FreezeTarget { below }) => Ok(Some(below)),
+            Ok(Response::FreezeTarget { below, resume }) => Ok(Some((below, resume))),
             Ok(r) => Err(Self::unexpected(r)),
             Err(GtmError::Busy(_)) => Ok(None),
             Err(e) => Err(e),
@@ -424,6 +425,22 @@ impl GtmClient {
         });
         match self.fenced(r)? {
             Response::Frozen => Ok(()),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Reports how far the sweep granted below `below` got: everything up to `point` is
+    /// stamped and durable. The GTM keeps it (durably) and hands it to whoever resumes.
+    pub fn freeze_progress(&self, below: TxnId, point: &SweepPoint) -> Result<(), GtmError> {
+        let reg = self.check_lease()?;
+        let r = self.rpc(&Request::FreezeProgress {
+            node: reg.node,
+            epoch: reg.epoch,
+            below,
+            point: point.clone(),
+        });
+        match self.fenced(r)? {
+            Response::ProgressNoted => Ok(()),
             r => Err(Self::unexpected(r)),
         }
     }

@@ -46,6 +46,7 @@ compile_error!("the status-table region is read with native-endian words: little
 
 pub use client::{GtmClient, HeartbeatThread, Registration};
 pub use combiner::CombinerStats;
+pub use proto::SweepPoint;
 
 use crate::fabric::FabricError;
 use crate::ids::{RegionId, Timestamp};

@@ -23,6 +23,17 @@
 //!                        n x txn u64
 //! 10  FreezeTarget  9    node u32 | epoch u32
 //! 11  Frozen       17    node u32 | epoch u32 | below u64
+//! 12  FreezeProgress 17+p node u32 | epoch u32 | below u64 | point (p bytes)
+//! ```
+//!
+//! A sweep point (`point`, [`SweepPoint`]) is `tag u8` and, for tag 1 only, a place:
+//!
+//! ```text
+//! 0 Start   nothing swept yet
+//! 1 In      table_len u16 | table (UTF-8, 1 ..= MAX_SWEEP_TABLE bytes) |
+//!           has_after u8 (0: the table is not started; 1: key_len u16 | key
+//!           (0 ..= MAX_SWEEP_KEY bytes): every row up to it is swept)
+//! 2 Done    every table is swept
 //! ```
 //!
 //! `Outcomes` asks the GTM itself (not the status-table region) what became of
@@ -33,6 +44,10 @@
 //! for the sweep and its target (the GTM grants one sweep at a time, when one is due;
 //! otherwise `Busy`), stamps every row version written by a txn below the target, makes
 //! that durable and reports `Frozen`; the GTM may then forget those txns' outcomes.
+//! On the way it reports how far it got (`FreezeProgress`, at most about once a
+//! second): the GTM keeps that point with the grant, on disk, and hands it out with the
+//! target, so a sweep cut short by a fault (of the sweeper, a storage node or the GTM
+//! itself) resumes where it stopped, on whichever node asks next.
 //!
 //! ## Responses (GTM -> client)
 //!
@@ -50,8 +65,10 @@
 //! 9   Error       4+n      kind u8 | len u16 | message (n = len bytes of UTF-8)
 //! 10  Outcomes    3+9n     count u16 (n, 1 ..= MAX_OUTCOMES_PER_REQUEST) |
 //!                          n x (status u8 | ts u64), in the order of the request's txns
-//! 11  FreezeTarget    9    below u64   (sweep txns below this id; every one has ended)
+//! 11  FreezeTarget  9+p    below u64 | point (p bytes: resume the sweep after it)
+//!                          (sweep txns below this id; every one has ended)
 //! 12  Frozen          1    -   (the report was taken)
+//! 13  ProgressNoted   1    -   (the sweep point is kept, durably)
 //! ```
 //!
 //! `Outcomes` status bytes (`ts` must be 0 where no timestamp is listed):
@@ -128,6 +145,109 @@ pub enum Request {
         epoch: Epoch,
         below: TxnId,
     },
+    /// The sweep granted to this node has made durable everything up to `point`.
+    FreezeProgress {
+        node: NodeId,
+        epoch: Epoch,
+        below: TxnId,
+        point: SweepPoint,
+    },
+}
+
+/// Longest table name a sweep point may carry.
+pub const MAX_SWEEP_TABLE: usize = 1024;
+/// Longest key a sweep point may carry (longer than any B-link entry).
+pub const MAX_SWEEP_KEY: usize = 8192;
+
+/// How far a freeze sweep got (tables are swept in name order, each in key order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SweepPoint {
+    /// Nothing is swept yet.
+    #[default]
+    Start,
+    /// Every table before `table` (in name order) is swept, and of `table` every row up
+    /// to `after` (`None`: none of it).
+    In {
+        table: String,
+        after: Option<Vec<u8>>,
+    },
+    /// Every table is swept.
+    Done,
+}
+
+impl SweepPoint {
+    /// Appends the wire form (module docs). Fields past their caps are encoded as they
+    /// are; the decoder rejects them.
+    pub fn encode_into(&self, b: &mut Vec<u8>) {
+        match self {
+            SweepPoint::Start => b.push(0),
+            SweepPoint::Done => b.push(2),
+            SweepPoint::In { table, after } => {
+                b.push(1);
+                b.extend_from_slice(&(table.len() as u16).to_le_bytes());
+                b.extend_from_slice(table.as_bytes());
+                match after {
+                    None => b.push(0),
+                    Some(k) => {
+                        b.push(1);
+                        b.extend_from_slice(&(k.len() as u16).to_le_bytes());
+                        b.extend_from_slice(k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes a point that must fill `buf` exactly.
+    pub fn decode(buf: &[u8]) -> Result<SweepPoint, DecodeError> {
+        let short = DecodeError::BadField("sweep point cut short");
+        let (&tag, rest) = buf.split_first().ok_or(short.clone())?;
+        let point = match tag {
+            0 | 2 if rest.is_empty() => {
+                if tag == 0 {
+                    SweepPoint::Start
+                } else {
+                    SweepPoint::Done
+                }
+            }
+            0 | 2 => return Err(DecodeError::BadField("bytes after a sweep point")),
+            1 => {
+                let (len, rest) = split_u16(rest).ok_or(short.clone())?;
+                if len == 0 || len > MAX_SWEEP_TABLE {
+                    return Err(DecodeError::BadField("sweep table name length"));
+                }
+                if rest.len() < len {
+                    return Err(short);
+                }
+                let (name, rest) = rest.split_at(len);
+                let table = String::from_utf8(name.to_vec())
+                    .map_err(|_| DecodeError::BadField("sweep table name is not UTF-8"))?;
+                let (&has, rest) = rest.split_first().ok_or(short.clone())?;
+                let after = match has {
+                    0 if rest.is_empty() => None,
+                    1 => {
+                        let (len, rest) = split_u16(rest).ok_or(short.clone())?;
+                        if len > MAX_SWEEP_KEY {
+                            return Err(DecodeError::BadField("sweep key length"));
+                        }
+                        if rest.len() != len {
+                            return Err(DecodeError::BadField("sweep key length"));
+                        }
+                        Some(rest.to_vec())
+                    }
+                    0 => return Err(DecodeError::BadField("bytes after a sweep point")),
+                    _ => return Err(DecodeError::BadField("sweep key flag")),
+                };
+                SweepPoint::In { table, after }
+            }
+            _ => return Err(DecodeError::BadField("sweep point tag")),
+        };
+        Ok(point)
+    }
+}
+
+fn split_u16(b: &[u8]) -> Option<(usize, &[u8])> {
+    (b.len() >= 2).then(|| (u16::from_le_bytes([b[0], b[1]]) as usize, &b[2..]))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,11 +305,14 @@ pub enum Response {
     },
     /// One status per txn of the `Outcomes` request, in its order.
     Outcomes(Vec<TxnStatus>),
-    /// Sweep now: stamp the versions of every txn below `below` (all of them ended).
+    /// Sweep now: stamp the versions of every txn below `below` (all of them ended),
+    /// going on after `resume` (what an earlier holder of the grant made durable).
     FreezeTarget {
         below: TxnId,
+        resume: SweepPoint,
     },
     Frozen,
+    ProgressNoted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -335,6 +458,18 @@ impl Request {
                 b.extend_from_slice(&epoch.0.to_le_bytes());
                 b.extend_from_slice(&below.0.to_le_bytes());
             }
+            Request::FreezeProgress {
+                node,
+                epoch,
+                below,
+                point,
+            } => {
+                b.push(12);
+                b.extend_from_slice(&node.0.to_le_bytes());
+                b.extend_from_slice(&epoch.0.to_le_bytes());
+                b.extend_from_slice(&below.0.to_le_bytes());
+                point.encode_into(&mut b);
+            }
             Request::Outcomes { txns } => {
                 // An out-of-range count is encoded as is; the decoder rejects it.
                 b.reserve(3 + 8 * txns.len());
@@ -373,6 +508,22 @@ impl Request {
                     node: NodeId(c.u32()),
                     epoch: Epoch(c.u32()),
                     below: TxnId(c.u64()),
+                }
+            }
+            12 => {
+                if buf.len() < 18 {
+                    return Err(DecodeError::BadLength {
+                        op,
+                        got: buf.len(),
+                        want: 18,
+                    });
+                }
+                let mut c = Cursor { buf, pos: 1 };
+                Request::FreezeProgress {
+                    node: NodeId(c.u32()),
+                    epoch: Epoch(c.u32()),
+                    below: TxnId(c.u64()),
+                    point: SweepPoint::decode(&buf[17..])?,
                 }
             }
             4 => {
@@ -470,11 +621,13 @@ impl Response {
                 b.extend_from_slice(&(m.len() as u16).to_le_bytes());
                 b.extend_from_slice(m);
             }
-            Response::FreezeTarget { below } => {
+            Response::FreezeTarget { below, resume } => {
                 b.push(11);
                 b.extend_from_slice(&below.0.to_le_bytes());
+                resume.encode_into(&mut b);
             }
             Response::Frozen => b.push(12),
+            Response::ProgressNoted => b.push(13),
             Response::Outcomes(statuses) => {
                 b.reserve(3 + 9 * statuses.len());
                 b.push(10);
@@ -583,14 +736,26 @@ impl Response {
                 Response::Outcomes(out)
             }
             11 => {
-                let mut c = expect_len(tag, buf, 9)?;
+                if buf.len() < 10 {
+                    return Err(DecodeError::BadLength {
+                        op: tag,
+                        got: buf.len(),
+                        want: 10,
+                    });
+                }
+                let mut c = Cursor { buf, pos: 1 };
                 Response::FreezeTarget {
                     below: TxnId(c.u64()),
+                    resume: SweepPoint::decode(&buf[9..])?,
                 }
             }
             12 => {
                 expect_len(tag, buf, 1)?;
                 Response::Frozen
+            }
+            13 => {
+                expect_len(tag, buf, 1)?;
+                Response::ProgressNoted
             }
             other => return Err(DecodeError::UnknownOpcode(other)),
         })
@@ -628,10 +793,30 @@ mod tests {
                 epoch,
                 below: TxnId(t)
             }),
+            (ne.clone(), any::<u64>(), any_point()).prop_map(|((node, epoch), t, point)| {
+                Request::FreezeProgress {
+                    node,
+                    epoch,
+                    below: TxnId(t),
+                    point,
+                }
+            }),
             Just(Request::GcWatermark),
             ne.prop_map(|(node, epoch)| Request::Leave { node, epoch }),
             proptest::collection::vec(any::<u64>().prop_map(TxnId), 1..=64)
                 .prop_map(|txns| Request::Outcomes { txns }),
+        ]
+    }
+
+    fn any_point() -> impl Strategy<Value = SweepPoint> {
+        prop_oneof![
+            Just(SweepPoint::Start),
+            Just(SweepPoint::Done),
+            (
+                "[a-z_]{1,12}",
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))
+            )
+                .prop_map(|(table, after)| SweepPoint::In { table, after }),
         ]
     }
 
@@ -657,8 +842,12 @@ mod tests {
                 }
             }),
             any::<u32>().prop_map(|lease_ms| Response::LeaseRenewed { lease_ms }),
-            any::<u64>().prop_map(|t| Response::FreezeTarget { below: TxnId(t) }),
+            (any::<u64>(), any_point()).prop_map(|(t, resume)| Response::FreezeTarget {
+                below: TxnId(t),
+                resume
+            }),
             Just(Response::Frozen),
+            Just(Response::ProgressNoted),
             (any::<u64>(), any::<u64>()).prop_map(|(t, s)| Response::Begun {
                 txn: TxnId(t),
                 snapshot: Timestamp(s)
@@ -697,6 +886,29 @@ mod tests {
         ) {
             let mut b = vec![op];
             b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(&body);
+            if let Ok(r) = Request::decode(&b) {
+                prop_assert_eq!(r.encode(), b.clone());
+            }
+            if let Ok(r) = Response::decode(&b) {
+                prop_assert_eq!(r.encode(), b);
+            }
+        }
+
+        /// Random bodies behind the opcodes that end in a sweep point (whose length
+        /// depends on its fields): total and canonical, as above.
+        #[test]
+        fn random_sweep_point_messages_decode_totally_and_canonically(
+            op in prop_oneof![Just(11u8), Just(12u8)],
+            head in proptest::collection::vec(any::<u8>(), 8..=16),
+            tag in prop_oneof![Just(0u8), Just(1u8), Just(2u8), any::<u8>()],
+            tlen in prop_oneof![Just(1u16), Just(3u16), 0u16..8, any::<u16>()],
+            body in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(2u8), any::<u8>()], 0..24),
+        ) {
+            let mut b = vec![op];
+            b.extend_from_slice(&head);
+            b.push(tag);
+            b.extend_from_slice(&tlen.to_le_bytes());
             b.extend_from_slice(&body);
             if let Ok(r) = Request::decode(&b) {
                 prop_assert_eq!(r.encode(), b.clone());
