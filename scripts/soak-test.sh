@@ -27,7 +27,7 @@
 # entry (the storage node's `pages`, `redo`, `meta`, `fences`; the GTM's `commit.log`,
 # `tso.hwm`, ...), and the VmRSS of every process (the services and the tpcc driver),
 # each found by its command line, so a restarted process is followed; tpmC per second
-# from `tpcc --events`.
+# and each compute node's pool occupancy (every 5 s) from `tpcc --events`.
 #
 # Output: a table on stdout (a row per 5 s, per minute from 10 minutes on: time, phase,
 # tpmC, disk per service, RSS per process with (T) stopped / (down), faults that
@@ -48,7 +48,12 @@
 #   allowed = max(FLOOR, REL x peak_A, RATIO x rate_A x duration(B)),
 #   the series levels off iff peak_B - peak_A <= allowed.
 # An RSS series is a process's longest life in the span (a restarted process starts
-# from nothing: its span begins a warm-up after its start); a process restarted so often
+# from nothing: its span begins a warm-up after its start). A compute node's series is
+# its RSS less its buffer pool's page images (frames holding a page x 8 KiB, from
+# tpcc's `pool` events every 5 s): a pool of 16,384 frames takes most of a 30-minute
+# run to fill at one warehouse, and that climb is bounded by the configuration, while
+# everything else (replaced images awaiting reclamation, sessions, the page table,
+# the allocator's caches) is where a leak would be; a process restarted so often
 # that no life holds 6 samples is reported as not judged, not failed. A leak slower than
 # a life can show is out of any kill-faulted run's sight.
 # The last third may climb above what the first two thirds reached by at most half
@@ -102,8 +107,9 @@ if [ "$QUICK" = 1 ]; then
   MEMORY=(--storage-memory-mb 160 --buffer-frames 4096 --redo-segment-mb 4)
   SAMPLE=${SAMPLE:-2}; CUT_WINDOW=18; NCUTS=1; TABLE_EVERY=5
   # B is ~13 s, and a compute node the faults restarted (or whose partner was paused)
-  # is still filling its 32 MiB pool in it: the floor is the pool plus the images in
-  # flight (32 MiB flagged a healthy run at +35 MiB).
+  # is still warming up in it: replaced page images awaiting reclamation and the
+  # allocator's caches grow with the pool (32 MiB flagged a healthy run at +35 MiB of
+  # raw RSS, before the pool's images were left out of the series).
   PLATEAU=(--rss-floor $(( 48 << 20 )) "${PLATEAU[@]}")
   # Redo is deleted a whole 4 MiB segment at a time, and a stream keeps up to its
   # retained size (16 MiB here) plus the segments being sealed and deleted: in a 13 s

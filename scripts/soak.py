@@ -274,6 +274,27 @@ def report(args):
         if e.get("state") == "struck":
             faults.append((e["unix_s"], short_fault(e["fault"]), "link-cut"))
     faults.sort()
+    # Buffer-pool images per compute node (tpcc's `pool` events, every 5 s): a pool
+    # filling up to its configured size is not growth to judge.
+    pools = {}
+    for ph in phases:
+        for e in ph["events"]:
+            if e.get("event") == "pool":
+                pools.setdefault(f"compute-{e['node_id']}", []).append(
+                    (e["unix_s"], e["resident"] * e["page_bytes"], e.get("epoch")))
+    for v in pools.values():
+        v.sort()
+
+    def pool_at(role, t):
+        """`(bytes of role's pool images, its epoch)` at `t`: the last report in
+        [t - 12 s, t + 1 s] (None: no report near `t`)."""
+        best = None
+        for u, b, ep in pools.get(role, []):
+            if u > t + 1.0:
+                break
+            if u >= t - 12.0:
+                best = (b, ep)
+        return best
 
     # Rows: one per table interval, from the first sample to the last.
     every = args.table_every
@@ -380,27 +401,47 @@ def report(args):
                 if kind == "rss":
                     # RSS starts again from nothing after a restart: judge the process's
                     # longest life within the span, a warm-up after it started.
+                    # A compute node that rejoins (a new epoch: the GTM restarted, or
+                    # it was fenced) starts an empty pool in the same process, while the
+                    # old incarnation's memory is still being freed: each incarnation is
+                    # a life of its own, judged net of its pool's images.
+                    def life(s):
+                        pid = s["services"].get(r, {}).get("pid")
+                        if pid is None or r not in pools:
+                            return pid
+                        at = pool_at(r, s["unix_s"])
+                        return None if at is None else (pid, at[1])
                     lives = {}
                     for s in mine:
-                        pid = s["services"].get(r, {}).get("pid")
-                        if pid is not None:
-                            lives.setdefault(pid, []).append(s["unix_s"])
+                        k = life(s)
+                        if k is not None:
+                            lives.setdefault(k, []).append(s["unix_s"])
                     best = None
-                    for pid, ts_ in lives.items():
+                    for k, ts_ in lives.items():
                         a0 = t0 if ts_[0] <= w0 + 1.0 else max(t0, ts_[0] + warm)
                         a1 = min(w1, ts_[-1])
                         if a1 > a0 and (best is None or a1 - a0 > best[2] - best[1]):
-                            best = (pid, a0, a1)
+                            best = (k, a0, a1)
                     if best is None:
                         best = (None, t0, t0)
-                    series = [(s["unix_s"], val(s)) for s in mine
-                              if s["services"].get(r, {}).get("pid") == best[0]]
+                    series = []
+                    for s in mine:
+                        if best[0] is None or life(s) != best[0]:
+                            continue
+                        v = val(s)
+                        if r in pools and v is not None:
+                            # RSS less the pool's images (bounded by the configuration):
+                            # what is left is everything a leak could be in.
+                            v -= pool_at(r, s["unix_s"])[0]
+                        series.append((s["unix_s"], v))
                     s0, s1 = best[1], best[2]
                 v = plateau(series, s0, s1, args.ratio, floor, args.rel_floor)
                 if kind == "rss" and v["ok"] is None and (s0, s1) != (t0, w1):
                     v = {"ok": "skip", "why": f"restarted; its longest life in the span is {s1 - s0:.0f} s"}
                 name = f"{kind} {r}" + (" (w/o " + ",".join(e.split(':', 1)[1] for e in excluded if e.startswith(r + ':')) + ")"
                                         if kind == "disk" and any(e.startswith(r + ":") for e in excluded) else "")
+                if kind == "rss" and r in pools:
+                    name += " (w/o pool)"
                 v["series"] = name
                 verdicts.append(v)
                 if v["ok"] == "skip":  # restarted too often to tell: said, not failed

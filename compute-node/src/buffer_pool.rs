@@ -164,6 +164,11 @@ impl BufferPool {
         self.frames.len()
     }
 
+    /// Frames holding a page now (at most [`BufferPool::capacity`]).
+    pub fn resident(&self) -> usize {
+        self.table.len()
+    }
+
     fn frame(&self, f: FrameId) -> &Frame {
         &self.frames[f.0 as usize]
     }

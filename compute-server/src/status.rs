@@ -60,6 +60,7 @@ pub(crate) fn snapshot(inner: &Inner) -> pb::ClusterStatusResponse {
             hits: load(&pool.stats.hits),
             misses: load(&pool.stats.misses),
             evictions: load(&pool.stats.evictions),
+            resident: pool.resident() as u64,
         }),
         coherence: Some(pb::CoherenceStats {
             validation_rounds: load(&c.validation_rounds),
@@ -101,11 +102,12 @@ pub fn render_metrics(st: &pb::ClusterStatusResponse) -> String {
     let e = st.engine.unwrap_or_default();
     let s = st.sessions.unwrap_or_default();
     #[rustfmt::skip]
-    let metrics: [(&str, &str, i128, &str); 29] = [
+    let metrics: [(&str, &str, i128, &str); 30] = [
         ("node_id", G, st.node_id.into(), "This node's id."),
         ("epoch", G, st.epoch.into(), "This incarnation's epoch."),
         ("lease_remaining_ms", G, st.lease_remaining_ms.into(), "Milliseconds until writes must stop."),
         ("pool_frames", G, p.capacity.into(), "Buffer-pool frames."),
+        ("pool_frames_resident", G, p.resident.into(), "Buffer-pool frames holding a page."),
         ("pool_hits_total", C, p.hits.into(), "Buffer-pool hits."),
         ("pool_misses_total", C, p.misses.into(), "Buffer-pool misses."),
         ("pool_evictions_total", C, p.evictions.into(), "Pages evicted."),

@@ -244,6 +244,23 @@ pub fn run(target: &dyn Target, cfg: &DriverConfig) -> Result<RunResult> {
                 })
             })
             .collect();
+        // `pool` event lines every 5 s, from a thread of their own (a node that is down
+        // or paused can hold the call for its RPC timeout).
+        if let Some(ev) = &cfg.events {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut next = Instant::now();
+                while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                    for p in target.pools() {
+                        ev.write("pool", serde_json::to_value(p).unwrap_or_default());
+                    }
+                    next += Duration::from_secs(5);
+                    while Instant::now() < next.min(end) && !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            });
+        }
         // Progress line, once a second, from this thread.
         let mut at_measure: Option<[u64; 4]> = if cfg.warmup.is_zero() {
             Some([0; 4])

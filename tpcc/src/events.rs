@@ -9,7 +9,10 @@
 //!   `tpmC` (New-Orders of that second x 60);
 //! * `fault` — `state` `struck` when a fault is injected, `back` when its service is
 //!   ready again (then also `out_s`, `restart_s` and the service's new `pid`), with
-//!   `fault` as given to `--fault`.
+//!   `fault` as given to `--fault`;
+//! * `pool` — every 5 s per reachable compute node: `node_id`, `resident` (frames
+//!   holding a page), `epoch` (the incarnation), `capacity`, `page_bytes` (so `resident x page_bytes` is the
+//!   memory its pool's images take, bounded by its configuration).
 
 use anyhow::{Context, Result};
 use parking_lot::Mutex;

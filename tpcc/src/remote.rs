@@ -134,6 +134,23 @@ impl Target for RemoteTarget {
         Some(total)
     }
 
+    fn pools(&self) -> Vec<crate::target::PoolSample> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.cluster_status().ok())
+            .map(|st| {
+                let p = st.buffer_pool.unwrap_or_default();
+                crate::target::PoolSample {
+                    node_id: st.node_id,
+                    epoch: st.epoch,
+                    resident: p.resident,
+                    capacity: p.capacity,
+                    page_bytes: common::storage::page::PAGE_SIZE as u64,
+                }
+            })
+            .collect()
+    }
+
     fn load(&self, req: &LoadRequest) -> Result<u64> {
         let n = self.nodes.len();
         let w = req.scale.warehouses;

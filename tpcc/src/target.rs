@@ -144,6 +144,25 @@ pub trait Target: Sync {
     fn cpu_seconds(&self) -> Option<f64> {
         None
     }
+    /// Each reachable compute node's buffer-pool occupancy now (`--events` lines
+    /// `pool`: a soak test tells a pool filling up to its configured size from a leak).
+    /// May block for a node's RPC timeout; called from a thread of its own.
+    fn pools(&self) -> Vec<PoolSample> {
+        Vec::new()
+    }
+}
+
+/// One compute node's buffer pool at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSample {
+    pub node_id: u32,
+    /// The node's incarnation (a rejoin starts an empty pool).
+    pub epoch: u64,
+    /// Frames holding a page.
+    pub resident: u64,
+    pub capacity: u64,
+    /// Bytes of one page image.
+    pub page_bytes: u64,
 }
 
 /// One compute node's counters (cumulative; the driver subtracts the values at the
@@ -374,6 +393,27 @@ impl Target for EngineTarget<'_> {
 
     fn counters(&self) -> Vec<NodeCounters> {
         self.nodes.iter().map(NodeCounters::of).collect()
+    }
+
+    fn pools(&self) -> Vec<PoolSample> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let engine = n.engine();
+                let pool = engine.pager().pool();
+                PoolSample {
+                    node_id: i as u32 + 1,
+                    epoch: engine
+                        .gtm()
+                        .registration()
+                        .map_or(0, |r| u64::from(r.epoch.0)),
+                    resident: pool.resident() as u64,
+                    capacity: pool.capacity() as u64,
+                    page_bytes: common::storage::page::PAGE_SIZE as u64,
+                }
+            })
+            .collect()
     }
 
     fn cpu_seconds(&self) -> Option<f64> {

@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     common::service::init_tracing("info");
+    common::service::spawn_memory_return();
     let cfg = match common::config::load_or_exit::<ServiceConfig>(
         "compute-node",
         args.config.as_deref(),

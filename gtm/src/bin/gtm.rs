@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         }
     };
     common::service::init_tracing("info");
+    common::service::spawn_memory_return();
     let args = Args::parse();
     if args.print_example_config {
         print!("{EXAMPLE}");
