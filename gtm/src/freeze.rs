@@ -89,8 +89,6 @@ pub struct Freezer {
     /// Zero: never grant a sweep.
     interval: Duration,
     granted: Option<Grant>,
-    /// The grant and sweep point to write to `freeze.grant` (None: nothing to keep).
-    durable: Option<(TxnId, SweepPoint)>,
     /// A finished sweep, and the timestamp its report was taken at.
     reported: Option<(TxnId, Timestamp)>,
     /// When the last sweep was granted (none before `interval` has passed since).
@@ -116,12 +114,11 @@ impl Freezer {
             path: path.to_path_buf(),
             floor,
             interval,
-            granted: kept.clone().map(|(below, resume)| Grant {
+            granted: kept.map(|(below, resume)| Grant {
                 holder: None,
                 below,
                 resume,
             }),
-            durable: kept,
             reported: None,
             last_grant: Instant::now(),
         })
@@ -129,8 +126,13 @@ impl Freezer {
 
     /// What `freeze.grant` should hold now (the caller writes it with
     /// [`GrantFile::write`] outside the state lock).
+    /// The grant and its point, or a report not yet applied as the point `Done`.
     pub fn durable_grant(&self) -> Option<(TxnId, SweepPoint)> {
-        self.durable.clone()
+        match (&self.granted, self.reported) {
+            (Some(g), _) => Some((g.below, g.resume.clone())),
+            (None, Some((below, _))) => Some((below, SweepPoint::Done)),
+            (None, None) => None,
+        }
     }
 
     pub fn floor(&self) -> TxnId {
@@ -195,8 +197,7 @@ impl Freezer {
     ) -> Result<(), String> {
         match &mut self.granted {
             Some(g) if g.holder == Some((node, epoch)) && g.below == below => {
-                g.resume = point.clone();
-                self.durable = Some((below, point));
+                g.resume = point;
                 Ok(())
             }
             _ => Err(format!(
@@ -217,9 +218,9 @@ impl Freezer {
         match &self.granted {
             Some(g) if g.holder == Some((node, epoch)) && g.below == below => {
                 self.granted = None;
+                // Kept as done (`durable_grant`): a restart before the floor is raised
+                // reports it again.
                 self.reported = Some((below, at));
-                // Kept as done: a restart before the floor is raised reports it again.
-                self.durable = Some((below, SweepPoint::Done));
                 Ok(())
             }
             Some(g) if g.holder == Some((node, epoch)) => Err(format!(
@@ -249,10 +250,7 @@ impl Freezer {
         }
         crate::tso::write_mark(&*self.fs, &self.path, below.0)?;
         self.floor = below;
-        if self.durable.as_ref().is_some_and(|(b, _)| *b <= below) {
-            // `freeze.grant` is stale from now on (ignored when read); left as it is.
-            self.durable = None;
-        }
+        // `freeze.grant` is stale from now on (ignored when read); left as it is.
         Ok(())
     }
 }

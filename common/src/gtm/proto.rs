@@ -398,6 +398,18 @@ fn status_from_wire(code: u8, ts: u64) -> Result<TxnStatus, DecodeError> {
     Ok(s)
 }
 
+/// A cursor past the opcode of a message that must be at least `want` bytes long.
+fn at_least(op: u8, buf: &[u8], want: usize) -> Result<Cursor<'_>, DecodeError> {
+    if buf.len() < want {
+        return Err(DecodeError::BadLength {
+            op,
+            got: buf.len(),
+            want,
+        });
+    }
+    Ok(Cursor { buf, pos: 1 })
+}
+
 fn expect_len(op: u8, buf: &[u8], want: usize) -> Result<Cursor<'_>, DecodeError> {
     if buf.len() != want {
         return Err(DecodeError::BadLength {
@@ -511,14 +523,7 @@ impl Request {
                 }
             }
             12 => {
-                if buf.len() < 18 {
-                    return Err(DecodeError::BadLength {
-                        op,
-                        got: buf.len(),
-                        want: 18,
-                    });
-                }
-                let mut c = Cursor { buf, pos: 1 };
+                let mut c = at_least(op, buf, 18)?;
                 Request::FreezeProgress {
                     node: NodeId(c.u32()),
                     epoch: Epoch(c.u32()),
@@ -705,14 +710,7 @@ impl Response {
                 Response::Left
             }
             9 => {
-                if buf.len() < 4 {
-                    return Err(DecodeError::BadLength {
-                        op: tag,
-                        got: buf.len(),
-                        want: 4,
-                    });
-                }
-                let mut c = Cursor { buf, pos: 1 };
+                let mut c = at_least(tag, buf, 4)?;
                 let kind = ErrorKind::from_u8(c.u8()).ok_or(DecodeError::BadField("error kind"))?;
                 let len = c.u16() as usize;
                 if len > MAX_ERROR_MESSAGE {
@@ -736,14 +734,7 @@ impl Response {
                 Response::Outcomes(out)
             }
             11 => {
-                if buf.len() < 10 {
-                    return Err(DecodeError::BadLength {
-                        op: tag,
-                        got: buf.len(),
-                        want: 10,
-                    });
-                }
-                let mut c = Cursor { buf, pos: 1 };
+                let mut c = at_least(tag, buf, 10)?;
                 Response::FreezeTarget {
                     below: TxnId(c.u64()),
                     resume: SweepPoint::decode(&buf[9..])?,
