@@ -296,3 +296,64 @@ fn a_locking_read_waiting_for_a_killed_holder_gets_the_committed_row() {
     drop(p);
     node.shutdown().unwrap();
 }
+
+/// A snapshot held across a pause that outlives the lease: once the GTM fenced the node
+/// its snapshot no longer holds back version pruning, so a read after the pause may find
+/// the versions it needs gone. It must fail (`Fenced`), never answer "no such row" or a
+/// value other than the snapshot's.
+#[test]
+fn a_snapshot_read_after_the_lease_lapsed_is_fenced_not_answered() {
+    let c = cluster();
+    let writer = c.start_compute_node(52).unwrap();
+    // One row per leaf: the probe's second read fetches a page it never cached.
+    let t = writer
+        .ensure_table_with(
+            "snap",
+            compute_node::btree::TreeOptions {
+                max_leaf_entries: 1,
+            },
+        )
+        .unwrap();
+    let mut tx = writer.begin().unwrap();
+    tx.put(&t, b"a", b"a1").unwrap();
+    tx.put(&t, b"b", b"b1").unwrap();
+    tx.commit().unwrap();
+    writer.release_page_locks().unwrap();
+    let mut p = Probe::spawn(
+        &c,
+        9,
+        &["snapshot", "--table", "snap", "--first", "a", "--then", "b"],
+    );
+    assert_eq!(
+        p.next(Duration::from_secs(30)).as_deref(),
+        Some("READ a a1")
+    );
+    kill(p.pid(), Signal::SIGSTOP).unwrap();
+    // Past the lease and the reaper: the probe's transaction is aborted at the GTM, so
+    // the GC watermark passes its snapshot and new writes prune what it would read.
+    std::thread::sleep(LEASE * 3);
+    // Spread out, so that the published watermark (refreshed every few hundred ms)
+    // passes the earlier ones and a later write prunes "b1".
+    for v in [b"b2", b"b3", b"b4", b"b5", b"b6"] {
+        let mut tx = writer.begin().unwrap();
+        tx.put(&t, b"b", v).unwrap();
+        tx.commit().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    writer.release_page_locks().unwrap();
+    kill(p.pid(), Signal::SIGCONT).unwrap();
+    p.child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"read\n")
+        .unwrap();
+    let said = p.next(Duration::from_secs(30)).expect("probe answers");
+    assert!(
+        said == "READ b b1" || said.starts_with("ERR fenced"),
+        "a read after the lease lapsed answered: {said}"
+    );
+    let status = p.child.wait().unwrap();
+    assert_ne!(status.code(), Some(0), "a fenced snapshot committed");
+    writer.shutdown().unwrap();
+}

@@ -712,8 +712,30 @@ impl Txn {
         )?)
     }
 
+    /// What a read found, or `Fenced` if this node's lease may have run out by now.
+    ///
+    /// A read is right only while the GTM still counts this node's snapshot: once the
+    /// lease lapsed (a pause, a lost link) the GTM aborts the transaction, the GC
+    /// watermark passes the snapshot, and other nodes prune the versions it would read,
+    /// or take the page locks this node thinks it holds. So a row that is "not there",
+    /// an old value, or a corrupt-looking chain read after that point says nothing.
+    /// Checking after the read is enough: the local deadline is conservative (never
+    /// later than the GTM's expiry, measured from when a renewal was sent) and only
+    /// moves forward, a renewal is sent only while it has not passed, and a lapse or a
+    /// fence is final; so a lease valid now was valid during the whole read. The check
+    /// is two uncontended locks and a clock read.
+    fn vouch<T>(&self, found: Result<T, TxnError>) -> Result<T, TxnError> {
+        self.engine.gtm.check_lease()?;
+        found
+    }
+
     pub fn get(&mut self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
         self.check_open()?;
+        let found = self.get_row(table, key);
+        self.vouch(found)
+    }
+
+    fn get_row(&mut self, table: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, TxnError> {
         self.statement_view()?;
         let tree = self.tree(table)?;
         let Some(raw) = tree.get(key)? else {
@@ -803,6 +825,9 @@ impl Txn {
             self.registered = true;
         }
         let r = self.modify_row(table, key, op);
+        // A locking read returns a row too: the page lock it was read under may have
+        // been taken away if the lease ran out meanwhile.
+        let r = self.vouch(r);
         if let Err(e) = &r {
             if !matches!(e, TxnError::BadRequest(_) | TxnError::NoSuchTable(_)) {
                 self.failed = Some((e.is_retryable(), e.to_string()));
@@ -946,6 +971,17 @@ impl Txn {
         limit: Option<usize>,
     ) -> Result<Vec<Row>, TxnError> {
         self.check_open()?;
+        let found = self.scan_rows(table, range, reverse, limit);
+        self.vouch(found)
+    }
+
+    fn scan_rows(
+        &mut self,
+        table: &Table,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Row>, TxnError> {
         self.statement_view()?;
         let tree = self.tree(table)?;
         let mut out = Vec::new();
@@ -987,14 +1023,8 @@ impl Txn {
         self.done = true;
         let engine = self.engine.clone();
         if !self.wrote {
-            // What this transaction read is right only if no other node may have pruned
-            // versions its snapshot needs, i.e. only if this node's lease was valid at
-            // every read. Checking once, now, after the last read, is enough: the local
-            // deadline is conservative (never later than the GTM's expiry, measured from
-            // when a renewal was sent) and only moves forward, a renewal is sent only
-            // while the deadline has not passed, and a lapse or a fence is final (the
-            // epoch never becomes valid again). So a lease valid now was valid, without
-            // a gap, since this incarnation registered, hence during every earlier read.
+            // Every read was vouched for when it returned (`vouch`); checking once more
+            // makes "committed" mean the whole transaction ran inside the lease.
             let lease = engine.gtm.check_lease();
             // End it at the GTM either way (no commit record: its snapshot stops holding
             // back the GC watermark).

@@ -6,10 +6,11 @@
 //! cluster-probe --node-id 2 --gtm shm:///.../gtm.sock --storage shm:///.../storage-0.sock \
 //!     --key-file .../cluster.key increments --table counters --keys 4 --count 300
 //! cluster-probe ... hold --table t --key k     # write k, print HOLDING, commit on "commit\n"
+//! cluster-probe ... snapshot --table t --first a --then b   # read a, then b on "read\n"
 //! ```
 //!
 //! Output lines: `READY`, `ACK <key> <new value>`, `HOLDING <txn id>`, `COMMITTED <ts>`,
-//! `ERR <kind> <message>`. Exit code 0, or 3 when fenced, 4 on any other error.
+//! `READ <key> <value>|NONE`, `ERR <kind> <message>`. Exit code 0, or 3 when fenced, 4 on any other error.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -55,6 +56,33 @@ enum Cmd {
         #[arg(long)]
         for_update: bool,
     },
+    /// In one snapshot transaction read `first`, then `then` when stdin says "read",
+    /// then commit. (A snapshot held across a pause: the second read comes after the
+    /// lease may have lapsed.)
+    Snapshot {
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        first: String,
+        #[arg(long)]
+        then: String,
+    },
+}
+
+fn say_read(key: &str, v: Option<Vec<u8>>) {
+    let shown = v.map_or_else(|| "NONE".to_string(), |b| String::from_utf8_lossy(&b).into_owned());
+    say(format!("READ {key} {shown}"));
+}
+
+fn wait_for_line(word: &str) -> Result<()> {
+    let mut line = String::new();
+    while std::io::stdin().lock().read_line(&mut line)? > 0 {
+        if line.trim() == word {
+            break;
+        }
+        line.clear();
+    }
+    Ok(())
 }
 
 fn say(line: String) {
@@ -129,13 +157,18 @@ fn main() -> Result<()> {
             tx.put(&t, key.as_bytes(), b"probe")
                 .unwrap_or_else(|e| fail(&e));
             say(format!("HOLDING {}", tx.id()));
-            let mut line = String::new();
-            while std::io::stdin().lock().read_line(&mut line)? > 0 {
-                if line.trim() == "commit" {
-                    break;
-                }
-                line.clear();
+            wait_for_line("commit")?;
+            match tx.commit() {
+                Ok(ts) => say(format!("COMMITTED {ts}")),
+                Err(e) => fail(&e),
             }
+        }
+        Cmd::Snapshot { table, first, then } => {
+            let t = node.table(&table).unwrap_or_else(|e| fail(&e));
+            let mut tx = node.begin().unwrap_or_else(|e| fail(&e));
+            say_read(&first, tx.get(&t, first.as_bytes()).unwrap_or_else(|e| fail(&e)));
+            wait_for_line("read")?;
+            say_read(&then, tx.get(&t, then.as_bytes()).unwrap_or_else(|e| fail(&e)));
             match tx.commit() {
                 Ok(ts) => say(format!("COMMITTED {ts}")),
                 Err(e) => fail(&e),
