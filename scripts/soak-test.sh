@@ -53,7 +53,11 @@
 # tpcc's `pool` events every 5 s): a pool of 16,384 frames takes most of a 30-minute
 # run to fill at one warehouse, and that climb is bounded by the configuration, while
 # everything else (replaced images awaiting reclamation, sessions, the page table,
-# the allocator's caches) is where a leak would be; a process restarted so often
+# the allocator's caches) is where a leak would be. A compute process outlives its
+# incarnations: a rejoin (GTM restart, fenced after a pause) starts an empty pool while
+# the old one is being freed, so each incarnation's first 30 s (--rss-life-warmup of
+# soak.py) are left out and the rest of the process's life is one series (memory an
+# old incarnation keeps shows as growth across rejoins). A process restarted so often
 # that no life holds 6 samples is reported as not judged, not failed. A leak slower than
 # a life can show is out of any kill-faulted run's sight.
 # The last third may climb above what the first two thirds reached by at most half
@@ -111,6 +115,8 @@ if [ "$QUICK" = 1 ]; then
   # allocator's caches grow with the pool (32 MiB flagged a healthy run at +35 MiB of
   # raw RSS, before the pool's images were left out of the series).
   PLATEAU=(--rss-floor $(( 48 << 20 )) "${PLATEAU[@]}")
+  # A 50 s window has no room for 30 s per incarnation: 10 s, the window's own warm-up.
+  PLATEAU=(--rss-life-warmup 10 "${PLATEAU[@]}")
   # Redo is deleted a whole 4 MiB segment at a time, and a stream keeps up to its
   # retained size (16 MiB here) plus the segments being sealed and deleted: in a 13 s
   # third, two segments above the earlier peak is that sawtooth, not growth (the 50 s
@@ -135,7 +141,9 @@ fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RUN="$OUT/cluster"
-BIN=$(cd "${CARGO_TARGET_DIR:-target}" 2>/dev/null && pwd)/release
+# PROFILE=ci runs the binaries CI's test step built (scripts/check.sh); default release.
+PROFILE=${PROFILE:-release}
+BIN=$(cd "${CARGO_TARGET_DIR:-target}" 2>/dev/null && pwd)/$PROFILE
 PY=scripts/soak.py
 
 SAMPLER=""; TPCC=""; CUTTER=""; NETNS_UP=0
@@ -162,8 +170,8 @@ trap 'exit 130' INT TERM
 
 echo "soak: seed $SEED (replay: scripts/soak-test.sh $([ "$QUICK" = 1 ] && echo --quick || echo --minutes "$MINUTES") --seed $SEED); output in $OUT"
 if [ -z "${SKIP_BUILD:-}" ]; then
-  echo "building (release) ..."
-  cargo build --release -q -p tpcc -p storage-node -p gtm -p compute-server
+  echo "building ($PROFILE) ..."
+  cargo build --profile "$PROFILE" -q -p tpcc -p storage-node -p gtm -p compute-server
 fi
 
 sched=$(python3 "$PY" schedule --seed "$SEED" --window "$WINDOW" --faults "$NFAULTS" \

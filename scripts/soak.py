@@ -244,6 +244,37 @@ def plateau(series, t0, t1, ratio, abs_floor, rel_floor):
     }
 
 
+def compute_life(mine, role, val, pool_at, w0, w1, life_warm):
+    """A compute node's RSS series: `(series, t0, t1)` of its process's longest life in
+    the window [w0, w1], or None.
+
+    Each value is the RSS less the bytes of the buffer pool's page images then (bounded
+    by the configuration; everything else is where a leak would be). A node that rejoins
+    (a new epoch: the GTM restarted, or it was fenced) starts an empty pool in the same
+    process while the old incarnation's images are still being freed, so the samples of
+    each incarnation's first `life_warm` seconds are left out; the incarnations of one
+    process are otherwise one series, so memory an old incarnation never gives back
+    shows up as growth across rejoins."""
+    started = {}  # (pid, epoch) -> its first sample
+    lives = {}    # pid -> [(t, value)] of the samples past their incarnation's warm-up
+    for s in mine:
+        pid = s["services"].get(role, {}).get("pid")
+        t = s["unix_s"]
+        at = pool_at(role, t)
+        if pid is None or at is None or not (w0 <= t <= w1):
+            continue
+        first = started.setdefault((pid, at[1]), t)
+        v = val(s)
+        if v is None or t < max(first, w0) + life_warm:
+            continue
+        lives.setdefault(pid, []).append((t, v - at[0]))
+    best = None
+    for pts in lives.values():
+        if best is None or pts[-1][0] - pts[0][0] > best[2] - best[1]:
+            best = (pts, pts[0][0], pts[-1][0])
+    return best
+
+
 def report(args):
     out = args.out
     samples = load_lines(os.path.join(out, "samples.jsonl"))
@@ -398,24 +429,17 @@ def report(args):
                 mine = [s for s in samples if s["phase"] == args.plateau_phase]
                 series = [(s["unix_s"], val(s)) for s in mine]
                 s0, s1 = t0, w1
-                if kind == "rss":
+                if kind == "rss" and r in pools:
+                    best = compute_life(mine, r, val, pool_at, w0, w1, args.rss_life_warmup)
+                    series, s0, s1 = best if best else ([], t0, t0)
+                elif kind == "rss":
                     # RSS starts again from nothing after a restart: judge the process's
                     # longest life within the span, a warm-up after it started.
-                    # A compute node that rejoins (a new epoch: the GTM restarted, or
-                    # it was fenced) starts an empty pool in the same process, while the
-                    # old incarnation's memory is still being freed: each incarnation is
-                    # a life of its own, judged net of its pool's images.
-                    def life(s):
-                        pid = s["services"].get(r, {}).get("pid")
-                        if pid is None or r not in pools:
-                            return pid
-                        at = pool_at(r, s["unix_s"])
-                        return None if at is None else (pid, at[1])
                     lives = {}
                     for s in mine:
-                        k = life(s)
-                        if k is not None:
-                            lives.setdefault(k, []).append(s["unix_s"])
+                        pid = s["services"].get(r, {}).get("pid")
+                        if pid is not None:
+                            lives.setdefault(pid, []).append(s["unix_s"])
                     best = None
                     for k, ts_ in lives.items():
                         a0 = t0 if ts_[0] <= w0 + 1.0 else max(t0, ts_[0] + warm)
@@ -424,16 +448,9 @@ def report(args):
                             best = (k, a0, a1)
                     if best is None:
                         best = (None, t0, t0)
-                    series = []
-                    for s in mine:
-                        if best[0] is None or life(s) != best[0]:
-                            continue
-                        v = val(s)
-                        if r in pools and v is not None:
-                            # RSS less the pool's images (bounded by the configuration):
-                            # what is left is everything a leak could be in.
-                            v -= pool_at(r, s["unix_s"])[0]
-                        series.append((s["unix_s"], v))
+                    series = [(s["unix_s"], val(s)) for s in mine
+                              if best[0] is not None
+                              and s["services"].get(r, {}).get("pid") == best[0]]
                     s0, s1 = best[1], best[2]
                 v = plateau(series, s0, s1, args.ratio, floor, args.rel_floor)
                 if kind == "rss" and v["ok"] is None and (s0, s1) != (t0, w1):
@@ -605,6 +622,8 @@ def main():
     r.add_argument("--cut-events")
     r.add_argument("--plateau-phase", default="main")
     r.add_argument("--plateau-warmup", type=float)
+    r.add_argument("--rss-life-warmup", type=float, default=30.0,
+                   help="seconds of each compute incarnation left out of its RSS series")
     r.add_argument("--ratio", type=float, default=0.5)
     r.add_argument("--disk-floor", type=float, default=256 * 1024)
     r.add_argument("--rss-floor", type=float, default=16 * MIB)
