@@ -70,7 +70,10 @@ enum Cmd {
 }
 
 fn say_read(key: &str, v: Option<Vec<u8>>) {
-    let shown = v.map_or_else(|| "NONE".to_string(), |b| String::from_utf8_lossy(&b).into_owned());
+    let shown = v.map_or_else(
+        || "NONE".to_string(),
+        |b| String::from_utf8_lossy(&b).into_owned(),
+    );
     say(format!("READ {key} {shown}"));
 }
 
@@ -166,9 +169,15 @@ fn main() -> Result<()> {
         Cmd::Snapshot { table, first, then } => {
             let t = node.table(&table).unwrap_or_else(|e| fail(&e));
             let mut tx = node.begin().unwrap_or_else(|e| fail(&e));
-            say_read(&first, tx.get(&t, first.as_bytes()).unwrap_or_else(|e| fail(&e)));
+            say_read(
+                &first,
+                tx.get(&t, first.as_bytes()).unwrap_or_else(|e| fail(&e)),
+            );
             wait_for_line("read")?;
-            say_read(&then, tx.get(&t, then.as_bytes()).unwrap_or_else(|e| fail(&e)));
+            say_read(
+                &then,
+                tx.get(&t, then.as_bytes()).unwrap_or_else(|e| fail(&e)),
+            );
             match tx.commit() {
                 Ok(ts) => say(format!("COMMITTED {ts}")),
                 Err(e) => fail(&e),
