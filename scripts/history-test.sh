@@ -37,10 +37,12 @@ while [ $# -gt 0 ]; do
 done
 
 # history-test (with the injection points compiled in) and the service binaries the
-# process cases spawn, from one build.
-cargo build --release -q -p cluster --features failpoints --bin history-test \
+# process cases spawn, from one build. PROFILE=ci reuses CI's build (less optimised,
+# quicker to compile); the default is release.
+PROFILE=${PROFILE:-release}
+cargo build --profile "$PROFILE" -q -p cluster --features failpoints --bin history-test \
   -p storage-node --bin storage-node -p gtm --bin gtm -p compute-server --bin compute-node
-BIN="${CARGO_TARGET_DIR:-target}/release"
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE"
 
 args=(--matrix "$MATRIX" --seconds "$SECONDS_PER" --fsync-pressure mixed --out history-failures)
 if [ -n "$MINUTES" ]; then args+=(--minutes "$MINUTES"); else args+=(--seeds "$SEEDS"); fi
