@@ -19,7 +19,7 @@ use compute_node::node::{ComputeConfig, ComputeNode};
 use gtm::{Gtm, GtmOptions, StorageReleaser};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use storage_node::config::{ByteSize, StorageConfig};
+pub use storage_node::config::{ByteSize, StorageConfig};
 use storage_node::StorageNode;
 
 /// What to start.

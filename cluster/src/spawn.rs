@@ -43,6 +43,9 @@ pub struct SpawnOptions {
     pub lease_ms: u64,
     /// The storage node's redo segment size in MiB (default: the storage node's, 64).
     pub redo_segment_mb: Option<u64>,
+    /// The storage node's `redo_retain` in MiB (default: 4 segments with
+    /// `redo_segment_mb`, else the storage node's own).
+    pub redo_retain_mb: Option<u64>,
     /// Run directory (configs, data, logs); default: a fresh one under the temp dir,
     /// removed after a clean stop.
     pub dir: Option<PathBuf>,
@@ -210,17 +213,16 @@ impl ProcessCluster {
             SpawnTransport::Tcp => "127.0.0.1:0".to_string(),
             SpawnTransport::Shm => dir.join("storage.sock").display().to_string(),
         };
+        // Keep 4 segments before lazy holders are asked for write-backs (the storage
+        // node's default, 256 MiB, would outlast a short run with small segments).
+        let retain = o.redo_retain_mb.or(o.redo_segment_mb.map(|m| 4 * m));
         let redo_segment = o
             .redo_segment_mb
-            // Keep 4 segments before lazy holders are asked for write-backs (the storage
-            // node's default, 256 MiB, would outlast a short run with small segments).
-            .map(|m| {
-                format!(
-                    "redo_segment = \"{m}MiB\"\nredo_retain = \"{}MiB\"\n",
-                    4 * m
-                )
-            })
-            .unwrap_or_default();
+            .map(|m| format!("redo_segment = \"{m}MiB\"\n"))
+            .unwrap_or_default()
+            + &retain
+                .map(|m| format!("redo_retain = \"{m}MiB\"\n"))
+                .unwrap_or_default();
         let storage_config = |listen: &str| {
             format!(
                 "transport = \"{transport}\"\nlisten = {listen:?}\ndata_dir = {}\nmemory = \"{}MiB\"\n\

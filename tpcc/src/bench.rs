@@ -160,6 +160,12 @@ pub struct Options {
     /// holders are asked to write back once a stream keeps more than 4 segments.
     #[arg(long)]
     pub redo_segment_mb: Option<u64>,
+    /// Redo a storage node keeps per compute node before it asks lock holders to write
+    /// back the pages that hold truncation back, in MiB (default: the storage node's,
+    /// 256 MiB embedded; 4 segments with `--redo-segment-mb`). Like PostgreSQL's
+    /// `max_wal_size`: more means fewer page write-backs under load, longer recovery.
+    #[arg(long)]
+    pub redo_retain_mb: Option<u64>,
     /// With `--cluster spawn`: keep configs, data and logs in this directory (default: a
     /// temporary one, removed after a clean run).
     #[arg(long)]
@@ -388,6 +394,7 @@ pub fn run(o: &Options) -> Result<Outcome> {
                 },
                 lease_ms: o.lease_ms,
                 redo_segment_mb: o.redo_segment_mb,
+                redo_retain_mb: o.redo_retain_mb,
                 client_tls: o.client_tls,
                 dir: o.run_dir.clone(),
             })
@@ -414,7 +421,7 @@ pub fn run(o: &Options) -> Result<Outcome> {
             Ok(out)
         }
         ClusterMode::Embedded => {
-            let copts = ClusterOptions {
+            let mut copts = ClusterOptions {
                 compute_nodes: o.nodes,
                 buffer_frames,
                 storage_memory: storage_memory_mb << 20,
@@ -428,6 +435,9 @@ pub fn run(o: &Options) -> Result<Outcome> {
                 },
                 ..ClusterOptions::default()
             };
+            if let Some(m) = o.redo_retain_mb {
+                copts.storage.redo_retain = cluster::ByteSize(m << 20);
+            }
             let cluster = EmbeddedCluster::start(copts).context("starting the embedded cluster")?;
             let target = EngineTarget::new(&cluster.nodes, mode.expect("an engine target"))?;
             let out = run_on(o, &target, "embedded", t0, None);

@@ -191,6 +191,10 @@ pub struct NodeCounters {
     pub lock_acquires: u64,
     /// Append-and-force requests (one storage-node fsync round each).
     pub redo_forces: u64,
+    /// Redo records (page changes), their bytes, and those that are whole page images.
+    pub redo_records: u64,
+    pub redo_bytes: u64,
+    pub redo_images: u64,
     /// Messages to the GTM (each carries one or more requests) and one-sided reads
     /// of its status table.
     pub gtm_messages: u64,
@@ -217,6 +221,9 @@ impl NodeCounters {
             write_backs: l(&p.write_backs),
             lock_acquires: l(&p.lock_acquires),
             redo_forces: l(&p.redo_forces),
+            redo_records: l(&p.redo_records),
+            redo_bytes: l(&p.redo_bytes),
+            redo_images: l(&p.redo_images),
             gtm_messages: gtm.messages,
             gtm_status_reads: gtm.onesided_batches,
         }
@@ -239,13 +246,16 @@ impl NodeCounters {
             write_backs: d(self.write_backs, earlier.write_backs),
             lock_acquires: d(self.lock_acquires, earlier.lock_acquires),
             redo_forces: d(self.redo_forces, earlier.redo_forces),
+            redo_records: d(self.redo_records, earlier.redo_records),
+            redo_bytes: d(self.redo_bytes, earlier.redo_bytes),
+            redo_images: d(self.redo_images, earlier.redo_images),
             gtm_messages: d(self.gtm_messages, earlier.gtm_messages),
             gtm_status_reads: d(self.gtm_status_reads, earlier.gtm_status_reads),
         }
     }
 
     /// `(name, count)` of every counter except `committed`, in report order.
-    pub fn fields(&self) -> [(&'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("validation_rounds", self.validation_rounds),
             ("pages_validated", self.pages_validated),
@@ -258,6 +268,9 @@ impl NodeCounters {
             ("write_backs", self.write_backs),
             ("lock_acquires", self.lock_acquires),
             ("redo_forces", self.redo_forces),
+            ("redo_records", self.redo_records),
+            ("redo_bytes", self.redo_bytes),
+            ("redo_images", self.redo_images),
             ("gtm_messages", self.gtm_messages),
             ("gtm_status_reads", self.gtm_status_reads),
         ]

@@ -341,6 +341,7 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                 client_tls: false,
                 lease_ms: 1500,
                 redo_segment_mb: None,
+                redo_retain_mb: None,
                 dir: None,
             })
             .map_err(|e| format!("{e:#}"))?;

@@ -144,6 +144,11 @@ pub struct CoherenceStats {
     pub revocations: AtomicU64,
     /// Append-and-force requests sent (each one fsync round on a storage node).
     pub redo_forces: AtomicU64,
+    /// Redo records made (one per page change), the bytes they encode to, and how
+    /// many of them carry the whole page body instead of byte-range diffs.
+    pub redo_records: AtomicU64,
+    pub redo_bytes: AtomicU64,
+    pub redo_images: AtomicU64,
     /// Change notices read by validation rounds.
     pub notices: AtomicU64,
     /// Rounds that checked every cached page (the first, or after being lapped).

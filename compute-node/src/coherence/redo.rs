@@ -15,7 +15,7 @@ use super::{storage_err, CoherentPager, LockMode};
 use crate::buffer_pool::FrameFlags;
 use crate::pager::{PagerError, Published};
 use common::storage::page::Page;
-use common::storage::redo::RedoRecord;
+use common::storage::redo::{RedoBody, RedoRecord};
 use fail::fail_point;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -142,8 +142,16 @@ impl CoherentPager {
         let id = page.id();
         let i = self.storage.index_of(id)?;
         let seq = {
+            let record = RedoRecord::diff(old, &page);
+            self.stats.redo_records.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .redo_bytes
+                .fetch_add(record.encoded_len() as u64, Ordering::Relaxed);
+            if matches!(record.body, RedoBody::Image(_)) {
+                self.stats.redo_images.fetch_add(1, Ordering::Relaxed);
+            }
             let mut b = self.redo[i].buf.lock();
-            b.records.push(RedoRecord::diff(old, &page));
+            b.records.push(record);
             b.pushed += 1;
             let seq = b.pushed;
             for (other, other_seq) in after.iter().filter_map(|p| p.redo) {
