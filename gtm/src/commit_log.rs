@@ -13,8 +13,16 @@
 //! record (20 bytes): txn u64 | commit_ts u64 | crc32c(bytes 0..16) u32
 //! ```
 //!
-//! Replay stops at the first short or mismatching record (a torn tail from a crash) and
-//! truncates the file there (at start).
+//! Replay stops at the first short or mismatching record. The file is kept
+//! preallocated with zeroes ahead of the records ([`PREALLOCATE`] at a time): a group
+//! is written over zeroes at the end of the records, so its `fdatasync` writes the data
+//! and not the inode too (the size does not change; on ext4 that halves the I/Os per
+//! commit group, as PostgreSQL's zero-filled WAL segments do). A zero record never
+//! decodes (its checksum is not 0), so replay stops at the first zero byte of the
+//! preallocated end. Anything else past the valid prefix is a torn tail from a crash:
+//! the file is cut there at start, before anything is appended, so that records of a
+//! group whose write was cut short cannot reappear behind later appends (they were
+//! never acknowledged, and their txns were answered Aborted after the restart).
 //!
 //! ## Size and compaction
 //!
@@ -38,6 +46,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const RECORD_LEN: usize = 20;
+
+/// Bytes of zeroes the log is extended by when the records reach its end (52,428
+/// records).
+pub const PREALLOCATE: u64 = 1 << 20;
 
 pub fn encode_record(txn: TxnId, cts: Timestamp, out: &mut Vec<u8>) {
     let start = out.len();
@@ -69,6 +81,10 @@ pub struct CommitLog {
     file: Box<dyn DurableFile>,
     path: PathBuf,
     fs: Arc<dyn DurableFs>,
+    /// End of the records: the next group is written here.
+    end: u64,
+    /// Length of the file (the records, then zeroes).
+    allocated: u64,
 }
 
 /// Where a compaction writes the new log before renaming it over the old one.
@@ -114,8 +130,8 @@ impl CommitLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let file = fs.open(path, OpenMode::Append)?;
-        if valid < len {
+        let file = fs.open(path, OpenMode::Create)?;
+        if valid < len && !zero_from(&*file, valid, len)? {
             tracing::warn!(
                 path = %path.display(),
                 dropped_bytes = len - valid,
@@ -123,6 +139,7 @@ impl CommitLog {
             );
             file.set_len(valid)?;
             file.sync_all()?;
+            len = valid;
         } else if len == 0 {
             file.sync_all()?;
             fs.sync_dir(parent_dir(path))?;
@@ -132,6 +149,8 @@ impl CommitLog {
                 file,
                 path: path.to_path_buf(),
                 fs,
+                end: valid,
+                allocated: len,
             },
             records,
         ))
@@ -148,13 +167,14 @@ impl CommitLog {
     /// durable while appends would go to the new file, so the caller must stop
     /// committing (as for a failed append).
     pub fn compact_below(&mut self, floor: TxnId) -> Result<(usize, usize), CompactError> {
-        let bytes = self.fs.read(&self.path).map_err(CompactError::Before)?;
+        let mut bytes = self.fs.read(&self.path).map_err(CompactError::Before)?;
+        bytes.truncate(self.end as usize);
         let (records, valid) = decode_records(&bytes);
         if valid != bytes.len() {
             return Err(CompactError::Before(std::io::Error::other(format!(
-                "{}: {} bytes past the last valid record",
+                "{}: a damaged record at byte {valid} of {}",
                 self.path.display(),
-                bytes.len() - valid
+                bytes.len()
             ))));
         }
         let mut kept = Vec::with_capacity(bytes.len());
@@ -175,13 +195,15 @@ impl CommitLog {
             f.write_all_at(&kept, 0)?;
             f.sync_all()?;
             // Appends go to this file once it is renamed over the log.
-            self.fs.open(&tmp, OpenMode::Append)
+            Ok::<_, std::io::Error>(f)
         })()
         .map_err(CompactError::Before)?;
         self.fs
             .rename(&tmp, &self.path)
             .map_err(CompactError::Before)?;
         self.file = file;
+        self.end = kept.len() as u64;
+        self.allocated = self.end;
         self.fs
             .sync_dir(parent_dir(&self.path))
             .map_err(CompactError::After)?;
@@ -189,10 +211,45 @@ impl CommitLog {
     }
 
     /// Appends a group of encoded records and makes them durable (one fdatasync).
+    /// The group goes over the zeroes after the last record; when it would reach past
+    /// the file's end, the file first grows by [`PREALLOCATE`] zeroes (that group's
+    /// `fdatasync` then writes the new size too).
     pub fn append_durably(&mut self, records: &[u8]) -> std::io::Result<()> {
-        self.file.append(records)?;
-        self.file.sync_data()
+        let need = self.end + records.len() as u64;
+        if need > self.allocated {
+            let grow = (need - self.allocated).max(PREALLOCATE);
+            let zeroes = vec![0u8; grow as usize];
+            self.file.write_all_at(&zeroes, self.allocated)?;
+            self.allocated += grow;
+        }
+        self.file.write_all_at(records, self.end)?;
+        self.file.sync_data()?;
+        self.end = need;
+        Ok(())
     }
+
+    /// End of the records (the file itself is longer: zeroes follow).
+    pub fn records_len(&self) -> u64 {
+        self.end
+    }
+}
+
+/// Whether `f` holds only zero bytes in `[from, to)`.
+fn zero_from(f: &dyn DurableFile, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = from;
+    while at < to {
+        let want = ((to - at) as usize).min(buf.len());
+        let n = read_full(f, at, &mut buf[..want])?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Why a compaction failed: before the new log replaced the old one (nothing changed),
@@ -283,6 +340,74 @@ mod tests {
         let (_, recs) = CommitLog::open(&path).unwrap();
         let txns: Vec<u64> = recs.iter().map(|r| r.0 .0).collect();
         assert_eq!(txns, vec![9, 7, 12, 13]);
+    }
+
+    #[test]
+    fn the_preallocated_zeroes_end_the_replay_quietly_and_appends_overwrite_them() {
+        // A zero record must never decode (its checksum field would have to match).
+        assert_ne!(crc32c::crc32c(&[0u8; 16]), 0);
+        assert_eq!(decode_records(&[0u8; 3 * RECORD_LEN]), (Vec::new(), 0));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("commit.log");
+        let (mut log, _) = CommitLog::open(&path).unwrap();
+        let mut buf = Vec::new();
+        encode_record(TxnId(1), Timestamp(2), &mut buf);
+        log.append_durably(&buf).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, PREALLOCATE, "a group goes over preallocated zeroes");
+        buf.clear();
+        encode_record(TxnId(3), Timestamp(4), &mut buf);
+        log.append_durably(&buf).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "no growth");
+        assert_eq!(log.records_len(), 2 * RECORD_LEN as u64);
+        drop(log);
+        let (mut log, recs) = CommitLog::open(&path).unwrap();
+        assert_eq!(
+            recs,
+            vec![(TxnId(1), Timestamp(2)), (TxnId(3), Timestamp(4))]
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "zeroes kept");
+        // Growth past the preallocated end.
+        let big: Vec<u8> = (0..PREALLOCATE / RECORD_LEN as u64)
+            .flat_map(|t| {
+                let mut b = Vec::new();
+                encode_record(TxnId(10 + t), Timestamp(t), &mut b);
+                b
+            })
+            .collect();
+        log.append_durably(&big).unwrap();
+        drop(log);
+        let (_, recs) = CommitLog::open(&path).unwrap();
+        assert_eq!(recs.len(), 2 + (PREALLOCATE / RECORD_LEN as u64) as usize);
+    }
+
+    #[test]
+    fn a_torn_group_over_zeroes_is_cut_so_it_cannot_reappear_behind_later_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("commit.log");
+        let (mut log, _) = CommitLog::open(&path).unwrap();
+        let mut buf = Vec::new();
+        encode_record(TxnId(1), Timestamp(2), &mut buf);
+        log.append_durably(&buf).unwrap();
+        drop(log);
+        // A crash tore the next group: its first record is garbage, its second whole.
+        let mut torn = vec![0xAB; RECORD_LEN];
+        encode_record(TxnId(5), Timestamp(6), &mut torn);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &torn, RECORD_LEN as u64).unwrap();
+        drop(f);
+        let (mut log, recs) = CommitLog::open(&path).unwrap();
+        assert_eq!(recs, vec![(TxnId(1), Timestamp(2))]);
+        // A shorter group after the restart must not leave txn 5 readable behind it.
+        buf.clear();
+        encode_record(TxnId(7), Timestamp(8), &mut buf);
+        log.append_durably(&buf).unwrap();
+        drop(log);
+        let (_, recs) = CommitLog::open(&path).unwrap();
+        assert_eq!(
+            recs,
+            vec![(TxnId(1), Timestamp(2)), (TxnId(7), Timestamp(8))]
+        );
     }
 
     #[test]

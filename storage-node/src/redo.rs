@@ -29,6 +29,20 @@
 //! mark) of every stream; `begin_sync` and `finish_sync` run under the engine mutex
 //! too, taken after `sync_lock`, and the write and fsync without it.
 //!
+//! ## Recycled segments
+//!
+//! A truncated segment is not always deleted: one at a time is renamed to
+//! `<dir>/spare` (no `.seg` suffix, so no scan reads it) and becomes the next segment
+//! when the active one is sealed, as PostgreSQL recycles WAL segments. Appends then go
+//! over bytes the file already has, so a force's `fdatasync` writes the data blocks and
+//! not the inode too (the size does not change; on ext4 that halves the I/Os of every
+//! force once the log truncates). The old bytes are harmless: a scan stops at the first
+//! record whose LSN is not its position in the stream, and every old record's LSN is
+//! below the segment's start. A spare is cut to the segment size when recycled, and a
+//! sealed segment holds at least that many bytes of records, so old bytes can only
+//! follow the records of the last segment, where a scan ends anyway. A power cut that
+//! undoes the rename brings the truncated segment back, as an undone deletion does.
+//!
 //! A write or fsync error fails the stream for good ([`Stream::finish_sync`]): it
 //! keeps its `durable` mark and refuses appends and jobs until a restart, whose recovery
 //! reads the valid prefix of records from the file.
@@ -79,6 +93,10 @@ pub struct Stream {
     segment_bytes: u64,
     /// (end lsn, page, version after) of appended records not yet durable.
     undurable: VecDeque<(Lsn, PageId, PageVersion)>,
+    /// The spare (`spare_path`) exists and the next seal may use it.
+    spare_ready: bool,
+    /// A truncated segment is being renamed to the spare (`take_recycle`).
+    spare_pending: bool,
     pub pending: HashMap<PageId, VecDeque<PendingRecord>>,
 }
 
@@ -93,6 +111,8 @@ pub struct SyncJob {
     upto: Lsn,
     /// The stream's directory, when the next segment starts at `upto`.
     seal: Option<PathBuf>,
+    /// The next segment is the stream's spare (renamed), not a new file.
+    use_spare: bool,
 }
 
 /// What a [`SyncJob`] did, for [`Stream::finish_sync`].
@@ -109,7 +129,7 @@ impl SyncJob {
     pub fn run(self) -> SyncDone {
         let written = write_and_sync(&*self.file, self.offset, &self.bytes);
         let next_segment = match (&written, &self.seal) {
-            (Ok(()), Some(dir)) => Some(create_segment(&*self.fs, dir, self.upto)),
+            (Ok(()), Some(dir)) => Some(create_segment(&*self.fs, dir, self.upto, self.use_spare)),
             _ => None,
         };
         SyncDone {
@@ -122,6 +142,11 @@ impl SyncJob {
 
 pub fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
     dir.join(format!("{:020}.seg", start.0))
+}
+
+/// Name of a stream's recycled segment, waiting to become its next one.
+pub fn spare_path(dir: &Path) -> PathBuf {
+    dir.join("spare")
 }
 
 /// Writes `bytes` at `offset` of a segment and fsyncs it (data only): the one place a
@@ -139,10 +164,32 @@ pub fn write_and_sync(file: &dyn DurableFile, offset: u64, bytes: &[u8]) -> io::
     file.sync_data()
 }
 
-/// Creates the (empty) segment file of `dir` starting at `start` and makes its
-/// directory entry durable.
-fn create_segment(fs: &dyn DurableFs, dir: &Path, start: Lsn) -> io::Result<Box<dyn DurableFile>> {
-    let f = fs.open(&segment_path(dir, start), OpenMode::Truncate)?;
+/// Makes the segment file of `dir` starting at `start` — the spare renamed, if
+/// `use_spare` and the rename works, else a new empty file — and makes its directory
+/// entry durable.
+fn create_segment(
+    fs: &dyn DurableFs,
+    dir: &Path,
+    start: Lsn,
+    use_spare: bool,
+) -> io::Result<Box<dyn DurableFile>> {
+    let path = segment_path(dir, start);
+    let recycled = use_spare
+        && match fs.rename(&spare_path(dir), &path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot recycle the spare redo segment; starting an empty one");
+                false
+            }
+        };
+    let f = fs.open(
+        &path,
+        if recycled {
+            OpenMode::ReadWrite
+        } else {
+            OpenMode::Truncate
+        },
+    )?;
     fs.sync_dir(dir)?;
     Ok(f)
 }
@@ -216,7 +263,7 @@ pub fn scan_streams_keeping(
                         };
                         if i + 1 == segments.len() {
                             tracing::info!(node, segment = %path.display(), offset = at, %why,
-                                "torn redo tail; truncating");
+                                "redo ends here (a torn tail, or a recycled segment's old bytes); cutting the segment");
                             let f = fs.open(&path, OpenMode::ReadWrite)?;
                             f.set_len(at as u64)?;
                             f.sync_all()?;
@@ -266,6 +313,8 @@ impl Stream {
         fs.sync_dir(&dir)?;
         let mut segments: Vec<Lsn> = old.iter().copied().filter(|s| *s != end).collect();
         segments.push(end);
+        // A spare left by the last run is used (a rename the power cut undid left none).
+        let fs_spare = fs.exists(&spare_path(&dir));
         Ok(Stream {
             node,
             fs,
@@ -281,6 +330,8 @@ impl Stream {
             failed: None,
             segment_bytes,
             undurable: VecDeque::new(),
+            spare_ready: fs_spare,
+            spare_pending: false,
             pending: HashMap::new(),
         })
     }
@@ -369,7 +420,11 @@ impl Stream {
             bytes: std::mem::take(&mut self.buf),
             upto: self.appended,
             seal: seal.then(|| self.dir.clone()),
+            use_spare: seal && self.spare_ready,
         };
+        if seal {
+            self.spare_ready = false;
+        }
         self.written = self.appended;
         self.syncing = true;
         Ok(Some(job))
@@ -507,6 +562,29 @@ impl Stream {
         out
     }
 
+    /// Of the segment files a truncation freed (`paths`, from [`Stream::truncate`]),
+    /// the one to recycle as the spare, if the stream has none and none is on its way:
+    /// the caller renames it with [`recycle_segment`] (no lock held) and reports the
+    /// outcome to [`Stream::spare_made`]. The others are deleted.
+    pub fn take_recycle(&mut self, paths: &mut Vec<PathBuf>) -> Option<(PathBuf, PathBuf)> {
+        if self.spare_ready || self.spare_pending || self.failed.is_some() {
+            return None;
+        }
+        let p = paths.pop()?;
+        self.spare_pending = true;
+        Some((p, spare_path(&self.dir)))
+    }
+
+    /// The rename [`Stream::take_recycle`] asked for is done (`ok`) or failed.
+    pub fn spare_made(&mut self, ok: bool) {
+        self.spare_pending = false;
+        self.spare_ready = ok;
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -525,6 +603,29 @@ impl Stream {
             .filter_map(|(p, q)| q.front().filter(|r| r.start < lsn).map(|r| (*p, r.after)))
             .take(max)
             .collect()
+    }
+}
+
+/// Renames a truncated segment to be the stream's spare, cut to `segment_bytes` if it
+/// is longer (so that a sealed segment never ends in old bytes). No directory fsync:
+/// the seal that uses the spare makes both renames durable. On failure the segment is
+/// deleted, as a truncated one is.
+pub fn recycle_segment(fs: &dyn DurableFs, from: &Path, spare: &Path, segment_bytes: u64) -> bool {
+    let res = (|| {
+        let f = fs.open(from, OpenMode::ReadWrite)?;
+        if f.len()? > segment_bytes {
+            f.set_len(segment_bytes)?;
+        }
+        drop(f);
+        fs.rename(from, spare)
+    })();
+    match res {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(path = %from.display(), error = %e, "cannot recycle a truncated redo segment; deleting it");
+            let _ = fs.remove_file(from);
+            false
+        }
     }
 }
 
@@ -591,6 +692,62 @@ mod tests {
         let scanned = scan_streams(&StdFs, dir.path()).unwrap();
         assert_eq!(scanned[0].records.len(), 5);
         assert_eq!(scanned[0].end, end);
+    }
+
+    /// A truncated segment recycled as the spare becomes the next segment: the file
+    /// keeps its size (appends overwrite old bytes), a scan reads exactly the records
+    /// written since, and none of the old ones, also across a reopen.
+    #[test]
+    fn a_recycled_segment_is_overwritten_and_its_old_records_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = StdFs::shared();
+        let mut s = Stream::open(fs.clone(), dir.path(), NodeId(2), Lsn(0), &[], 2000).unwrap();
+        // Three full segments of page 1, then all of it checkpointed.
+        for v in 0..12 {
+            s.append(&mut [rec(1, v)]).unwrap();
+            sync(&mut s);
+        }
+        assert!(s.segment_count() >= 3);
+        s.checkpointed(PageId(1), PageVersion(12));
+        let mut freed = s.truncate();
+        let n_freed = freed.len();
+        let (from, to) = s.take_recycle(&mut freed).expect("one to recycle");
+        assert_eq!(freed.len(), n_freed - 1);
+        assert!(s.take_recycle(&mut freed).is_none(), "one spare at a time");
+        let old_len = std::fs::metadata(&from).unwrap().len();
+        assert!(recycle_segment(&*fs, &from, &to, 2000));
+        s.spare_made(true);
+        for p in &freed {
+            std::fs::remove_file(p).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&to).unwrap().len(), old_len.min(2000));
+        // Fill the active segment: its seal takes the spare.
+        let active_start = s.active_start();
+        let mut v = 12;
+        while s.active_start() == active_start {
+            s.append(&mut [rec(1, v)]).unwrap();
+            sync(&mut s);
+            v += 1;
+        }
+        assert!(!to.exists(), "the spare became the next segment");
+        let next = segment_path(&s.dir, s.active_start());
+        assert_eq!(std::fs::metadata(&next).unwrap().len(), old_len.min(2000));
+        // One record into the recycled segment: it overwrites old bytes, the size stays.
+        let (end, _) = s.append(&mut [rec(1, v)]).unwrap();
+        sync(&mut s);
+        assert_eq!(std::fs::metadata(&next).unwrap().len(), old_len.min(2000));
+        let scanned = scan_streams(&StdFs, dir.path()).unwrap();
+        assert_eq!(scanned[0].end, end, "the scan ends at the new records");
+        let versions: Vec<u64> = scanned[0].records.iter().map(|r| r.before.0).collect();
+        assert_eq!(
+            *versions.last().unwrap(),
+            v,
+            "the last record is the new one"
+        );
+        assert!(
+            versions.windows(2).all(|w| w[1] == w[0] + 1),
+            "no old record read back: {versions:?}"
+        );
     }
 
     /// A failed job fails the stream: nothing it took is ever durable, and no later

@@ -249,6 +249,7 @@ impl Store {
             self.slot_map.write(&mut entries).map_err(io_err)?;
             self.slot_map.sync().map_err(io_err)?;
             let mut paths = Vec::new();
+            let mut recycle = Vec::new();
             {
                 let mut core = self.core.lock();
                 for (f, idx, v, slot, _) in &batch {
@@ -263,8 +264,21 @@ impl Store {
                         s.checkpointed(page, *v);
                     }
                 }
-                for s in core.streams.values_mut() {
-                    paths.extend(s.truncate());
+                for (n, s) in core.streams.iter_mut() {
+                    let mut freed = s.truncate();
+                    if let Some((from, to)) = s.take_recycle(&mut freed) {
+                        recycle.push((*n, from, to, s.segment_bytes()));
+                    }
+                    paths.extend(freed);
+                }
+            }
+            // One freed segment per stream becomes its spare (redo.rs, "Recycled
+            // segments"), outside the mutex.
+            let truncated = paths.len() + recycle.len();
+            for (n, from, to, bytes) in recycle.drain(..) {
+                let ok = crate::redo::recycle_segment(&*self.opts.fs, &from, &to, bytes);
+                if let Some(s) = self.core.lock().streams.get_mut(&n) {
+                    s.spare_made(ok);
                 }
             }
             // No directory fsync: a removal a power cut undoes brings back a sealed
@@ -276,7 +290,7 @@ impl Store {
                 }
             }
             written += batch.len();
-            Metrics::add(&self.metrics.segments_truncated, paths.len() as u64);
+            Metrics::add(&self.metrics.segments_truncated, truncated as u64);
         }
         Metrics::add(&self.metrics.checkpoints, 1);
         Metrics::add(&self.metrics.pages_checkpointed, written as u64);
