@@ -342,20 +342,26 @@ mod tests {
         assert_eq!(txns, vec![9, 7, 12, 13]);
     }
 
-    #[test]
-    fn the_preallocated_zeroes_end_the_replay_quietly_and_appends_overwrite_them() {
-        // A zero record must never decode (its checksum field would have to match).
-        assert_ne!(crc32c::crc32c(&[0u8; 16]), 0);
-        assert_eq!(decode_records(&[0u8; 3 * RECORD_LEN]), (Vec::new(), 0));
+    /// A new log in a temporary directory holding one record: txn 1 committed at 2.
+    fn log_with_txn_1() -> (tempfile::TempDir, PathBuf, CommitLog) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("commit.log");
         let (mut log, _) = CommitLog::open(&path).unwrap();
         let mut buf = Vec::new();
         encode_record(TxnId(1), Timestamp(2), &mut buf);
         log.append_durably(&buf).unwrap();
+        (dir, path, log)
+    }
+
+    #[test]
+    fn the_preallocated_zeroes_end_the_replay_quietly_and_appends_overwrite_them() {
+        // A zero record must never decode (its checksum field would have to match).
+        assert_ne!(crc32c::crc32c(&[0u8; 16]), 0);
+        assert_eq!(decode_records(&[0u8; 3 * RECORD_LEN]), (Vec::new(), 0));
+        let (_dir, path, mut log) = log_with_txn_1();
         let len = std::fs::metadata(&path).unwrap().len();
         assert_eq!(len, PREALLOCATE, "a group goes over preallocated zeroes");
-        buf.clear();
+        let mut buf = Vec::new();
         encode_record(TxnId(3), Timestamp(4), &mut buf);
         log.append_durably(&buf).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "no growth");
@@ -383,12 +389,7 @@ mod tests {
 
     #[test]
     fn a_torn_group_over_zeroes_is_cut_so_it_cannot_reappear_behind_later_appends() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("commit.log");
-        let (mut log, _) = CommitLog::open(&path).unwrap();
-        let mut buf = Vec::new();
-        encode_record(TxnId(1), Timestamp(2), &mut buf);
-        log.append_durably(&buf).unwrap();
+        let (_dir, path, log) = log_with_txn_1();
         drop(log);
         // A crash tore the next group: its first record is garbage, its second whole.
         let mut torn = vec![0xAB; RECORD_LEN];
@@ -399,7 +400,7 @@ mod tests {
         let (mut log, recs) = CommitLog::open(&path).unwrap();
         assert_eq!(recs, vec![(TxnId(1), Timestamp(2))]);
         // A shorter group after the restart must not leave txn 5 readable behind it.
-        buf.clear();
+        let mut buf = Vec::new();
         encode_record(TxnId(7), Timestamp(8), &mut buf);
         log.append_durably(&buf).unwrap();
         drop(log);
