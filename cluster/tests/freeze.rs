@@ -142,10 +142,22 @@ fn freeze_sweeps_bound_the_outcome_index_and_the_commit_log() {
     let m = c.gtm().metrics();
     assert!(m.freezes.load(Ordering::Relaxed) >= 2);
     assert!(m.log_records_dropped.load(Ordering::Relaxed) > commits / 2);
-    let log_bytes = std::fs::metadata(c.dir().join("gtm").join("commit.log"))
-        .unwrap()
-        .len();
-    assert!(log_bytes < 600 * 20, "commit.log is {log_bytes} bytes");
+    // The file is its records, then at most `PREALLOCATE` zeroes written ahead of them.
+    let file = std::fs::read(c.dir().join("gtm").join("commit.log")).unwrap();
+    let (_, records) = gtm::commit_log::decode_records(&file);
+    assert!(
+        records < 600 * 20,
+        "commit.log holds {records} bytes of records"
+    );
+    assert!(
+        (file.len() as u64) < records as u64 + gtm::commit_log::PREALLOCATE,
+        "commit.log is {} bytes for {records} bytes of records",
+        file.len()
+    );
+    assert!(
+        file[records..].iter().all(|b| *b == 0),
+        "zeroes after the records"
+    );
     let swept: u64 = c
         .nodes
         .iter()
