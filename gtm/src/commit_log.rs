@@ -227,11 +227,6 @@ impl CommitLog {
         self.end = need;
         Ok(())
     }
-
-    /// End of the records (the file itself is longer: zeroes follow).
-    pub fn records_len(&self) -> u64 {
-        self.end
-    }
 }
 
 /// Whether `f` holds only zero bytes in `[from, to)`.
@@ -365,7 +360,7 @@ mod tests {
         encode_record(TxnId(3), Timestamp(4), &mut buf);
         log.append_durably(&buf).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "no growth");
-        assert_eq!(log.records_len(), 2 * RECORD_LEN as u64);
+        assert_eq!(log.end, 2 * RECORD_LEN as u64);
         drop(log);
         let (mut log, recs) = CommitLog::open(&path).unwrap();
         assert_eq!(

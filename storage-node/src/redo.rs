@@ -66,6 +66,16 @@ pub struct PendingRecord {
     pub digest: u32,
 }
 
+/// The stream's recycled segment (`spare_path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spare {
+    None,
+    /// A truncated segment is being renamed to it ([`Stream::take_recycle`]).
+    Pending,
+    /// It exists and the next seal may use it.
+    Ready,
+}
+
 pub struct Stream {
     pub node: NodeId,
     fs: Arc<dyn DurableFs>,
@@ -93,10 +103,7 @@ pub struct Stream {
     segment_bytes: u64,
     /// (end lsn, page, version after) of appended records not yet durable.
     undurable: VecDeque<(Lsn, PageId, PageVersion)>,
-    /// The spare (`spare_path`) exists and the next seal may use it.
-    spare_ready: bool,
-    /// A truncated segment is being renamed to the spare (`take_recycle`).
-    spare_pending: bool,
+    spare: Spare,
     pub pending: HashMap<PageId, VecDeque<PendingRecord>>,
 }
 
@@ -330,8 +337,7 @@ impl Stream {
             failed: None,
             segment_bytes,
             undurable: VecDeque::new(),
-            spare_ready: fs_spare,
-            spare_pending: false,
+            spare: if fs_spare { Spare::Ready } else { Spare::None },
             pending: HashMap::new(),
         })
     }
@@ -420,10 +426,10 @@ impl Stream {
             bytes: std::mem::take(&mut self.buf),
             upto: self.appended,
             seal: seal.then(|| self.dir.clone()),
-            use_spare: seal && self.spare_ready,
+            use_spare: seal && self.spare == Spare::Ready,
         };
-        if seal {
-            self.spare_ready = false;
+        if seal && self.spare == Spare::Ready {
+            self.spare = Spare::None;
         }
         self.written = self.appended;
         self.syncing = true;
@@ -567,18 +573,17 @@ impl Stream {
     /// the caller renames it with [`recycle_segment`] (no lock held) and reports the
     /// outcome to [`Stream::spare_made`]. The others are deleted.
     pub fn take_recycle(&mut self, paths: &mut Vec<PathBuf>) -> Option<(PathBuf, PathBuf)> {
-        if self.spare_ready || self.spare_pending || self.failed.is_some() {
+        if self.spare != Spare::None || self.failed.is_some() {
             return None;
         }
         let p = paths.pop()?;
-        self.spare_pending = true;
+        self.spare = Spare::Pending;
         Some((p, spare_path(&self.dir)))
     }
 
     /// The rename [`Stream::take_recycle`] asked for is done (`ok`) or failed.
     pub fn spare_made(&mut self, ok: bool) {
-        self.spare_pending = false;
-        self.spare_ready = ok;
+        self.spare = if ok { Spare::Ready } else { Spare::None };
     }
 
     pub fn segment_bytes(&self) -> u64 {
