@@ -191,13 +191,16 @@ fn freeze_sweeps_bound_the_outcome_index_and_the_commit_log() {
     };
     check(&c, 3);
 
-    // The floor survives a GTM restart: old txns stay forgotten, not aborted.
+    // The floor survives a GTM restart: old txns stay forgotten, not aborted. Sweeps
+    // go on meanwhile (node 3's txns made another one due), so a sweep applied between
+    // the reading and the restart may raise it; it is never lower.
     let floor = gtm_metric(&c, |m| m.freeze_floor.load(Ordering::Relaxed));
     assert!(floor > 0);
     c.restart_gtm().unwrap();
-    assert_eq!(
-        gtm_metric(&c, |m| m.freeze_floor.load(Ordering::Relaxed)),
-        floor
+    let restarted = gtm_metric(&c, |m| m.freeze_floor.load(Ordering::Relaxed));
+    assert!(
+        restarted >= floor,
+        "floor {floor} before the restart, {restarted} after"
     );
     for n in &c.nodes {
         n.rejoin("the GTM restarted").unwrap();

@@ -6,8 +6,10 @@
 //! one sweep at a time, with a target `T` below which every txn has ended. The node
 //! then walks every table of the catalog in key order, in batches: a lock-free scan
 //! picks the rows whose chain holds an unstamped version of a txn below `T`
-//! ([`Chain::needs_freeze`]), and each is rewritten under its leaf latch
-//! ([`Chain::freeze`]: stamp, drop aborted versions and finished locks; a chain left
+//! ([`Chain::needs_freeze`]), and their leaves are rewritten a leaf at a time
+//! ([`BTree::rewrite_leaf`]: one latch, one publish and one redo record for all of a
+//! leaf's rows, which a stamp changes by 8 bytes each, in place) with
+//! [`Chain::freeze`] (stamp, drop aborted versions and finished locks; a chain left
 //! with nothing visible is removed) through the normal page-write path (X lock, redo).
 //! After each batch the node forces its redo; at most once a second it then reports
 //! how far it got to the GTM (`GtmClient::freeze_progress`, a [`SweepPoint`]), which
@@ -26,11 +28,12 @@
 //! Tables are what the catalog lists: a tree made with `Engine::create_tree` and never
 //! entered in the catalog is not swept, and must not hold row versions.
 
-use crate::btree::{BTree, MAX_ENTRY_LEN};
+use crate::btree::{BTree, Rewrite, MAX_ENTRY_LEN};
 use crate::catalog::Catalog;
 use crate::mvcc::Chain;
+use crate::mvcc::MvccError;
 use crate::pager::Pager;
-use crate::txn::{Engine, Table, TxnError, UpsertFail};
+use crate::txn::{Engine, Table, TxnError};
 use common::gtm::SweepPoint;
 use common::ids::TxnId;
 use std::ops::Bound;
@@ -102,6 +105,10 @@ pub fn sweep(
     Ok(stats)
 }
 
+fn mvcc_failure(table: &Table, e: MvccError) -> TxnError {
+    TxnError::Storage(format!("freeze sweep of {}: {e}", table.name))
+}
+
 struct Throttled<'r, 'a> {
     report: &'r mut Report<'a>,
     every: Duration,
@@ -156,40 +163,38 @@ fn sweep_table(
         })?;
         stats.rows_scanned += scanned;
         let watermark = engine.gc_watermark();
-        for key in &keys {
-            let mut removed = false;
-            let res = tree.upsert(key, |old| {
-                let Some(old) = old else {
-                    return Err(UpsertFail::Unchanged);
-                };
-                let mut chain = Chain::decode(old).map_err(UpsertFail::Mvcc)?;
+        // One latch and one publish per leaf: the first candidate's leaf is rewritten
+        // from that candidate on, and the candidates below where it stopped (its high
+        // key, or an entry it left for the next round) are done with it.
+        let mut next = 0;
+        while let Some(key) = keys.get(next) {
+            let went_to = tree.rewrite_leaf(key, |k, v| -> Result<Rewrite, TxnError> {
+                let mut chain = Chain::decode(v)
+                    .map_err(|e| TxnError::Corrupt(format!("{}: {e}", table.name)))?;
                 if !chain
                     .freeze(below, watermark, engine.oracle())
-                    .map_err(UpsertFail::Mvcc)?
+                    .map_err(|e| mvcc_failure(table, e))?
                 {
-                    return Err(UpsertFail::Unchanged);
+                    return Ok(Rewrite::Keep);
                 }
                 if chain.is_dead(watermark) {
-                    removed = true;
-                    return Ok(None);
+                    stats.rows_removed += 1;
+                    return Ok(Rewrite::Remove);
                 }
                 chain
-                    .fit(MAX_ENTRY_LEN.saturating_sub(key.len()))
-                    .map_err(UpsertFail::Mvcc)?;
-                Ok(Some(chain.encode()))
-            });
-            match res {
-                Ok(()) if removed => stats.rows_removed += 1,
-                Ok(()) => stats.rows_rewritten += 1,
-                Err(UpsertFail::Unchanged) => {}
-                Err(UpsertFail::Mvcc(e)) => {
-                    return Err(TxnError::Storage(format!(
-                        "freeze sweep of {}: {e}",
-                        table.name
-                    )))
+                    .fit(MAX_ENTRY_LEN.saturating_sub(k.len()))
+                    .map_err(|e| mvcc_failure(table, e))?;
+                stats.rows_rewritten += 1;
+                Ok(Rewrite::Put(chain.encode()))
+            })?;
+            next += 1;
+            match went_to {
+                Some(h) => {
+                    while keys.get(next).is_some_and(|k| k.as_slice() < h.as_slice()) {
+                        next += 1;
+                    }
                 }
-                Err(UpsertFail::Tree(e)) => return Err(e.into()),
-                Err(UpsertFail::Caller(e)) => return Err(e),
+                None => break,
             }
         }
         view.force_redo()?;

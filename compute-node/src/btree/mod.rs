@@ -148,7 +148,7 @@ mod tests;
 use crate::pager::{PageWrite, Pager, PagerError, Published};
 use common::ids::PageId;
 use common::storage::page::Page;
-use node::{insert_in_place, remove_in_place, Kind, Meta, Node, NodeView};
+use node::{insert_in_place, remove_in_place, replace_in_place, Kind, Meta, Node, NodeView};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -182,6 +182,15 @@ fn corrupt(page: PageId, reason: impl Into<String>) -> BTreeError {
         page,
         reason: reason.into(),
     }
+}
+
+/// What [`BTree::rewrite_leaf`] does with one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    Keep,
+    /// Replace the value.
+    Put(Vec<u8>),
+    Remove,
 }
 
 /// A key range for [`BTree::scan`].
@@ -342,6 +351,10 @@ impl BTree {
                 check_entry(key, &value)?;
                 let (idx, new_key) = match found {
                     Ok(i) => {
+                        if replace_in_place(w.body_mut(), id, i, &value)? {
+                            w.publish().map_err(BTreeError::from)?;
+                            return Ok(());
+                        }
                         remove_in_place(w.body_mut(), id, i)?;
                         (i, false)
                     }
@@ -360,6 +373,100 @@ impl BTree {
                 Ok(())
             }
         }
+    }
+
+    /// Rewrites the entries at or above `key` of the leaf covering it, under its latch
+    /// and in one publish (so one redo record for many entries, not one each):
+    /// `f(key, value)` is called for each, in key order, and says what becomes of it;
+    /// an error from `f` aborts with nothing changed. `f` must not call into this tree
+    /// (it runs under the latch).
+    ///
+    /// Returns where to go on (`None`: the tree's last entry was visited): the leaf's
+    /// high key, or the next unvisited entry's key when the rewrite stopped early. It
+    /// stops after the first entry whose new value would overflow the leaf: the leaf
+    /// is then split, which always works for one grown entry (as for an insert into a
+    /// full leaf), never for any number of them. `f` is called exactly once per entry
+    /// it is given. Values that fit where they are are overwritten in place (a small
+    /// redo diff); otherwise the leaf is rebuilt compactly.
+    pub fn rewrite_leaf<E, F>(&self, key: &[u8], mut f: F) -> Result<Option<Vec<u8>>, E>
+    where
+        E: From<BTreeError>,
+        F: FnMut(&[u8], &[u8]) -> Result<Rewrite, E>,
+    {
+        check_key(key)?;
+        let mut path = Vec::new();
+        let leaf = self.descend(Probe::At(key), 0, Some(&mut path), |_, v| {
+            Ok::<_, BTreeError>(v.page())
+        })?;
+        let mut w = self.latch_covering(leaf, key, 0)?;
+        let id = w.id();
+        let (changes, next, in_place, overflow) = {
+            let v = NodeView::parse(w.body(), id)?;
+            let body_len = w.body().len();
+            let mut size = body_len - v.total_free();
+            let mut changes = Vec::new();
+            let mut in_place = true;
+            let mut next = v.high().map(<[u8]>::to_vec);
+            let mut overflow = false;
+            for i in v.partition_point(|k| k < key)..v.count() {
+                let (k, old) = (v.key(i), v.value(i));
+                match f(k, old)? {
+                    Rewrite::Keep => {}
+                    Rewrite::Put(new) => {
+                        check_entry(k, &new)?;
+                        in_place &= new.len() <= old.len();
+                        size = (size + new.len()).saturating_sub(old.len());
+                        changes.push((i, Some(new)));
+                    }
+                    Rewrite::Remove => {
+                        size -= node::SLOT_LEN + node::entry_len(k.len(), old.len());
+                        changes.push((i, None));
+                    }
+                }
+                if size > body_len {
+                    overflow = true;
+                    if i + 1 < v.count() {
+                        next = Some(v.key(i + 1).to_vec());
+                    }
+                    break;
+                }
+            }
+            (changes, next, in_place, overflow)
+        };
+        if changes.is_empty() {
+            return Ok(next);
+        }
+        if in_place {
+            // From the last entry down, so a removal never moves an entry still to do.
+            for (i, new) in changes.iter().rev() {
+                match new {
+                    Some(val) => {
+                        if !replace_in_place(w.body_mut(), id, *i, val)? {
+                            return Err(corrupt(id, "in-place rewrite did not fit").into());
+                        }
+                    }
+                    None => remove_in_place(w.body_mut(), id, *i)?,
+                }
+            }
+            w.publish().map_err(BTreeError::from)?;
+            return Ok(next);
+        }
+        let mut node = Node::from_view(&NodeView::parse(w.body(), id)?);
+        for (i, new) in changes.into_iter().rev() {
+            match new {
+                Some(val) => node.entries[i].1 = val,
+                None => {
+                    node.entries.remove(i);
+                }
+            }
+        }
+        if overflow {
+            self.split_upward(&path, w, node)?;
+        } else {
+            node.encode(w.body_mut());
+            w.publish().map_err(BTreeError::from)?;
+        }
+        Ok(next)
     }
 
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {

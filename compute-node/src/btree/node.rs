@@ -296,7 +296,7 @@ impl<'a> NodeView<'a> {
     }
 
     /// Free bytes once the heap is compacted.
-    fn total_free(&self) -> usize {
+    pub(crate) fn total_free(&self) -> usize {
         let live: usize = (0..self.count).map(|i| self.entry_size(i)).sum();
         self.body.len() - (self.slots + self.count * SLOT_LEN) - live
     }
@@ -513,6 +513,35 @@ pub fn insert_in_place(
     Ok(true)
 }
 
+/// Overwrites the value of entry `idx` of the validated node in `body` where it lies,
+/// if `val` is no longer than the value there (the bytes it no longer uses are zeroed
+/// and come back at the next compaction, like a removed entry's). `Ok(false)`: longer,
+/// nothing changed (remove and insert instead). An update that keeps the entry in place
+/// changes only the bytes that differ, so its redo is a small diff, not the shifted
+/// heap or the compacted page an insert elsewhere can cause.
+pub fn replace_in_place(
+    body: &mut [u8],
+    page: PageId,
+    idx: usize,
+    val: &[u8],
+) -> Result<bool, BTreeError> {
+    let v = NodeView::parse(body, page)?;
+    if idx >= v.count {
+        return Err(corrupt(page, "replace position past the last entry"));
+    }
+    let off = v.entry_off(idx);
+    let key_len = rd16(body, off);
+    let old_len = rd16(body, off + 2);
+    if val.len() > old_len {
+        return Ok(false);
+    }
+    let start = off + 4 + key_len;
+    body[start..start + val.len()].copy_from_slice(val);
+    body[start + val.len()..start + old_len].fill(0);
+    wr16(body, off + 2, val.len());
+    Ok(true)
+}
+
 /// Removes entry `idx` of the validated node in `body`; its bytes are zeroed.
 pub fn remove_in_place(body: &mut [u8], page: PageId, idx: usize) -> Result<(), BTreeError> {
     let v = NodeView::parse(body, page)?;
@@ -665,6 +694,34 @@ mod tests {
         let v = NodeView::parse(&body, P).unwrap();
         assert_eq!(v.key(0), b"b");
         assert_eq!(v.count(), n - n.div_ceil(2) + 1);
+    }
+
+    #[test]
+    fn replace_in_place_changes_only_the_value_bytes_and_refuses_to_grow() {
+        let mut body = encoded(&leaf(&[("b", "xxxx"), ("d", "yyyy"), ("f", "zz")]));
+        let before = body.clone();
+        assert!(replace_in_place(&mut body, P, 1, b"YYYY").unwrap());
+        let changed = (0..body.len()).filter(|&i| body[i] != before[i]).count();
+        assert_eq!(changed, 4, "only the value's bytes");
+        // Shorter: the length word and the value change, the tail is zeroed, and the
+        // space counts as free (a later insert that needs it compacts).
+        let free_before = NodeView::parse(&body, P).unwrap().total_free();
+        assert!(replace_in_place(&mut body, P, 0, b"q").unwrap());
+        let v = NodeView::parse(&body, P).unwrap();
+        assert_eq!(v.total_free(), free_before + 3);
+        let got: Vec<_> = (0..v.count()).map(|i| (v.key(i), v.value(i))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"b"[..], &b"q"[..]),
+                (&b"d"[..], &b"YYYY"[..]),
+                (&b"f"[..], &b"zz"[..])
+            ]
+        );
+        let longer = body.clone();
+        assert!(!replace_in_place(&mut body, P, 2, b"zzz").unwrap());
+        assert_eq!(body, longer, "a refused replace changes nothing");
+        assert!(replace_in_place(&mut body, P, 3, b"").is_err());
     }
 
     #[test]

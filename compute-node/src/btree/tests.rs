@@ -446,6 +446,8 @@ enum Op {
     DeleteRun(u16, u16),
     Get(u16),
     Scan(Bound<u16>, Bound<u16>, bool, Option<usize>),
+    /// Rewrite the leaf covering this key; the seed picks each entry's fate.
+    RewriteLeaf(u16, u64),
 }
 
 const KEYS: u16 = 4000;
@@ -464,6 +466,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..KEYS).prop_map(Op::Delete),
         1 => (0..KEYS, 1u16..600).prop_map(|(k, n)| Op::DeleteRun(k, n)),
         2 => (0..KEYS).prop_map(Op::Get),
+        2 => (0..KEYS, any::<u64>()).prop_map(|(k, s)| Op::RewriteLeaf(k, s)),
         3 => (bound(), bound(), any::<bool>(), proptest::option::of(0usize..300))
             .prop_map(|(a, b, r, l)| Op::Scan(a, b, r, l)),
     ]
@@ -471,6 +474,19 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn value_for(k: u16, len: usize, step: usize) -> Vec<u8> {
     (0..len).map(|j| (k as usize + j + step) as u8).collect()
+}
+
+/// What `Op::RewriteLeaf` does to an entry: keep it, shrink it, grow it or remove it.
+fn rewrite_fate(seed: u64, key: &[u8], old: &[u8], step: usize) -> Rewrite {
+    let h = key.iter().fold(seed, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    match h >> 60 & 3 {
+        0 => Rewrite::Keep,
+        1 => Rewrite::Put(value_for(old.len() as u16, old.len() / 2, step)),
+        2 => Rewrite::Put(value_for(old.len() as u16, 400, step)),
+        _ => Rewrite::Remove,
+    }
 }
 
 proptest! {
@@ -503,6 +519,45 @@ proptest! {
                 Op::DeleteRun(k, n) => {
                     for i in k..k.saturating_add(n).min(KEYS) {
                         prop_assert_eq!(tree.delete(&model_key(i)).unwrap(), model.remove(&model_key(i)).is_some());
+                    }
+                }
+                Op::RewriteLeaf(k, seed) => {
+                    // Three rounds from `k`, each going on where the last said: every
+                    // key in [k, where the last round ends) is visited once, in order.
+                    let mut fates = Vec::new();
+                    let mut from = Some(model_key(k));
+                    for _ in 0..3 {
+                        let Some(f) = from.take() else { break };
+                        let before = fates.len();
+                        from = tree
+                            .rewrite_leaf(&f, |key, old| {
+                                let fate = rewrite_fate(seed, key, old, step);
+                                fates.push((key.to_vec(), fate.clone()));
+                                Ok::<_, BTreeError>(fate)
+                            })
+                            .unwrap();
+                        prop_assert!(fates[before..].iter().all(|(key, _)| *key >= f));
+                        if let Some(n) = &from {
+                            prop_assert!(f < *n, "a rewrite must make progress");
+                        }
+                    }
+                    let end = from.map_or(Bound::Unbounded, Bound::Excluded);
+                    let expect: Vec<Vec<u8>> = model
+                        .range((Bound::Included(model_key(k)), end))
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    let visited: Vec<Vec<u8>> = fates.iter().map(|(key, _)| key.clone()).collect();
+                    prop_assert_eq!(visited, expect);
+                    for (key, fate) in fates {
+                        match fate {
+                            Rewrite::Keep => {}
+                            Rewrite::Put(v) => {
+                                model.insert(key, v);
+                            }
+                            Rewrite::Remove => {
+                                model.remove(&key);
+                            }
+                        }
                     }
                 }
                 Op::Get(k) => {
