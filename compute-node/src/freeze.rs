@@ -30,8 +30,8 @@
 
 use crate::btree::{BTree, Rewrite, MAX_ENTRY_LEN};
 use crate::catalog::Catalog;
-use crate::mvcc::Chain;
 use crate::mvcc::MvccError;
+use crate::mvcc::{encoded_needs_freeze, Chain};
 use crate::pager::Pager;
 use crate::txn::{Engine, Table, TxnError};
 use common::gtm::SweepPoint;
@@ -154,10 +154,8 @@ fn sweep_table(
         tree.scan((lo, Bound::Unbounded), false, None, |k, v| {
             scanned += 1;
             last = Some(k.to_vec());
-            match Chain::decode(v) {
-                Ok(c) if c.needs_freeze(below) => keys.push(k.to_vec()),
-                Ok(_) => {}
-                Err(e) => return Err(TxnError::Corrupt(format!("{}: {e}", table.name))),
+            if encoded_needs_freeze(v, below) {
+                keys.push(k.to_vec());
             }
             Ok::<_, TxnError>(keys.len() < BATCH && scanned < 16 * BATCH as u64)
         })?;

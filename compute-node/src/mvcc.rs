@@ -162,6 +162,65 @@ pub struct Chain {
 }
 
 const TRUNCATED: u16 = 1 << 15;
+/// Bytes of a version's header: writer, cts, flags, row length.
+const VERSION_HEADER: usize = 21;
+
+/// Walks an encoded chain's version headers without decoding it (no allocation):
+/// `visit(header_offset, writer, cts, flags)` for each, newest first. `None` if the
+/// bytes are not a well-formed chain (the caller then leaves them to the full decoder,
+/// which reports what is wrong).
+fn walk_encoded(b: &[u8], mut visit: impl FnMut(usize, TxnId, u64, u8)) -> Option<()> {
+    let word = u16::from_le_bytes(b.get(..2)?.try_into().ok()?);
+    let mut at = 2;
+    for _ in 0..word & !TRUNCATED {
+        let h = b.get(at..at + VERSION_HEADER)?;
+        let writer = TxnId(u64::from_le_bytes(h[..8].try_into().ok()?));
+        let cts = u64::from_le_bytes(h[8..16].try_into().ok()?);
+        let len = u32::from_le_bytes(h[17..21].try_into().ok()?) as usize;
+        let flags = h[16];
+        // What the decoder rejects: unknown flags, a lock with a row, a tombstone with data.
+        if flags & !3 != 0 || (flags & 2 != 0 && flags & 1 == 0) || (flags & 1 != 0 && len != 0) {
+            return None;
+        }
+        visit(at, writer, cts, flags);
+        at = at.checked_add(VERSION_HEADER + len)?;
+    }
+    (at == b.len()).then_some(())
+}
+
+/// [`Chain::needs_freeze`] on the encoding, without decoding (a sweep's scan looks at
+/// every row). A malformed chain answers `true`: the rewrite decodes it and reports it.
+pub fn encoded_needs_freeze(b: &[u8], below: TxnId) -> bool {
+    let mut needs = false;
+    walk_encoded(b, |_, writer, cts, _| needs |= writer < below && cts == 0).is_none() || needs
+}
+
+/// Stamps, in place, every data version of `b` (an encoded chain) whose writer `known`
+/// says committed, with its commit timestamp; returns whether it stamped any. Lengths
+/// do not change, so a leaf being written anyway can stamp its other rows for a few
+/// bytes of redo each, and the freeze sweep finds them done. `known` must answer from
+/// what is final and already known (a cache of outcomes), never guess; a version it
+/// does not know stays as it is. Lock-only and aborted versions are left to the next
+/// rewrite (dropping them changes the length). Malformed bytes are left untouched.
+pub fn stamp_encoded(b: &mut [u8], known: impl Fn(TxnId) -> Option<Timestamp>) -> bool {
+    let mut stamps: [(usize, u64); 8] = [(0, 0); 8];
+    let mut n = 0;
+    let well_formed = walk_encoded(b, |at, writer, cts, flags| {
+        if cts == 0 && flags & 2 == 0 && n < stamps.len() {
+            if let Some(t) = known(writer).filter(|t| t.0 != 0) {
+                stamps[n] = (at, t.0);
+                n += 1;
+            }
+        }
+    });
+    if well_formed.is_none() {
+        return false;
+    }
+    for &(at, cts) in &stamps[..n] {
+        b[at + 8..at + 16].copy_from_slice(&cts.to_le_bytes());
+    }
+    n > 0
+}
 
 impl Chain {
     pub fn decode(mut b: &[u8]) -> Result<Chain, MvccError> {
@@ -836,6 +895,34 @@ mod tests {
         #[test]
         fn decoder_is_total(b in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Chain::decode(&b);
+            let mut m = b.clone();
+            prop_assert!(!stamp_encoded(&mut m, |_| Some(Timestamp(7))) || Chain::decode(&b).is_ok());
+            let _ = encoded_needs_freeze(&b, TxnId(10));
+        }
+
+        /// The byte-level helpers agree with the decoded chain: `encoded_needs_freeze`
+        /// with `needs_freeze`, and `stamp_encoded` with stamping the decoded versions
+        /// (data versions of writers it knows committed; locks and unknown writers left).
+        #[test]
+        fn encoded_helpers_agree_with_the_chain(c in arb_chain(), below in 1u64..50, odd in any::<bool>()) {
+            let bytes = c.encode();
+            prop_assert_eq!(encoded_needs_freeze(&bytes, TxnId(below)), c.needs_freeze(TxnId(below)));
+            // Writers known committed: the odd ones (or the even ones), at 1000 + id.
+            let known = |w: TxnId| (w.0 % 2 == odd as u64).then_some(Timestamp(1000 + w.0));
+            let mut expect = c.clone();
+            let mut stamped = false;
+            for v in &mut expect.versions {
+                if v.cts.is_none() && !v.lock {
+                    if let Some(t) = known(v.writer) {
+                        v.cts = Some(t);
+                        stamped = true;
+                    }
+                }
+            }
+            let mut got = bytes.clone();
+            prop_assert_eq!(stamp_encoded(&mut got, known), stamped);
+            prop_assert_eq!(got.len(), bytes.len());
+            prop_assert_eq!(Chain::decode(&got).unwrap(), expect);
         }
 
         /// A valid chain with one byte changed or cut short: an error or a chain that

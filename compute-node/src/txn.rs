@@ -279,6 +279,15 @@ impl StatusOracle for Oracle {
 }
 
 impl Oracle {
+    /// The commit timestamp of `w` if this node already knows it committed (its own
+    /// commit, or an outcome it looked up); never asks the GTM.
+    pub fn known_commit(&self, w: TxnId) -> Option<Timestamp> {
+        match self.resolved.get(&w).as_deref() {
+            Some(WriterState::Committed(cts)) => Some(*cts),
+            _ => None,
+        }
+    }
+
     /// Records a final outcome (from the GTM, or this node's own commit or abort: its
     /// readers then need no status read for this node's versions).
     fn learn(&self, w: TxnId, s: WriterState) {
@@ -856,43 +865,52 @@ impl Txn {
             let watermark = self.engine.gc_watermark();
             let oracle = &self.engine.oracle;
             let mut read = None;
-            let res = tree.upsert(key, |old| {
-                let mut chain = match old {
-                    Some(b) => Chain::decode(b).map_err(UpsertFail::Mvcc)?,
-                    None => Chain::default(),
-                };
-                match &mut op {
-                    RowOp::Write(row) => chain
-                        .write(me, snapshot, row.clone(), watermark, policy, oracle)
-                        .map_err(UpsertFail::Mvcc)?,
-                    RowOp::Update(f) => {
-                        let current = chain
+            // Rows sharing the leaf get the commit timestamps this node knows stamped
+            // into their versions as the leaf is written anyway (`stamp_encoded`):
+            // rows written once (TPC-C's order lines) are then stamped without a
+            // freeze sweep rewriting them.
+            let stamp = |v: &mut [u8]| crate::mvcc::stamp_encoded(v, |w| oracle.known_commit(w));
+            let res = tree.upsert_touching(
+                key,
+                |old| {
+                    let mut chain = match old {
+                        Some(b) => Chain::decode(b).map_err(UpsertFail::Mvcc)?,
+                        None => Chain::default(),
+                    };
+                    match &mut op {
+                        RowOp::Write(row) => chain
+                            .write(me, snapshot, row.clone(), watermark, policy, oracle)
+                            .map_err(UpsertFail::Mvcc)?,
+                        RowOp::Update(f) => {
+                            let current = chain
+                                .lock(me, watermark, policy, oracle)
+                                .map_err(UpsertFail::Mvcc)?
+                                .into_row();
+                            let new = f(current.as_deref()).map_err(UpsertFail::Caller)?;
+                            // Newest is this transaction's lock now: the write is its own.
+                            chain
+                                .write(me, snapshot, new.clone(), watermark, policy, oracle)
+                                .map_err(UpsertFail::Mvcc)?;
+                            read = new;
+                        }
+                        RowOp::Lock => match chain
                             .lock(me, watermark, policy, oracle)
                             .map_err(UpsertFail::Mvcc)?
-                            .into_row();
-                        let new = f(current.as_deref()).map_err(UpsertFail::Caller)?;
-                        // Newest is this transaction's lock now: the write is its own.
-                        chain
-                            .write(me, snapshot, new.clone(), watermark, policy, oracle)
-                            .map_err(UpsertFail::Mvcc)?;
-                        read = new;
+                        {
+                            LockRead::Held(row) => {
+                                read = row;
+                                return Err(UpsertFail::Unchanged);
+                            }
+                            LockRead::Acquired(row) => read = row,
+                        },
                     }
-                    RowOp::Lock => match chain
-                        .lock(me, watermark, policy, oracle)
-                        .map_err(UpsertFail::Mvcc)?
-                    {
-                        LockRead::Held(row) => {
-                            read = row;
-                            return Err(UpsertFail::Unchanged);
-                        }
-                        LockRead::Acquired(row) => read = row,
-                    },
-                }
-                chain
-                    .fit(crate::btree::MAX_ENTRY_LEN.saturating_sub(key.len()))
-                    .map_err(UpsertFail::Mvcc)?;
-                Ok::<_, UpsertFail>(Some(chain.encode()))
-            });
+                    chain
+                        .fit(crate::btree::MAX_ENTRY_LEN.saturating_sub(key.len()))
+                        .map_err(UpsertFail::Mvcc)?;
+                    Ok::<_, UpsertFail>(Some(chain.encode()))
+                },
+                stamp,
+            );
             match res {
                 Ok(_) | Err(UpsertFail::Unchanged) => {
                     self.wrote = true;

@@ -148,7 +148,9 @@ mod tests;
 use crate::pager::{PageWrite, Pager, PagerError, Published};
 use common::ids::PageId;
 use common::storage::page::Page;
-use node::{insert_in_place, remove_in_place, replace_in_place, Kind, Meta, Node, NodeView};
+use node::{
+    insert_in_place, remove_in_place, replace_in_place, touch_values, Kind, Meta, Node, NodeView,
+};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -327,6 +329,20 @@ impl BTree {
         E: From<BTreeError>,
         F: FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
     {
+        self.upsert_touching(key, f, |_| false)
+    }
+
+    /// [`BTree::upsert`], and when the leaf changes, `touch` gets every value of the
+    /// leaf to rewrite in place, keeping its length (the MVCC layer stamps the commit
+    /// timestamps it knows: the page is being written anyway, so this costs a few
+    /// bytes of the same redo record, not a write of its own later). Like `f`, `touch`
+    /// runs under the latch and must not call into this tree.
+    pub fn upsert_touching<E, F, T>(&self, key: &[u8], f: F, mut touch: T) -> Result<(), E>
+    where
+        E: From<BTreeError>,
+        F: FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+        T: FnMut(&mut [u8]) -> bool,
+    {
         check_key(key)?;
         let mut path = Vec::new();
         let leaf = self.descend(Probe::At(key), 0, Some(&mut path), |_, v| {
@@ -344,6 +360,7 @@ impl BTree {
             (Err(_), None) => Ok(()),
             (Ok(i), None) => {
                 remove_in_place(w.body_mut(), id, i)?;
+                touch_values(w.body_mut(), id, &mut touch)?;
                 w.publish().map_err(BTreeError::from)?;
                 Ok(())
             }
@@ -352,6 +369,7 @@ impl BTree {
                 let (idx, new_key) = match found {
                     Ok(i) => {
                         if replace_in_place(w.body_mut(), id, i, &value)? {
+                            touch_values(w.body_mut(), id, &mut touch)?;
                             w.publish().map_err(BTreeError::from)?;
                             return Ok(());
                         }
@@ -364,11 +382,15 @@ impl BTree {
                     && self.max_leaf_entries > 0
                     && NodeView::parse(w.body(), id)?.count() >= usize::from(self.max_leaf_entries);
                 if !leaf_full && insert_in_place(w.body_mut(), id, idx, key, &value)? {
+                    touch_values(w.body_mut(), id, &mut touch)?;
                     w.publish().map_err(BTreeError::from)?;
                     return Ok(());
                 }
                 let mut node = Node::from_view(&NodeView::parse(w.body(), id)?);
                 node.entries.insert(idx, (key.to_vec(), value));
+                for (_, v) in &mut node.entries {
+                    touch(v);
+                }
                 self.split_upward(&path, w, node)?;
                 Ok(())
             }
