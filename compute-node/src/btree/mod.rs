@@ -344,11 +344,7 @@ impl BTree {
         T: FnMut(&mut [u8]) -> bool,
     {
         check_key(key)?;
-        let mut path = Vec::new();
-        let leaf = self.descend(Probe::At(key), 0, Some(&mut path), |_, v| {
-            Ok::<_, BTreeError>(v.page())
-        })?;
-        let mut w = self.latch_covering(leaf, key, 0)?;
+        let (path, mut w) = self.latch_leaf(key)?;
         let id = w.id();
         let (found, new) = {
             let v = NodeView::parse(w.body(), id)?;
@@ -416,11 +412,7 @@ impl BTree {
         F: FnMut(&[u8], &[u8]) -> Result<Rewrite, E>,
     {
         check_key(key)?;
-        let mut path = Vec::new();
-        let leaf = self.descend(Probe::At(key), 0, Some(&mut path), |_, v| {
-            Ok::<_, BTreeError>(v.page())
-        })?;
-        let mut w = self.latch_covering(leaf, key, 0)?;
+        let (path, mut w) = self.latch_leaf(key)?;
         let id = w.id();
         let (changes, next, in_place, overflow) = {
             let v = NodeView::parse(w.body(), id)?;
@@ -787,6 +779,17 @@ impl BTree {
                 .ok_or_else(|| corrupt(id, "no child covers the key"))?;
             level -= 1;
         }
+    }
+
+    /// Descends to the leaf covering `key` and latches it (moving right under latches);
+    /// also returns the path of the descent, which a split of the leaf needs.
+    fn latch_leaf(&self, key: &[u8]) -> Result<(Vec<PageId>, PageWrite)> {
+        let mut path = Vec::new();
+        let leaf = self.descend(Probe::At(key), 0, Some(&mut path), |_, v| {
+            Ok::<_, BTreeError>(v.page())
+        })?;
+        let w = self.latch_covering(leaf, key, 0)?;
+        Ok((path, w))
     }
 
     /// Latches the node at `level` covering `key`, starting at `id` and moving right.
