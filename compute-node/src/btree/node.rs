@@ -514,24 +514,23 @@ pub fn insert_in_place(
 }
 
 /// Calls `touch` on the value of every entry of the validated leaf in `body`, which may
-/// change the value's bytes but not its length; returns whether any call did.
+/// change the value's bytes but not its length.
 pub fn touch_values(
     body: &mut [u8],
     page: PageId,
     mut touch: impl FnMut(&mut [u8]) -> bool,
-) -> Result<bool, BTreeError> {
+) -> Result<(), BTreeError> {
     let (slots, count) = {
         let v = NodeView::parse(body, page)?;
         (v.slots, v.count)
     };
-    let mut any = false;
     for i in 0..count {
         // Validated by the parse: every entry lies inside the body.
         let off = rd16(body, slots + i * SLOT_LEN);
         let (k, v) = (rd16(body, off), rd16(body, off + 2));
-        any |= touch(&mut body[off + 4 + k..off + 4 + k + v]);
+        touch(&mut body[off + 4 + k..off + 4 + k + v]);
     }
-    Ok(any)
+    Ok(())
 }
 
 /// Overwrites the value of entry `idx` of the validated node in `body` where it lies,
