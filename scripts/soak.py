@@ -318,10 +318,16 @@ def report(args):
 
     def pool_at(role, t):
         """`(bytes of role's pool images, its epoch)` at `t`: the last report in
-        [t - 12 s, t + 1 s] (None: no report near `t`)."""
+        [t - 12 s, t + 1 s] (None: no report near `t`). A sample between the last
+        report of one epoch and the first of the next is the next one's: the node
+        rejoined at some moment in between (reports come every 5 s), and from then on
+        the old pool is being freed while the new one fills, which is that
+        incarnation's warm-up, not the old one's steady state."""
         best = None
         for u, b, ep in pools.get(role, []):
             if u > t + 1.0:
+                if best is not None and ep != best[1] and u <= t + 12.0:
+                    return (b, ep)
                 break
             if u >= t - 12.0:
                 best = (b, ep)
