@@ -19,6 +19,8 @@
 # runs in a temporary directory, on a Unix socket only, and is stopped (and its
 # directory removed) on exit. Its settings suit a 2-core, 24 GiB machine; commits are
 # durable as ours are (fsync on, synchronous_commit on: the WAL is flushed at commit).
+# Both sides get the same log budget before dirty pages must be written out:
+# PostgreSQL's max_wal_size and the engine's redo_retain (--redo-retain-mb), WAL_MB.
 #
 # Prints both reports and tpmC(ours) / tpmC(PostgreSQL). With --json FILE, writes one
 # JSON line per target ({"target": "engine"|"postgres", ...the report}) and a last
@@ -30,11 +32,13 @@ warehouses=2
 duration=30
 nodes=1
 seed=""
+# The log budget of both sides, MiB (see above).
+WAL_MB=${WAL_MB:-8192}
 quick=0
 multi=0
 compare=0
 json=""
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --warehouses) warehouses="$2"; shift 2 ;;
@@ -117,7 +121,7 @@ effective_cache_size = 8GB
 work_mem = 16MB
 maintenance_work_mem = 512MB
 wal_buffers = 16MB
-max_wal_size = 8GB
+max_wal_size = ${WAL_MB}MB
 min_wal_size = 1GB
 checkpoint_timeout = 15min
 checkpoint_completion_target = 0.9
@@ -141,6 +145,8 @@ cargo build --release -q -p tpcc
 bin="${CARGO_TARGET_DIR:-target}/release/tpcc"
 
 common=(--warehouses "$warehouses" --duration "$duration" --seed "$seed" --check "${scale[@]}")
+# The engine's side of the same log budget (PostgreSQL's is max_wal_size above).
+ours_only=(--redo-retain-mb "$WAL_MB")
 
 # Engine runs: label, then tpcc options.
 runs=("ours:--nodes $nodes")
@@ -158,8 +164,8 @@ for m in "${modes[@]}"; do
     label=${r%%:*}${m%%:*}
     read -r -a opts <<<"${r#*:} ${m#*:}"
     labels+=("$label")
-    step "$label: tpcc ${common[*]} ${opts[*]}"
-    "$bin" "${common[@]}" "${opts[@]}" --json "$dir/$label.json"
+    step "$label: tpcc ${common[*]} ${ours_only[*]} ${opts[*]}"
+    "$bin" "${common[@]}" "${ours_only[@]}" "${opts[@]}" --json "$dir/$label.json"
     rc=$?; [ "$rc" = 0 ] || ours_rc=$rc
   done
 done

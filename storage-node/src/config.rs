@@ -143,7 +143,7 @@ impl Default for StorageConfig {
             key_file: PathBuf::new(),
             checkpoint_interval_ms: 500,
             redo_segment: ByteSize(64 << 20),
-            redo_retain: ByteSize(256 << 20),
+            redo_retain: ByteSize(1 << 30),
             metrics_listen: String::new(),
             notice_slots: common::storage::notice::NOTICE_CAPACITY,
             reclaim_grace_ms: 5000,

@@ -162,7 +162,7 @@ pub struct Options {
     pub redo_segment_mb: Option<u64>,
     /// Redo a storage node keeps per compute node before it asks lock holders to write
     /// back the pages that hold truncation back, in MiB (default: the storage node's,
-    /// 256 MiB embedded; 4 segments with `--redo-segment-mb`). Like PostgreSQL's
+    /// 1 GiB embedded; 4 segments with `--redo-segment-mb`). Like PostgreSQL's
     /// `max_wal_size`: more means fewer page write-backs under load, longer recovery.
     #[arg(long)]
     pub redo_retain_mb: Option<u64>,

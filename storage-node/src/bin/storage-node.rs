@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, value_name = "SIZE")]
     redo_segment: Option<ByteSize>,
     /// [key: redo_retain] redo kept per stream before the holders of the pages that hold
-    /// its truncation back are asked to write them back (default 256MiB).
+    /// its truncation back are asked to write them back (default 1GiB).
     #[arg(long, value_name = "SIZE")]
     redo_retain: Option<ByteSize>,
     /// [key: metrics_listen] host:port of the Prometheus metrics endpoint (port 0 = any
