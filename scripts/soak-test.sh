@@ -207,8 +207,10 @@ if ! DSB_BIN_DIR=$BIN "$BIN/tpcc" --cluster spawn --transport "$TRANSPORT" --lea
     >"$OUT/load.out" 2>"$OUT/load.err"; then
   echo "   load FAILED; see $OUT/load.err"; tail -n 5 "$OUT/load.err" | sed 's/^/   /'; exit 1
 fi
+# Freeze sweeps due every 20,000 txns (and the GTM's 60 s), not its default million: the
+# GTM's disk and memory must level off within the window, and each sweep meets faults.
 args=(--cluster spawn --transport "$TRANSPORT" --lease-ms "$LEASE_MS" --run-dir "$RUN"
-      --nodes 2 "${MEMORY[@]}" "${common[@]}" "${EXTRA[@]}" --skip-load --warmup 2 --duration "$WINDOW"
+      --freeze-after-txns 20000 --nodes 2 "${MEMORY[@]}" "${common[@]}" "${EXTRA[@]}" --skip-load --warmup 2 --duration "$WINDOW"
       --json "$OUT/main.json" --ack-log "$OUT/main.acks" --events "$OUT/main.events.jsonl")
 for f in "${FAULTS[@]}"; do args+=(--fault "$f"); done
 echo "== main: tpcc ${args[*]}"

@@ -46,6 +46,8 @@ pub struct SpawnOptions {
     /// The storage node's `redo_retain` in MiB (default: 4 segments with
     /// `redo_segment_mb`, else the storage node's own).
     pub redo_retain_mb: Option<u64>,
+    /// The GTM's `freeze_after_txns` (default: the GTM's own).
+    pub freeze_after_txns: Option<u64>,
     /// Run directory (configs, data, logs); default: a fresh one under the temp dir,
     /// removed after a clean stop.
     pub dir: Option<PathBuf>,
@@ -257,10 +259,13 @@ impl ProcessCluster {
         let gtm_config = |listen: &str| {
             format!(
                 "listen = [{listen:?}]\ndata_dir = {}\ncluster_key_file = {}\nlease_ms = {}\n\
-                 storage_nodes = [{storage_ep:?}]\n",
+                 storage_nodes = [{storage_ep:?}]\n{}",
                 q(&dir.join("gtm")),
                 q(&key),
-                o.lease_ms
+                o.lease_ms,
+                o.freeze_after_txns
+                    .map(|n| format!("freeze_after_txns = {n}\n"))
+                    .unwrap_or_default()
             )
         };
         c.add("gtm", bins.join("gtm"), gtm_config(&gtm_listen))?;

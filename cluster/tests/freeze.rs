@@ -36,6 +36,7 @@ fn cluster_with(poll_ms: u64) -> EmbeddedCluster {
             // outcome index (which the sweeps must then bound).
             status_capacity: 512,
             freeze_interval_ms: 200,
+            freeze_after_txns: 0,
             ..gtm::config::GtmConfig::default()
         },
         ..ClusterOptions::default()

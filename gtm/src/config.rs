@@ -35,6 +35,11 @@ pub struct GtmConfig {
     /// Least time between two freeze sweeps (ms), which bound the commit log and the
     /// outcome index (`crate::freeze`); 0: never (both grow with every commit).
     pub freeze_interval_ms: u64,
+    /// A freeze sweep is due only once this many txn ids were issued above the freeze
+    /// floor (like PostgreSQL's `autovacuum_freeze_max_age`: the commit log and the
+    /// outcome index hold about 36 bytes per transaction until the next sweep, and a
+    /// sweep reads every row); 0: time alone decides.
+    pub freeze_after_txns: u64,
 }
 
 impl Default for GtmConfig {
@@ -52,6 +57,7 @@ impl Default for GtmConfig {
             storage_nodes: Vec::new(),
             metrics_listen: String::new(),
             freeze_interval_ms: 60_000,
+            freeze_after_txns: 1_000_000,
         }
     }
 }
@@ -83,6 +89,9 @@ storage_nodes = []
 metrics_listen = ""
 # Least time between two freeze sweeps, which bound the commit log (ms); 0: never
 freeze_interval_ms = 60000
+# A freeze sweep is due only once this many txn ids were issued above the freeze floor
+# (the commit log and the outcome index keep ~36 bytes per txn until then); 0: time alone
+freeze_after_txns = 1000000
 "#;
 
 impl common::config::ServiceConfig for GtmConfig {

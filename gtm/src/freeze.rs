@@ -11,7 +11,8 @@
 //! ## The protocol
 //!
 //! 1. A compute node asks `FreezeTarget` (it polls; [`Freezer::grant`]). The GTM grants
-//!    one sweep at a time, at most once per `freeze_interval`, to a live node, with the
+//!    one sweep at a time, at most once per `freeze_interval` and once `freeze_after_txns`
+//!    txn ids were issued above the floor, to a live node, with the
 //!    target `T` = the oldest txn that has not ended (in progress or committing), or the
 //!    next txn id if none: every txn below `T` has ended and none will write again.
 //! 2. The node visits every row chain of every table and rewrites each chain holding a
@@ -88,6 +89,8 @@ pub struct Freezer {
     floor: TxnId,
     /// Zero: never grant a sweep.
     interval: Duration,
+    /// Txn ids above the floor before a sweep is due (zero: any).
+    after_txns: u64,
     granted: Option<Grant>,
     /// A finished sweep, and the timestamp its report was taken at.
     reported: Option<(TxnId, Timestamp)>,
@@ -103,6 +106,7 @@ impl Freezer {
         path: &Path,
         grants: &GrantFile,
         interval: Duration,
+        after_txns: u64,
     ) -> std::io::Result<Freezer> {
         let floor = TxnId(crate::tso::read_mark(&*fs, path)?.unwrap_or(0));
         let kept = grants.read().filter(|(below, _)| *below > floor);
@@ -114,6 +118,7 @@ impl Freezer {
             path: path.to_path_buf(),
             floor,
             interval,
+            after_txns,
             granted: kept.map(|(below, resume)| Grant {
                 holder: None,
                 below,
@@ -175,6 +180,13 @@ impl Freezer {
         }
         if oldest_unended <= self.floor {
             return Err("no transaction ended since the last freeze".into());
+        }
+        let age = oldest_unended.0 - self.floor.0;
+        if age < self.after_txns {
+            return Err(format!(
+                "{age} txn ids above the freeze floor; a sweep is due at {}",
+                self.after_txns
+            ));
         }
         self.granted = Some(Grant {
             holder: Some((node, epoch)),
@@ -349,6 +361,7 @@ mod tests {
             &dir.join(floor),
             &grants(dir),
             interval,
+            0,
         )
         .unwrap()
     }
@@ -433,6 +446,22 @@ mod tests {
         assert!(f
             .grant(N1, E1, TxnId(5), Instant::now(), |_, _| true)
             .is_err());
+    }
+
+    #[test]
+    fn a_sweep_waits_for_enough_txns_above_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = freezer(dir.path());
+        f.after_txns = 100;
+        f.raise_floor(TxnId(1_000)).unwrap();
+        let e = f
+            .grant(N1, E1, TxnId(1_099), Instant::now(), |_, _| true)
+            .unwrap_err();
+        assert!(e.contains("99 txn ids above the freeze floor"), "{e}");
+        assert_eq!(
+            f.grant(N1, E1, TxnId(1_100), Instant::now(), |_, _| true),
+            Ok((TxnId(1_100), SweepPoint::Start))
+        );
     }
 
     #[test]

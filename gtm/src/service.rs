@@ -64,6 +64,8 @@ pub struct GtmOptions {
     pub status_capacity: u64,
     /// Least time between two freeze sweeps; zero: none (`crate::freeze`).
     pub freeze_interval: Duration,
+    /// Txn ids issued above the freeze floor before a sweep is due; 0: time alone.
+    pub freeze_after_txns: u64,
 }
 
 impl GtmOptions {
@@ -78,6 +80,7 @@ impl GtmOptions {
             txn_id_window: c.txn_id_window,
             status_capacity: c.status_capacity,
             freeze_interval: Duration::from_millis(c.freeze_interval_ms),
+            freeze_after_txns: c.freeze_after_txns,
         }
     }
 
@@ -194,8 +197,14 @@ impl Gtm {
         let mut table = StatusTable::new(status, boot_floor);
         let floor_path = dir.join("freeze.floor");
         let grants = GrantFile::new(fs.clone(), &dir.join("sweep.grant"));
-        let freezer = Freezer::open(fs.clone(), &floor_path, &grants, opts.freeze_interval)
-            .map_err(io_err(&floor_path))?;
+        let freezer = Freezer::open(
+            fs.clone(),
+            &floor_path,
+            &grants,
+            opts.freeze_interval,
+            opts.freeze_after_txns,
+        )
+        .map_err(io_err(&floor_path))?;
         let floor = freezer.floor();
         let log_path = dir.join("commit.log");
         let (log, mut records) =

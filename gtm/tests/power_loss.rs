@@ -111,6 +111,7 @@ fn options(sim: &SimFs) -> GtmOptions {
     o.reaper_interval = Duration::from_millis(2);
     o.gc_publish_interval = Duration::from_millis(1);
     o.freeze_interval = Duration::from_millis(1);
+    o.freeze_after_txns = 0;
     o.lease = Duration::from_secs(30);
     o
 }

@@ -166,6 +166,11 @@ pub struct Options {
     /// `max_wal_size`: more means fewer page write-backs under load, longer recovery.
     #[arg(long)]
     pub redo_retain_mb: Option<u64>,
+    /// The GTM's `freeze_after_txns`: txn ids issued above the freeze floor before a
+    /// freeze sweep is due (default: the GTM's, 1,000,000; 0: every
+    /// `freeze_interval_ms`, 60 s). Like PostgreSQL's `autovacuum_freeze_max_age`.
+    #[arg(long)]
+    pub freeze_after_txns: Option<u64>,
     /// With `--cluster spawn`: keep configs, data and logs in this directory (default: a
     /// temporary one, removed after a clean run).
     #[arg(long)]
@@ -395,6 +400,7 @@ pub fn run(o: &Options) -> Result<Outcome> {
                 lease_ms: o.lease_ms,
                 redo_segment_mb: o.redo_segment_mb,
                 redo_retain_mb: o.redo_retain_mb,
+                freeze_after_txns: o.freeze_after_txns,
                 client_tls: o.client_tls,
                 dir: o.run_dir.clone(),
             })
@@ -437,6 +443,9 @@ pub fn run(o: &Options) -> Result<Outcome> {
             };
             if let Some(m) = o.redo_retain_mb {
                 copts.storage.redo_retain = cluster::ByteSize(m << 20);
+            }
+            if let Some(n) = o.freeze_after_txns {
+                copts.gtm.freeze_after_txns = n;
             }
             let cluster = EmbeddedCluster::start(copts).context("starting the embedded cluster")?;
             let target = EngineTarget::new(&cluster.nodes, mode.expect("an engine target"))?;

@@ -264,6 +264,7 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                 // below their floors): a version a sweep missed fails a read.
                 gtm: gtm::config::GtmConfig {
                     freeze_interval_ms: 500,
+                    freeze_after_txns: 0,
                     status_capacity: 512,
                     ..gtm::config::GtmConfig::default()
                 },
@@ -342,6 +343,8 @@ pub fn run_case(case: &Case, out: Option<&std::path::Path>) -> Result<CaseResult
                 lease_ms: 1500,
                 redo_segment_mb: None,
                 redo_retain_mb: None,
+                // As the embedded cases: sweeps whenever one is due by time.
+                freeze_after_txns: Some(0),
                 dir: None,
             })
             .map_err(|e| format!("{e:#}"))?;

@@ -44,6 +44,9 @@ struct Args {
     /// Overrides `freeze_interval_ms` (0: no freeze sweeps).
     #[arg(long)]
     freeze_interval_ms: Option<u64>,
+    /// Overrides `freeze_after_txns` (0: time alone decides when a sweep is due).
+    #[arg(long)]
+    freeze_after_txns: Option<u64>,
     /// Print a commented example configuration and exit.
     #[arg(long)]
     print_example_config: bool,
@@ -72,6 +75,9 @@ impl Args {
         }
         if let Some(f) = self.freeze_interval_ms {
             cfg.freeze_interval_ms = f;
+        }
+        if let Some(n) = self.freeze_after_txns {
+            cfg.freeze_after_txns = n;
         }
     }
 }
