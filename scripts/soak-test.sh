@@ -57,7 +57,10 @@
 # incarnations: a rejoin (GTM restart, fenced after a pause) starts an empty pool while
 # the old one is being freed, so each incarnation's first 30 s (--rss-life-warmup of
 # soak.py) are left out and the rest of the process's life is one series (memory an
-# old incarnation keeps shows as growth across rejoins). A process restarted so often
+# old incarnation keeps shows as growth across rejoins); a sample taken between the
+# last pool report of one epoch and the first of the next counts as the new one's. When
+# a late rejoin leaves too few samples to judge the whole life, its longest incarnation
+# is judged alone. A process restarted so often
 # that no life holds 6 samples is reported as not judged, not failed. A leak slower than
 # a life can show is out of any kill-faulted run's sight.
 # The last third may climb above what the first two thirds reached by at most half

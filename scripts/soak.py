@@ -244,9 +244,11 @@ def plateau(series, t0, t1, ratio, abs_floor, rel_floor):
     }
 
 
-def compute_life(mine, role, val, pool_at, w0, w1, life_warm):
-    """A compute node's RSS series: `(series, t0, t1)` of its process's longest life in
-    the window [w0, w1], or None.
+def compute_lives(mine, role, val, pool_at, w0, w1, life_warm):
+    """A compute node's RSS series to judge, best first: `(series, t0, t1)` of its
+    process's longest life in the window [w0, w1] (all its incarnations), then of its
+    longest incarnation alone (for when the faults left the last one too short to
+    judge the whole life by); empty if there are no samples.
 
     Each value is the RSS less the bytes of the buffer pool's page images then (bounded
     by the configuration; everything else is where a leak would be). A node that rejoins
@@ -257,6 +259,7 @@ def compute_life(mine, role, val, pool_at, w0, w1, life_warm):
     shows up as growth across rejoins."""
     started = {}  # (pid, epoch) -> its first sample
     lives = {}    # pid -> [(t, value)] of the samples past their incarnation's warm-up
+    incs = {}     # (pid, epoch) -> the same, per incarnation
     for s in mine:
         pid = s["services"].get(role, {}).get("pid")
         t = s["unix_s"]
@@ -268,11 +271,15 @@ def compute_life(mine, role, val, pool_at, w0, w1, life_warm):
         if v is None or t < max(first, w0) + life_warm:
             continue
         lives.setdefault(pid, []).append((t, v - at[0]))
-    best = None
-    for pts in lives.values():
-        if best is None or pts[-1][0] - pts[0][0] > best[2] - best[1]:
-            best = (pts, pts[0][0], pts[-1][0])
-    return best
+        incs.setdefault((pid, at[1]), []).append((t, v - at[0]))
+
+    def longest(groups):
+        best = None
+        for pts in groups.values():
+            if best is None or pts[-1][0] - pts[0][0] > best[2] - best[1]:
+                best = (pts, pts[0][0], pts[-1][0])
+        return [best] if best else []
+    return longest(lives) + longest(incs)
 
 
 def report(args):
@@ -435,9 +442,14 @@ def report(args):
                 mine = [s for s in samples if s["phase"] == args.plateau_phase]
                 series = [(s["unix_s"], val(s)) for s in mine]
                 s0, s1 = t0, w1
+                v = None
                 if kind == "rss" and r in pools:
-                    best = compute_life(mine, r, val, pool_at, w0, w1, args.rss_life_warmup)
-                    series, s0, s1 = best if best else ([], t0, t0)
+                    series, s0, s1 = [], t0, t0
+                    for cand in compute_lives(mine, r, val, pool_at, w0, w1, args.rss_life_warmup):
+                        series, s0, s1 = cand
+                        v = plateau(series, s0, s1, args.ratio, floor, args.rel_floor)
+                        if v["ok"] is not None:
+                            break
                 elif kind == "rss":
                     # RSS starts again from nothing after a restart: judge the process's
                     # longest life within the span, a warm-up after it started.
@@ -458,7 +470,8 @@ def report(args):
                               if best[0] is not None
                               and s["services"].get(r, {}).get("pid") == best[0]]
                     s0, s1 = best[1], best[2]
-                v = plateau(series, s0, s1, args.ratio, floor, args.rel_floor)
+                if v is None:
+                    v = plateau(series, s0, s1, args.ratio, floor, args.rel_floor)
                 if kind == "rss" and v["ok"] is None and (s0, s1) != (t0, w1):
                     v = {"ok": "skip", "why": f"restarted; its longest life in the span is {s1 - s0:.0f} s"}
                 name = f"{kind} {r}" + (" (w/o " + ",".join(e.split(':', 1)[1] for e in excluded if e.startswith(r + ':')) + ")"
