@@ -783,12 +783,30 @@ impl BTree {
 
     /// Descends to the leaf covering `key` and latches it (moving right under latches);
     /// also returns the path of the descent, which a split of the leaf needs.
+    ///
+    /// The descent stops at the leaf's parent and latches the child it names without
+    /// reading it first: the latch fetches the newest image with the X lock anyway, and
+    /// a read of a leaf X-held by another node would first ask that node to write it
+    /// back (and give the lock up), so that the latch must then take the lock in a
+    /// second hand-over. (A child that split meanwhile is left by its right link, as
+    /// any stale pointer is.)
     fn latch_leaf(&self, key: &[u8]) -> Result<(Vec<PageId>, PageWrite)> {
-        let mut path = Vec::new();
-        let leaf = self.descend(Probe::At(key), 0, Some(&mut path), |_, v| {
-            Ok::<_, BTreeError>(v.page())
-        })?;
+        let probe = Probe::At(key);
+        let meta = self.read_meta()?;
+        let top = (meta.height - 1) as u16;
+        let mut path = vec![PageId(0); top as usize + 1];
+        let leaf = if top == 0 {
+            // The root is the leaf (if it split since, its right link leads on).
+            meta.root
+        } else {
+            self.descend_from(meta.root, top, probe, 1, Some(&mut path), |_, v| {
+                probe
+                    .child(v)
+                    .ok_or_else(|| corrupt(v.page(), "no child covers the key"))
+            })?
+        };
         let w = self.latch_covering(leaf, key, 0)?;
+        path[0] = w.id();
         Ok((path, w))
     }
 
